@@ -1,0 +1,16 @@
+"""streamdp.policy: pure-PyTorch streaming diffusion policy (no ROS)."""
+
+from streamdp.policy.checkpoint import CheckpointError, CheckpointMismatchError
+from streamdp.policy.config import ConfigError, PolicyConfig
+from streamdp.policy.policy import NonFiniteError, Policy
+from streamdp.policy.streaming import ladder
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "ConfigError",
+    "NonFiniteError",
+    "Policy",
+    "PolicyConfig",
+    "ladder",
+]

@@ -1,0 +1,200 @@
+"""Policy configuration: one dataclass that validates itself and round-trips through JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamdp.policy.schedule import ScheduleConfig
+
+SAMPLERS = ("ddpm", "ddim", "sdp")
+DENOISERS = ("unet", "transformer")
+NORM_MODES = ("min_max", "mean_std")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the fix."""
+
+
+@dataclass
+class UnetConfig:
+    down_dims: tuple[int, ...] = (64, 128, 256)
+    kernel_size: int = 5
+    n_groups: int = 8
+    step_embed_dim: int = 64
+    cond_dim: int = 128  # width of the projected per-slot level embedding folded into FiLM
+
+    def __post_init__(self) -> None:
+        self.down_dims = tuple(int(d) for d in self.down_dims)
+        if not self.down_dims or any(d <= 0 or d % self.n_groups for d in self.down_dims):
+            raise ConfigError(
+                f"unet.down_dims must be positive multiples of n_groups={self.n_groups}: {self.down_dims}"
+            )
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(f"unet.kernel_size must be odd, got {self.kernel_size}")
+
+
+@dataclass
+class TransformerConfig:
+    d_model: int = 128
+    n_heads: int = 4
+    n_layers: int = 4
+    ffn_mult: int = 4
+    dropout: float = 0.0
+    causal: bool = False
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"transformer.d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if self.n_layers < 1:
+            raise ConfigError("transformer.n_layers must be >= 1")
+
+
+@dataclass
+class EncoderConfig:
+    state_hidden: int = 128
+    image_feature_dim: int = 64  # 2 x num keypoints of the spatial softmax
+    crop_ratio: float = 0.9  # random crop in training, centre crop at inference
+    share_camera_backbone: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.crop_ratio <= 1.0:
+            raise ConfigError(f"encoder.crop_ratio must lie in [0.5, 1], got {self.crop_ratio}")
+        if self.image_feature_dim % 2:
+            raise ConfigError("encoder.image_feature_dim must be even (x, y per keypoint)")
+
+
+@dataclass
+class PolicyConfig:
+    """Everything needed to rebuild a policy, stored in the checkpoint's config.json.
+
+    Horizons follow diffusion_policy: To observation steps, Ta actions executed per observation,
+    Tp predicted slots (the first To-1 of which are in the past).
+    """
+
+    action_dim: int
+    state_dim: int
+    n_obs_steps: int = 2  # To
+    n_action_steps: int = 8  # Ta
+    horizon: int = 16  # Tp
+    fps: float = 10.0
+    joint_names: list[str] = field(default_factory=list)
+    action_names: list[str] = field(default_factory=list)
+    camera_names: list[str] = field(default_factory=list)
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) of every camera
+    denoiser: str = "unet"
+    sampler: str = "sdp"
+    num_inference_steps: int = 10  # grid size K for ddim and sdp; ddpm always uses N
+    normalization: str = "min_max"
+    primer: str = "zeros"  # initial clean content of the SDP buffer: zeros | state
+    sdp_ladder_prob: float = 0.8  # training: chunk-wise ladder vs one shared level
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    unet: UnetConfig = field(default_factory=UnetConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+
+    def __post_init__(self) -> None:
+        for name, sub, cls in (
+            ("schedule", self.schedule, ScheduleConfig),
+            ("unet", self.unet, UnetConfig),
+            ("transformer", self.transformer, TransformerConfig),
+            ("encoder", self.encoder, EncoderConfig),
+        ):
+            if isinstance(sub, dict):
+                setattr(self, name, _from_dict(cls, sub, name))
+        if self.image_shape is not None:
+            self.image_shape = tuple(int(x) for x in self.image_shape)
+        self.joint_names = list(self.joint_names)
+        self.action_names = list(self.action_names)
+        self.camera_names = list(self.camera_names)
+        self.validate()
+
+    # -- validation --------------------------------------------------------------------------
+    def validate(self) -> None:
+        if self.action_dim < 1:
+            raise ConfigError(f"action_dim must be >= 1, got {self.action_dim}")
+        if self.state_dim < 0:
+            raise ConfigError(f"state_dim must be >= 0, got {self.state_dim}")
+        if self.state_dim == 0 and not self.camera_names:
+            raise ConfigError("the policy needs an input: state_dim > 0 or at least one camera")
+        if self.n_obs_steps < 1 or self.n_action_steps < 1:
+            raise ConfigError("n_obs_steps (To) and n_action_steps (Ta) must be >= 1")
+        if self.horizon < self.n_obs_steps - 1 + self.n_action_steps:
+            raise ConfigError(
+                f"horizon Tp={self.horizon} is shorter than To-1+Ta={self.n_obs_steps - 1 + self.n_action_steps}: "
+                "raise horizon or lower n_action_steps"
+            )
+        if self.denoiser not in DENOISERS:
+            raise ConfigError(f"denoiser must be one of {DENOISERS}, got {self.denoiser!r}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.normalization not in NORM_MODES:
+            raise ConfigError(f"normalization must be one of {NORM_MODES}, got {self.normalization!r}")
+        if self.primer not in ("zeros", "state"):
+            raise ConfigError(f"primer must be 'zeros' or 'state', got {self.primer!r}")
+        if self.primer == "state" and self.state_dim < self.action_dim:
+            raise ConfigError("primer='state' needs the first action_dim state entries to be joint positions")
+        n = self.schedule.num_train_steps
+        if not 1 <= self.num_inference_steps <= n:
+            raise ConfigError(f"num_inference_steps must lie in [1, {n}], got {self.num_inference_steps}")
+        if not 0.0 <= self.sdp_ladder_prob <= 1.0:
+            raise ConfigError(f"sdp_ladder_prob must lie in [0, 1], got {self.sdp_ladder_prob}")
+        if self.fps <= 0:
+            raise ConfigError(f"fps must be > 0, got {self.fps}")
+        if self.joint_names and len(self.joint_names) != len(set(self.joint_names)):
+            raise ConfigError(f"joint_names has duplicates: {self.joint_names}")
+        if self.action_names and len(self.action_names) != self.action_dim:
+            raise ConfigError(f"action_names has {len(self.action_names)} entries but action_dim={self.action_dim}")
+        if self.camera_names and (self.image_shape is None or len(self.image_shape) != 3):
+            raise ConfigError("cameras are configured but image_shape (C, H, W) is not")
+        if self.sampler == "sdp":
+            check_streaming_horizons(self.horizon, self.n_obs_steps, self.n_action_steps)
+        if self.denoiser == "unet":
+            # Each down level halves the length except the last; Tp must survive it.
+            levels = len(self.unet.down_dims) - 1
+            if self.horizon % (2**levels):
+                raise ConfigError(
+                    f"unet with {len(self.unet.down_dims)} levels needs horizon divisible by {2**levels}, "
+                    f"got {self.horizon}: change horizon or unet.down_dims"
+                )
+
+    @property
+    def num_chunks(self) -> int:
+        """h = floor((Tp - To + 1) / Ta): chunks in the streaming buffer."""
+        return (self.horizon - self.n_obs_steps + 1) // self.n_action_steps
+
+    # -- (de)serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PolicyConfig:
+        return _from_dict(cls, d, "policy")
+
+    def replace(self, **changes: Any) -> PolicyConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def check_streaming_horizons(tp: int, to: int, ta: int) -> None:
+    """Reject buffers with fewer than two chunks: with h = 1 streaming has no speed-up at all."""
+    h = (tp - to + 1) // ta
+    if h < 2:
+        raise ConfigError(
+            f"streaming needs at least 2 chunks, but Tp={tp}, To={to}, Ta={ta} give "
+            f"h=floor((Tp-To+1)/Ta)={h}: raise horizon Tp to >= {to - 1 + 2 * ta} "
+            f"or lower n_action_steps Ta to <= {(tp - to + 1) // 2}"
+        )
+
+
+def _from_dict(cls: type, d: dict[str, Any], where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; known: {sorted(names)}")
+    try:
+        return cls(**d)
+    except TypeError as e:  # missing required fields
+        raise ConfigError(f"{where}: {e}") from e

@@ -1,0 +1,63 @@
+"""The trainable network: observation encoder + denoiser + noise schedule, and the SDP objective."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from streamdp.policy.config import PolicyConfig
+from streamdp.policy.encoders import ObservationEncoder
+from streamdp.policy.nets import ConditionalUnet1D, TransformerDenoiser
+from streamdp.policy.schedule import NoiseSchedule
+from streamdp.policy.streaming import training_labels
+
+
+class DiffusionModel(nn.Module):
+    def __init__(self, cfg: PolicyConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.schedule = NoiseSchedule(cfg.schedule)
+        self.encoder = ObservationEncoder(cfg)
+        f = self.encoder.out_dim
+        if cfg.denoiser == "unet":
+            self.denoiser: nn.Module = ConditionalUnet1D(cfg.action_dim, f * cfg.n_obs_steps, cfg.horizon, cfg.unet)
+        else:
+            self.denoiser = TransformerDenoiser(cfg.action_dim, f, cfg.n_obs_steps, cfg.horizon, cfg.transformer)
+
+    def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Normalised observation history -> condition, computed once per observation."""
+        return self.encoder(obs)
+
+    def eps(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """One network call (the NFE unit)."""
+        return self.denoiser(x, k, cond)
+
+    def compute_loss(
+        self,
+        obs: dict[str, torch.Tensor],
+        actions: torch.Tensor,
+        action_is_pad: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """epsilon-MSE with per-slot labels: SDP ladder (p = sdp_ladder_prob) or one shared level."""
+        cfg = self.cfg
+        b = actions.shape[0]
+        k = training_labels(
+            b,
+            cfg.horizon,
+            cfg.n_obs_steps,
+            cfg.n_action_steps,
+            cfg.schedule.num_train_steps,
+            cfg.sdp_ladder_prob,
+            generator=generator,
+            device=actions.device,
+        )
+        noise = torch.randn(actions.shape, generator=generator, device="cpu").to(actions.device, actions.dtype)
+        x_k = self.schedule.add_noise(actions, noise, k)
+        pred = self.eps(x_k, k, self.encode(obs))
+        loss = F.mse_loss(pred, noise, reduction="none")
+        if action_is_pad is not None:
+            keep = (~action_is_pad).to(loss.dtype)[..., None]
+            return (loss * keep).sum() / (keep.sum() * loss.shape[-1]).clamp_min(1.0)
+        return loss.mean()

@@ -1,0 +1,153 @@
+"""Streaming Diffusion Policy (SDP) rolling buffer: pure tensor logic, no network inside.
+
+The buffer holds Tp action slots, each at its own position on a K-level sampler grid (-1 = clean).
+Near slots are cleaner than far ones (the "ladder"). Per observation the caller runs the denoiser and
+calls :meth:`RollingBuffer.step` until chunk 0 is clean (about ceil(K/h) calls), takes the Ta
+executable actions, and rolls the buffer forward by one chunk. See DESIGN.md §5.2.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from streamdp.policy.config import check_streaming_horizons
+from streamdp.policy.schedule import CLEAN, NoiseSchedule, sampler_grid
+
+
+def num_chunks(tp: int, to: int, ta: int) -> int:
+    return (tp - to + 1) // ta
+
+
+def chunk_index(tp: int, to: int, ta: int) -> list[int]:
+    """Chunk of every slot: the first To slots are chunk 0; a leftover tail joins chunk h-1."""
+    h = num_chunks(tp, to, ta)
+    return [min(max((i - to + 1) // ta, 0), h - 1) for i in range(tp)]
+
+
+def ladder(Tp: int, To: int, Ta: int, N: int) -> list[int]:  # noqa: N803 - the paper's symbols
+    """Initial grid position of every slot: chunk c starts at floor(N(c+1)/h) - 1.
+
+    With the full train grid (K = N) positions are train timesteps. Raises for h < 2.
+    """
+    check_streaming_horizons(Tp, To, Ta)
+    h = num_chunks(Tp, To, Ta)
+    return [(N * (c + 1)) // h - 1 for c in chunk_index(Tp, To, Ta)]
+
+
+def training_labels(
+    batch: int,
+    tp: int,
+    to: int,
+    ta: int,
+    num_train_steps: int,
+    ladder_prob: float,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Per-sample, per-slot train timesteps (B, Tp) for the SDP objective.
+
+    With probability ladder_prob: the ladder minus a shared offset j ~ U{0..floor(N/h)-1}, which covers
+    every buffer state visited between rolls; otherwise one level for all slots (plain DP training).
+    """
+    n = num_train_steps
+    uniform = torch.randint(0, n, (batch, 1), generator=generator).expand(batch, tp)
+    if num_chunks(tp, to, ta) < 2 or ladder_prob <= 0:
+        return uniform.clone().to(device)
+    h = num_chunks(tp, to, ta)
+    lad = torch.tensor(ladder(tp, to, ta, n))
+    j = torch.randint(0, max(n // h, 1), (batch, 1), generator=generator)
+    lad_labels = (lad[None, :] - j).clamp_min(0)
+    use_ladder = torch.rand(batch, 1, generator=generator) < ladder_prob
+    return torch.where(use_ladder, lad_labels, uniform).to(device)
+
+
+class RollingBuffer:
+    """State of the SDP buffer for one robot (batch 1): actions (Tp, D) and grid positions (Tp,)."""
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        tp: int,
+        to: int,
+        ta: int,
+        action_dim: int,
+        grid_size: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        check_streaming_horizons(tp, to, ta)
+        self.schedule, self.tp, self.to, self.ta, self.dim = schedule, tp, to, ta, action_dim
+        self.h = num_chunks(tp, to, ta)
+        self.device = torch.device(device)
+        # grid_asc[p] = train timestep of grid position p (0 = least noisy).
+        self.grid_asc = torch.tensor(sampler_grid(schedule.num_train_steps, grid_size)[::-1], device=self.device)
+        self.K = grid_size
+        self.chunk = torch.tensor(chunk_index(tp, to, ta), device=self.device)
+        self.initial_pos = torch.tensor(ladder(tp, to, ta, grid_size), device=self.device)
+        # Slots kept by a roll: everything after the first Ta, up to the end of the last whole chunk.
+        self.keep_end = to - 1 + self.h * ta
+        self.x = torch.zeros(tp, action_dim, device=self.device)
+        self.pos = self.initial_pos.clone()
+
+    # -- state ---------------------------------------------------------------------------------
+    def labels(self) -> torch.Tensor:
+        """Train timesteps of every slot (-1 for clean), shape (Tp,)."""
+        safe = self.grid_asc[self.pos.clamp_min(0)]
+        return torch.where(self.pos < 0, torch.full_like(safe, CLEAN), safe)
+
+    def chunk0_clean(self) -> bool:
+        return bool((self.pos[self.chunk == 0] < 0).all())
+
+    def steps_until_ready(self) -> int:
+        """Network calls still needed before chunk 0 is clean."""
+        return int(self.pos[self.chunk == 0].max().clamp_min(-1)) + 1
+
+    # -- transitions -----------------------------------------------------------------------------
+    def reset(self, primer: torch.Tensor | None = None, generator: torch.Generator | None = None) -> None:
+        """Ladder labels; contents = primer (Tp, D) (zeros if None) forward-noised to each slot's level."""
+        self.pos = self.initial_pos.clone()
+        x0 = torch.zeros(self.tp, self.dim, device=self.device) if primer is None else primer.to(self.device)
+        noise = torch.randn(self.tp, self.dim, generator=generator, device="cpu").to(self.device)
+        self.x = self.schedule.add_noise(x0[None], noise[None], self.labels()[None])[0]
+
+    def step(self, eps: torch.Tensor, mode: str = "ddpm", generator: torch.Generator | None = None) -> None:
+        """One denoiser output (Tp, D) moves every noisy slot one grid position down."""
+        k = self.labels()
+        new_pos = (self.pos - 1).clamp_min(-1)
+        safe = self.grid_asc[new_pos.clamp_min(0)]
+        k_prev = torch.where(new_pos < 0, torch.full_like(safe, CLEAN), safe)
+        noise = torch.randn(self.tp, self.dim, generator=generator, device="cpu").to(self.device)
+        self.x = self.schedule.step(self.x[None], eps[None], k[None], k_prev[None], mode=mode, noise=noise[None])[0]
+        self.pos = new_pos
+
+    def ready_actions(self) -> torch.Tensor:
+        """The Ta executable slots To-1 .. To-1+Ta-1 (normalised); chunk 0 must be clean."""
+        if not self.chunk0_clean():
+            raise RuntimeError("chunk 0 is not clean yet: keep denoising before emitting")
+        return self.x[self.to - 1 : self.to - 1 + self.ta].clone()
+
+    def roll(self, generator: torch.Generator | None = None, fresh: torch.Tensor | None = None) -> None:
+        """Drop the first Ta slots and any leftover tail, append fresh slots at the top grid level,
+        and really re-noise the first To-1 (past) slots to the level of slot To-1.
+
+        `fresh` (optional, (n_fresh, D) clean guess) lets a hybrid runtime initialise the new tail
+        from a previous solution instead of pure noise; it is forward-noised to the top level.
+        """
+        kept_x = self.x[self.ta : self.keep_end]
+        kept_pos = self.pos[self.ta : self.keep_end]
+        n_fresh = self.tp - kept_x.shape[0]
+        top = self.K - 1
+        noise = torch.randn(n_fresh, self.dim, generator=generator, device="cpu").to(self.device)
+        if fresh is None:
+            fresh_x = noise
+        else:
+            k_top = torch.full((1, n_fresh), int(self.grid_asc[top]), device=self.device)
+            fresh_x = self.schedule.add_noise(fresh.to(self.device)[None], noise[None], k_top)[0]
+        self.x = torch.cat([kept_x, fresh_x], dim=0)
+        self.pos = torch.cat([kept_pos, torch.full((n_fresh,), top, device=self.device, dtype=kept_pos.dtype)])
+        if self.to > 1:
+            past = slice(0, self.to - 1)
+            self.pos[past] = self.pos[self.to - 1]
+            k = self.labels()[past]
+            eps = torch.randn(self.to - 1, self.dim, generator=generator, device="cpu").to(self.device)
+            # Past slots are clean executed actions: forward-noise them to their new level.
+            self.x[past] = self.schedule.add_noise(self.x[past][None], eps[None], k[None])[0]

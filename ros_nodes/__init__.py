@@ -1,0 +1,1 @@
+"""streamdp.ros_nodes."""

@@ -1,0 +1,22 @@
+"""Suite-wide environment. Set before any test module imports triton, rclpy or mujoco."""
+
+import os
+import pathlib
+import random
+
+_root = pathlib.Path(__file__).resolve().parents[1]
+
+# ROS network hygiene: discovery stays on this machine, a domain of our own, logs inside the tree.
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 101)))
+os.environ.setdefault("ROS_LOG_DIR", str(_root / "build" / "ros_log"))
+# Triton kernels run on CPU tensors only through the interpreter, which must be chosen before the
+# first `import triton` in the process.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
