@@ -30,6 +30,17 @@ setup(
     entry_points={
         "console_scripts": [
             "streamdp-bench-policy = streamdp.policy.bench:main",
+            "streamdp-demo-arc = streamdp.policy.demo:main",
+            "streamdp-train = streamdp.policy.train:main",
+            "streamdp-calibrate-rti = streamdp.policy.rti:calibrate_main",
+            "streamdp-calibrate-bac = streamdp.policy.bac:calibrate_main",
+            "streamdp-collect = streamdp.sim.collect:main",
+            "streamdp-sim-measure = streamdp.sim.measure:main",
+            "streamdp-eval = streamdp.sim.evaluate:main",
+            "streamdp-bench = streamdp.sim.bench:main",
+            "streamdp-bringup = streamdp.ros_nodes.bringup:main",
+            "policy_node = streamdp.ros_nodes.policy_node:main",
+            "sim_bridge_node = streamdp.ros_nodes.sim_bridge_node:main",
         ],
     },
 )

@@ -1,0 +1,128 @@
+"""Task spec, expert protocol and the name -> builder registry shared by every simulated task.
+
+Every task env follows the gymnasium API (``reset(seed=) -> (obs, info)``, ``step(a) -> (obs, r,
+terminated, truncated, info)``, ``render()``, ``close()``) with LeRobot key names in ``obs`` and
+``info["is_success"]``, so the collector, the evaluator and the policy code never special-case a task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+OBS_MODES = ("state", "image")
+STATE_KEY = "observation.state"
+ENV_STATE_KEY = "observation.environment_state"
+ACTION_KEY = "action"
+IMAGE_KEY_PREFIX = "observation.images."
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Static description of a task in one observation mode (what a dataset or a policy needs to know).
+
+    ``observation.state`` holds ``state_names`` (robot proprioception, plus in ``state`` mode the
+    task-relevant privileged quantities such as the target position: no task uses
+    ``observation.environment_state``). In ``image`` mode the state is proprioception only and each
+    camera ``c`` in ``camera_names`` appears as ``observation.images.<c>`` (uint8, ``image_shape``).
+    """
+
+    name: str
+    obs_mode: str
+    fps: int
+    action_dim: int
+    state_dim: int
+    joint_names: list[str]
+    state_names: list[str]
+    action_names: list[str]
+    camera_names: list[str]
+    image_shape: tuple[int, int, int] | None
+    max_episode_steps: int
+    success: str
+    robot_type: str
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.obs_mode not in OBS_MODES:
+            raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {self.obs_mode!r}")
+        if len(self.state_names) != self.state_dim:
+            raise ValueError(
+                f"{self.name}: {len(self.state_names)} state names for state_dim={self.state_dim}"
+            )
+        if len(self.action_names) != self.action_dim:
+            raise ValueError(
+                f"{self.name}: {len(self.action_names)} action names for action_dim={self.action_dim}"
+            )
+        if self.obs_mode == "image" and (not self.camera_names or self.image_shape is None):
+            raise ValueError(f"{self.name}: image mode needs camera_names and image_shape")
+
+    @property
+    def image_keys(self) -> list[str]:
+        """LeRobot observation keys of the cameras (empty in state mode)."""
+        return [IMAGE_KEY_PREFIX + c for c in self.camera_names] if self.obs_mode == "image" else []
+
+    def lerobot_features(self, use_videos: bool = False) -> dict[str, dict[str, Any]]:
+        """Feature dict for ``LeRobotDataset.create`` (names are the real joint / state names)."""
+        feats: dict[str, dict[str, Any]] = {
+            STATE_KEY: {"dtype": "float32", "shape": (self.state_dim,), "names": list(self.state_names)},
+            ACTION_KEY: {"dtype": "float32", "shape": (self.action_dim,), "names": list(self.action_names)},
+        }
+        for key in self.image_keys:
+            assert self.image_shape is not None
+            feats[key] = {
+                "dtype": "video" if use_videos else "image",
+                "shape": tuple(self.image_shape),
+                "names": ["height", "width", "channels"],
+            }
+        return feats
+
+
+class Expert(Protocol):
+    """Scripted demonstrator using privileged simulator state (never seen by the policy)."""
+
+    def reset(self) -> None: ...
+
+    def act(self, obs: dict[str, np.ndarray], env: Any = None) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """How to build a task: its spec, its env and its expert."""
+
+    spec: Callable[..., TaskSpec]
+    make: Callable[..., Any]
+    expert: Callable[..., Expert]
+
+
+_REGISTRY: dict[str, TaskEntry] = {}
+
+
+def register_task(name: str, entry: TaskEntry) -> None:
+    """Add a task under ``name`` (one name, one entry: re-registering is a bug)."""
+    if name in _REGISTRY and _REGISTRY[name] is not entry:
+        raise ValueError(f"task {name!r} is already registered")
+    _REGISTRY[name] = entry
+
+
+def task_names() -> list[str]:
+    """Names accepted by ``make_task`` / ``task_spec``, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> TaskEntry:
+    """Registry lookup with an error that lists the known names."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(task_names())}") from None
+
+
+def check_obs_mode(obs_mode: str) -> str:
+    """Validate ``obs_mode`` early with a clear message."""
+    if obs_mode not in OBS_MODES:
+        raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+    return obs_mode

