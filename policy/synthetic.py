@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from streamdp.policy.config import PolicyConfig
-from streamdp.policy.normalize import Normalizer
 from streamdp.policy.policy import Policy
 from streamdp.policy.training import fit
+from streamdp.policy.windows import episode_windows
 
 
 @dataclass(frozen=True)
@@ -46,28 +46,13 @@ class ArcTask:
 def make_dataset(
     task: ArcTask, episodes: int, to: int, tp: int, seed: int = 0
 ) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, np.ndarray]]]:
-    """Windows of To observations and Tp actions (first To-1 in the past), edge-padded, plus stats."""
+    """Training windows (To observations, Tp actions) over `episodes` demonstrations, plus stats."""
     rng = np.random.default_rng(seed)
-    obs, acts, pads = [], [], []
-    all_s, all_a = [], []
+    eps = []
     for _ in range(episodes):
         s, a = task.demo(rng)
-        all_s.append(s)
-        all_a.append(a)
-        n = len(s)
-        for t in range(n):
-            oi = np.clip(np.arange(t - to + 1, t + 1), 0, n - 1)
-            ai = np.arange(t - to + 1, t - to + 1 + tp)
-            obs.append(s[oi])
-            acts.append(a[np.clip(ai, 0, n - 1)])
-            pads.append((ai < 0) | (ai >= n))
-    data = {
-        "observation.state": torch.tensor(np.stack(obs)),
-        "action": torch.tensor(np.stack(acts)),
-        "action_is_pad": torch.tensor(np.stack(pads)),
-    }
-    stats = Normalizer.compute({"observation.state": np.concatenate(all_s), "action": np.concatenate(all_a)})
-    return data, stats
+        eps.append({"observation.state": s, "action": a})
+    return episode_windows(eps, to, tp)
 
 
 def train_arc_policy(
