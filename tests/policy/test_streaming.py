@@ -116,3 +116,8 @@ def test_training_labels_cover_ladder_and_uniform():
     offsets = lad[None] - k[~shared]
     assert (offsets == offsets[:, :1]).all()  # one shared offset per sample
     assert offsets.min() == 0 and offsets.max() == 100 // 3 - 1
+
+
+def test_readme_example_cycles_33_33_34():
+    assert ladder(16, 2, 4, 100) == [32] * 5 + [65] * 4 + [99] * 7
+    assert _nfe_sequence(16, 2, 4, 100, 6, denoiser="transformer") == [33, 33, 34] * 2
