@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamdp.ros_nodes.safety import SafetyConfigError, SafetyFilter, SafetyLimits, SafetyStatus
+
+NAMES = ["j1", "j2", "j3"]
+
+
+def limits(**kw) -> SafetyLimits:
+    base = dict(joint_names=NAMES, position_lower=[-1.0, -2.0, -1.5], position_upper=[1.0, 2.0, 1.5],
+                max_velocity=2.0, max_acceleration=40.0, max_delta=0.08, dt=0.05, escalate_after=5)
+    base.update(kw)
+    return SafetyLimits.from_dict(base)
+
+
+def run(filt: SafetyFilter, commands) -> tuple[list[np.ndarray], list[SafetyStatus]]:
+    prev, prev_step = filt.last_command, np.zeros(3)
+    outs, sts = [], []
+    for c in commands:
+        q, s = filt.filter(c)
+        assert filt.check(q, prev, prev_step) == [], (c, q, s)
+        prev_step, prev = q - prev, q
+        outs.append(q)
+        sts.append(s)
+    return outs, sts
+
+
+def test_ok_commands_pass_unchanged():
+    f = SafetyFilter(limits())
+    f.reset([0.0, 0.0, 0.0])
+    cmds = [np.array([0.01, -0.01, 0.0]) * (i + 1) for i in range(5)]
+    outs, sts = run(f, cmds)
+    assert all(s is SafetyStatus.OK for s in sts)
+    np.testing.assert_allclose(outs[-1], cmds[-1])
+
+
+def test_nan_and_inf_never_published():
+    f = SafetyFilter(limits())
+    f.reset([0.1, 0.2, 0.3])
+    outs, sts = run(f, [[np.nan, 0, 0], [0, np.inf, 0], [0.1, 0.2, 0.3]])
+    assert sts[:2] == [SafetyStatus.FAULT, SafetyStatus.FAULT]
+    assert all(np.isfinite(o).all() for o in outs)
+    assert f.counts["fault"] == 2
+
+
+def test_huge_jump_is_rate_limited_then_escalates_to_hold():
+    f = SafetyFilter(limits())
+    f.reset([0.0, 0.0, 0.0])
+    outs, sts = run(f, [[1.0, 2.0, -1.5]] * 12)
+    assert sts[0] is SafetyStatus.CLAMPED
+    assert np.max(np.abs(outs[0])) <= 0.08 + 1e-12
+    # after escalate_after consecutive clamps the filter latches a hold (decelerating, then still)
+    assert sts[4] is SafetyStatus.HOLDING and all(s is SafetyStatus.HOLDING for s in sts[5:])
+    assert np.allclose(outs[-1], outs[-2])
+    f.reset(outs[-1])  # re-activation clears the latch
+    _, s = f.filter(outs[-1])
+    assert s is SafetyStatus.OK
+
+
+def test_position_limits_and_wrong_size():
+    f = SafetyFilter(limits(max_delta=10.0, max_velocity=1000.0, max_acceleration=1e9))
+    f.reset([0.95, 0.0, 0.0])
+    q, s = f.filter([1.5, 0.0, 0.0])
+    assert s is SafetyStatus.CLAMPED and q[0] == pytest.approx(1.0, abs=1e-6) and q[0] <= 1.0
+    q, s = f.filter([0.0, 0.0])
+    assert s is SafetyStatus.FAULT and q.shape == (3,)
+
+
+def test_hold_decelerates_within_acceleration_limit():
+    f = SafetyFilter(limits(max_delta=1.0, max_velocity=100.0, max_acceleration=20.0))
+    f.reset([0.0, 0.0, 0.0])
+    prev, prev_step = f.last_command, np.zeros(3)
+    for _ in range(10):  # accelerate
+        q, _ = f.filter(prev + prev_step + 0.04)
+        prev_step, prev = q - prev, q
+    speed = np.abs(prev_step).max()
+    assert speed > 0.1
+    steps = []
+    for _ in range(20):
+        q, s = f.hold(SafetyStatus.STALE)
+        assert f.check(q, prev, prev_step) == []
+        steps.append(np.abs(q - prev).max())
+        prev_step, prev = q - prev, q
+    assert steps[-1] == 0.0 and all(a >= b for a, b in zip(steps, steps[1:]))
+
+
+def test_workspace_box_refuses_target():
+    def fk(q):
+        return np.array([np.cos(q[0]), np.sin(q[0]), 0.0])
+
+    f = SafetyFilter(limits(workspace_lower=[-2, -0.05, -1], workspace_upper=[2, 0.05, 1]), fk=fk)
+    f.reset([0.0, 0.0, 0.0])
+    q, s = f.filter([0.08, 0.0, 0.0])  # ee y = sin(0.08) > 0.05: outside
+    assert s is SafetyStatus.CLAMPED and q[0] == 0.0
+
+
+def test_config_errors():
+    with pytest.raises(SafetyConfigError, match="unknown safety keys"):
+        SafetyLimits.from_dict({"joint_names": NAMES, "dt": 0.1, "max_vel": 1})
+    with pytest.raises(SafetyConfigError, match="3 joints"):
+        limits(position_lower=[0, 0])
+    with pytest.raises(SafetyConfigError, match="dt or control_rate_hz"):
+        SafetyLimits.from_dict({"joint_names": NAMES})
+
+
+def test_urdf_limits(tmp_path):
+    urdf = tmp_path / "arm.urdf"
+    urdf.write_text("""<robot name="a">
+      <joint name="j1" type="revolute"><limit lower="-1.2" upper="1.3" velocity="2.5" effort="1"/></joint>
+      <joint name="j2" type="continuous"/>
+      <joint name="j3" type="prismatic"><limit lower="0" upper="0.4" velocity="0.5" effort="1"/></joint>
+    </robot>""")
+    lim = SafetyLimits.from_dict({"urdf": str(urdf), "joint_names": NAMES, "control_rate_hz": 20, "max_delta": 0.1})
+    assert lim.position_lower.tolist() == [-1.2, -np.inf, 0.0]
+    assert lim.max_velocity.tolist() == [2.5, np.inf, 0.5]
+    assert np.allclose(lim.step_limit, [0.1, 0.1, 0.025])
+    with pytest.raises(SafetyConfigError, match="not in URDF"):
+        SafetyLimits.from_urdf(urdf, ["j1", "nope"], 0.05)
+
+
+finite_or_not = st.one_of(
+    st.floats(-1e6, 1e6, allow_nan=False), st.just(float("nan")), st.just(float("inf")), st.just(-float("inf"))
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(finite_or_not, min_size=3, max_size=3), min_size=1, max_size=40),
+       st.lists(st.floats(-0.9, 0.9), min_size=3, max_size=3))
+def test_property_every_output_is_safe(commands, start):
+    """Whatever the policy asks for, every published command is finite and within every limit."""
+    f = SafetyFilter(limits())
+    f.reset(start)
+    run(f, commands)
