@@ -1,0 +1,260 @@
+"""Node descriptions shared by the launch files and ``streamdp-bringup`` (which needs no ``ros2 launch``).
+
+``launch/sim.launch.py`` and ``launch/real_arm.launch.py`` turn :func:`describe` into
+``launch_ros.actions.Node`` actions on a real ROS install. Where ``launch``/``launch_ros`` are not
+installable (the pip ``ros-rclpy`` wheels), the same descriptions run as child processes::
+
+    export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=42 ROS_LOG_DIR=$PWD/build/ros_log
+    streamdp-bringup sim -p policy_node.checkpoint:=/path/to/ckpt
+    streamdp-bringup sim --params my_sim.yaml --compose          # all nodes in one process
+    streamdp-bringup real_arm --params config/ros/real_arm.yaml --dry-run   # print the commands
+
+Bring-up refuses to start (exit code 2, a message naming each variable) unless
+``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, ``ROS_DOMAIN_ID`` and ``ROS_LOG_DIR`` are set: it never
+lets Fast DDS multicast discovery off the machine by accident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from streamdp.ros_nodes.rosenv import ros_env_problems, with_ros_library_path
+
+PACKAGE = "streamdp"
+CONFIG_NAMES = ("sim", "real_arm")
+ROS_ENV = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}  # carried by every description
+
+
+@dataclass(frozen=True)
+class NodeDescription:
+    """One node to start: what ``launch_ros.actions.Node`` needs, plus how to run it without ROS tooling."""
+
+    executable: str  # console script (setup.py entry point) == launch_ros executable
+    name: str  # node name (remapped with __node:=)
+    module: str  # python -m module of the executable
+    node_class: str  # "module:Class" for composition in one process
+    package: str = PACKAGE
+    parameters: tuple[str | Mapping[str, Any], ...] = ()  # YAML files and dicts, applied in order
+    remappings: tuple[tuple[str, str], ...] = ()
+    env: Mapping[str, str] = field(default_factory=lambda: dict(ROS_ENV))
+    arguments: tuple[str, ...] = ()
+
+
+def config_dir() -> Path:
+    """config/ros of this checkout, or of the installed package share (regular install / overlay)."""
+    src = Path(__file__).resolve().parents[1] / "config" / "ros"
+    if src.is_dir():
+        return src
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        share = Path(get_package_share_directory(PACKAGE)) / "config"
+    except Exception:  # noqa: BLE001 - not in the ament index
+        share = Path(sys.prefix) / "share" / PACKAGE / "config"
+    return share / "ros" if (share / "ros").is_dir() else share
+
+
+def default_params(config: str) -> Path:
+    return config_dir() / f"{config}.yaml"
+
+
+def _node_params(name: str, overrides: Mapping[str, Mapping[str, Any]] | None) -> tuple[Mapping[str, Any], ...]:
+    o = (overrides or {}).get(name)
+    return (dict(o),) if o else ()
+
+
+def describe(
+    config: str,
+    params: Sequence[str | Path] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[NodeDescription]:
+    """Nodes of bring-up `config` ('sim' | 'real_arm'). `params`: YAML files (default: config/ros/<config>.yaml);
+    `overrides`: {node name: {parameter: value}} applied after the files."""
+    if config not in CONFIG_NAMES:
+        raise ValueError(f"unknown bring-up {config!r}; choose one of {CONFIG_NAMES}")
+    files = tuple(str(p) for p in (params or [default_params(config)]))
+    policy = NodeDescription(
+        executable="policy_node",
+        name="policy_node",
+        module="streamdp.ros_nodes.policy_node",
+        node_class="streamdp.ros_nodes.policy_node:PolicyNode",
+        parameters=files + _node_params("policy_node", overrides),
+    )
+    if config == "real_arm":
+        return [policy]
+    sim = NodeDescription(
+        executable="sim_bridge_node",
+        name="sim_bridge",
+        module="streamdp.ros_nodes.sim_bridge_node",
+        node_class="streamdp.ros_nodes.sim_bridge_node:SimBridgeNode",
+        parameters=files + _node_params("sim_bridge", overrides),
+    )
+    return [sim, policy]
+
+
+def _yaml_value(v: Any) -> str:
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def ros_args(desc: NodeDescription, tmpdir: str | Path | None = None) -> list[str]:
+    """``--ros-args`` for `desc`: node name, parameter files (dicts written to YAML in `tmpdir`), remaps."""
+    out = ["--ros-args", "-r", f"__node:={desc.name}"]
+    for i, p in enumerate(desc.parameters):
+        if isinstance(p, Mapping):
+            d = Path(tmpdir or tempfile.mkdtemp(prefix="streamdp-params-"))
+            f = d / f"{desc.name}_{i}.yaml"
+            f.write_text(yaml.safe_dump({desc.name: {"ros__parameters": dict(p)}}))
+            p = str(f)
+        out += ["--params-file", str(p)]
+    for a, b in desc.remappings:
+        out += ["-r", f"{a}:={b}"]
+    return out
+
+
+def command(desc: NodeDescription, python: str | None = None, tmpdir: str | Path | None = None) -> list[str]:
+    """The command line running `desc` as a child process (``python -m <module> --ros-args ...``)."""
+    return [python or sys.executable, "-m", desc.module, *desc.arguments, *ros_args(desc, tmpdir)]
+
+
+def child_env(desc: NodeDescription, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment of a child: `base` (os.environ) + the description's env + ROS wheel libraries."""
+    env = dict(os.environ if base is None else base)
+    env.update(desc.env)
+    return with_ros_library_path(env)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``node.param:=value`` (YAML value) -> {node: {param: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, val = item.partition(":=")
+        node, dot, prm = key.partition(".")
+        if not sep or not dot or not node or not prm:
+            raise ValueError(f"override {item!r} must look like node.parameter:=value")
+        out.setdefault(node, {})[prm] = yaml.safe_load(val)
+    return out
+
+
+def _run_processes(descs: Sequence[NodeDescription], duration: float | None) -> int:
+    tmp = tempfile.mkdtemp(prefix="streamdp-bringup-")
+    procs: list[tuple[NodeDescription, subprocess.Popen]] = []
+    stop = {"flag": False}
+
+    def _stop(*_: Any) -> None:
+        stop["flag"] = True
+
+    old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for d in descs:
+            cmd = command(d, tmpdir=tmp)
+            print(f"[bringup] starting {d.name}: {' '.join(cmd)}", flush=True)
+            procs.append((d, subprocess.Popen(cmd, env=child_env(d), start_new_session=True)))
+        t0 = time.monotonic()
+        while not stop["flag"]:
+            if duration is not None and time.monotonic() - t0 >= duration:
+                break
+            dead = [(d, p) for d, p in procs if p.poll() is not None]
+            if dead:
+                for d, p in dead:
+                    print(f"[bringup] {d.name} exited with code {p.returncode}; stopping the others", flush=True)
+                break
+            time.sleep(0.2)
+    finally:
+        for _, p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 10.0
+        for _, p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for s, h in old.items():
+            signal.signal(s, h)
+    codes = [p.returncode for _, p in procs]
+    return next((c for c in codes if c not in (0, -signal.SIGINT)), 0)
+
+
+def _run_composed(descs: Sequence[NodeDescription], duration: float | None) -> int:
+    """All nodes in this process on one MultiThreadedExecutor (needs rclpy loadable here)."""
+    import importlib
+
+    from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable
+
+    ensure_rclpy_loadable()
+    from streamdp.ros_nodes import runtime
+
+    os.environ.update({k: v for d in descs for k, v in d.env.items()})
+    runtime.init(None)
+    tmp = tempfile.mkdtemp(prefix="streamdp-bringup-")
+    nodes = []
+    for d in descs:
+        mod, cls = d.node_class.split(":")
+        node_cls = getattr(importlib.import_module(mod), cls)
+        nodes.append(node_cls(d.name, cli_args=ros_args(d, tmp), use_global_arguments=False))
+    t0 = time.monotonic()
+
+    def until() -> bool:
+        failed = any(getattr(n, "autostart_failed", False) for n in nodes)
+        return failed or (duration is not None and time.monotonic() - t0 >= duration)
+
+    runtime.spin_until_signal(nodes, multi_threaded=True, until=until)
+    return 1 if any(getattr(n, "autostart_failed", False) for n in nodes) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="streamdp-bringup", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config", choices=CONFIG_NAMES, help="which set of nodes (as launch/<config>.launch.py)")
+    ap.add_argument("--params", action="append", default=None,
+                    help="parameter YAML (repeatable; default config/ros/<config>.yaml)")
+    ap.add_argument("-p", "--set", action="append", default=[], metavar="NODE.PARAM:=VALUE",
+                    help="override one parameter, e.g. policy_node.checkpoint:=/ckpt")
+    ap.add_argument("--compose", action="store_true", help="run all nodes in this process (MultiThreadedExecutor)")
+    ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    ap.add_argument("--dry-run", action="store_true", help="print the node commands and exit")
+    a = ap.parse_args(argv)
+    problems = ros_env_problems()
+    if problems:
+        print("streamdp-bringup: refusing to start ROS nodes:\n  - " + "\n  - ".join(problems)
+              + "\nSet them first, e.g.\n  export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=42 "
+              "ROS_LOG_DIR=$PWD/build/ros_log", file=sys.stderr)
+        return 2
+    try:
+        descs = describe(a.config, a.params, parse_overrides(a.set))
+    except ValueError as e:
+        print(f"streamdp-bringup: {e}", file=sys.stderr)
+        return 2
+    missing = [p for d in descs for p in d.parameters if isinstance(p, str) and not Path(p).is_file()]
+    if missing:
+        print(f"streamdp-bringup: parameter file(s) not found: {sorted(set(missing))}", file=sys.stderr)
+        return 2
+    Path(os.environ["ROS_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
+    if a.dry_run:
+        for d in descs:
+            print(" ".join(command(d)))
+        return 0
+    if a.compose:
+        return _run_composed(descs, a.duration)
+    return _run_processes(descs, a.duration)
+
+
+__all__ = ["NodeDescription", "describe", "command", "ros_args", "child_env", "parse_overrides", "main",
+           "config_dir", "default_params"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""End-to-end run over DDS: ``sim_bridge_node`` and ``policy_node`` as separate processes, watched from here.
+
+    python -m streamdp.ros_nodes.e2e_bench --checkpoint CKPT --ticks 1000 --samplers sdp ddim:10
+
+For each sampler it starts both nodes from the ``sim`` bring-up descriptions (the same ones
+``streamdp-bringup sim`` and ``launch/sim.launch.py`` use), counts the commands a subscriber here
+receives for ``--ticks`` control ticks after the first one (the start-up window before it: process
+start, checkpoint load, warm-up, activation), and reports
+
+* commands received vs. control ticks elapsed (by command stamps), stamp-gap jitter;
+* observation -> command latency p50/p99 measured by the policy node from stamps (joint-state header
+  stamp -> publish of the first action it produced) and the DDS delivery latency of the commands;
+* deadline misses, holds and NFE per 1,000 ticks, control-tick jitter on the node's monotonic clock;
+* the end-effector distance to the target at the start and at the end (the arm should approach it).
+
+ROS environment: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a ROS_DOMAIN_ID and ROS_LOG_DIR must be set
+(``streamdp-bringup``'s rule); timings on a shared CPU are noisy: compare samplers within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable, ros_env_problems
+
+ensure_rclpy_loadable()
+
+import rclpy  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import QoSProfile  # noqa: E402
+from std_msgs.msg import Float64  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from streamdp.ros_nodes import bringup  # noqa: E402
+
+
+@dataclass
+class E2EResult:
+    sampler: str
+    num_inference_steps: int
+    ticks: int  # commands received in the measured window
+    expected_ticks: int  # control periods elapsed in that window (by command stamps)
+    stamp_gap_ms_p50: float
+    stamp_gap_ms_p99: float
+    dds_latency_ms_p50: float
+    dds_latency_ms_p99: float
+    distance_start: float
+    distance_end: float
+    distance_min: float
+    diagnostics: dict[str, str] = field(default_factory=dict)
+    logs: str = ""
+
+    def per_1000(self, key: str) -> float:
+        t = float(self.diagnostics.get("ticks", "nan"))
+        return 1000.0 * float(self.diagnostics.get(key, "nan")) / t if t else math.nan
+
+    def summary(self) -> dict[str, Any]:
+        d = self.diagnostics
+        return {
+            "sampler": self.sampler, "K": self.num_inference_steps, "ticks": self.ticks,
+            "expected_ticks": self.expected_ticks,
+            "obs_to_cmd_ms_p50": float(d.get("obs_to_cmd_latency_ms_p50", "nan")),
+            "obs_to_cmd_ms_p99": float(d.get("obs_to_cmd_latency_ms_p99", "nan")),
+            "inference_ms_p50": float(d.get("inference_ms_p50", "nan")),
+            "inference_ms_p99": float(d.get("inference_ms_p99", "nan")),
+            "obs_age_ms_p50": float(d.get("obs_age_ms_p50", "nan")),
+            "obs_age_ms_p99": float(d.get("obs_age_ms_p99", "nan")),
+            "dds_ms_p50": self.dds_latency_ms_p50, "dds_ms_p99": self.dds_latency_ms_p99,
+            "tick_jitter_ms_p50": float(d.get("tick_jitter_ms_p50", "nan")),
+            "tick_jitter_ms_p99": float(d.get("tick_jitter_ms_p99", "nan")),
+            "stamp_gap_ms_p50": self.stamp_gap_ms_p50, "stamp_gap_ms_p99": self.stamp_gap_ms_p99,
+            "deadline_misses_per_1000": self.per_1000("deadline_misses"),
+            "holds_per_1000": self.per_1000("holds"),
+            "ticks_overrun_per_1000": self.per_1000("ticks_overrun"),
+            "nfe_per_chunk": float(d.get("nfe_per_chunk_mean", "nan")),
+            "distance_start": self.distance_start, "distance_min": self.distance_min,
+            "distance_end": self.distance_end,
+        }
+
+
+class Monitor(Node):
+    """Subscribes to what the test observes: commands, task distance, diagnostics."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("streamdp_e2e_monitor", **kwargs)
+        self.commands: list[tuple[float, float, int]] = []  # (receive time, header stamp, points)
+        self.distances: list[tuple[float, float]] = []
+        self.diag: dict[str, str] = {}
+        self.diag_count = 0
+        self.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory", self._on_cmd,
+                                 QoSProfile(depth=100))
+        self.create_subscription(Float64, "/task/distance", self._on_dist, QoSProfile(depth=100))
+        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, QoSProfile(depth=10))
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_cmd(self, m: JointTrajectory) -> None:
+        self.commands.append((self._now(), m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec, len(m.points)))
+
+    def _on_dist(self, m: Float64) -> None:
+        self.distances.append((self._now(), m.data))
+
+    def _on_diag(self, m: DiagnosticArray) -> None:
+        for s in m.status:
+            if "streaming policy" in s.name:
+                self.diag = {kv.key: kv.value for kv in s.values}
+                self.diag_count += 1
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 10
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def run_e2e(
+    checkpoint: str | Path,
+    ticks: int = 220,
+    sampler: str = "",
+    num_inference_steps: int = 0,
+    sim_seed: int = 3,
+    startup_timeout: float = 120.0,
+    policy_params: dict[str, Any] | None = None,
+    log_dir: str | Path | None = None,
+) -> E2EResult:
+    """Run both nodes until `ticks` commands arrived after the first one; see the module docstring."""
+    problems = ros_env_problems()
+    if problems:
+        raise RuntimeError("ROS environment not safe for a run: " + "; ".join(problems))
+    overrides = {
+        "sim_bridge": {"seed": sim_seed, "max_episode_steps": 1_000_000, "auto_reset": False},
+        "policy_node": {"checkpoint": str(checkpoint), "autostart": True, "sampler": sampler,
+                        "num_inference_steps": num_inference_steps, "diagnostics_rate_hz": 5.0,
+                        **(policy_params or {})},
+    }
+    descs = bringup.describe("sim", overrides=overrides)
+    log_dir = Path(log_dir or os.environ["ROS_LOG_DIR"]) / f"e2e-{sampler or 'ckpt'}-{os.getpid()}-{time.time_ns()}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context()
+    rclpy.init(context=ctx)
+    mon = Monitor(context=ctx)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(mon)
+    procs: list[subprocess.Popen] = []
+    logs = []
+    try:
+        for d in descs:
+            out = open(log_dir / f"{d.name}.log", "w")  # noqa: SIM115 - closed with the process
+            logs.append(out)
+            procs.append(subprocess.Popen(bringup.command(d, tmpdir=log_dir), env=bringup.child_env(d),
+                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        t0 = time.monotonic()
+        while not mon.commands:
+            ex.spin_once(timeout_sec=0.05)
+            dead = [p for p in procs if p.poll() is not None]
+            if dead or time.monotonic() - t0 > startup_timeout:
+                raise RuntimeError(f"no command within {time.monotonic() - t0:.0f} s (exited: "
+                                   f"{[p.args[2] for p in dead]}); logs in {log_dir}\n" + _tail(log_dir))
+        n0 = len(mon.distances)
+        while len(mon.commands) < ticks + 1:
+            ex.spin_once(timeout_sec=0.05)
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"a node exited during the run; logs in {log_dir}\n" + _tail(log_dir))
+        t_end = time.monotonic()
+        while mon.diag_count == 0 or time.monotonic() - t_end < 0.3:  # one more diagnostics message
+            ex.spin_once(timeout_sec=0.05)
+            if time.monotonic() - t_end > 5:
+                break
+        diag = dict(mon.diag)
+    finally:
+        _stop(procs)
+        for f in logs:
+            f.close()
+        ex.shutdown()
+        mon.destroy_node()
+        rclpy.shutdown(context=ctx)
+    cmds = np.array(mon.commands[1: ticks + 1])
+    stamps = cmds[:, 1]
+    period = float(np.median(np.diff(stamps)))
+    gaps = np.diff(stamps)
+    expected = int(round((stamps[-1] - stamps[0]) / period)) + 1
+    dds = cmds[:, 0] - cmds[:, 1]
+    dist = [d for _, d in mon.distances[max(0, n0 - 1):]]
+    return E2EResult(
+        sampler=diag.get("sampler", sampler), num_inference_steps=int(diag.get("num_inference_steps", 0) or 0),
+        ticks=len(cmds), expected_ticks=expected,
+        stamp_gap_ms_p50=1e3 * float(np.percentile(gaps, 50)), stamp_gap_ms_p99=1e3 * float(np.percentile(gaps, 99)),
+        dds_latency_ms_p50=1e3 * float(np.percentile(dds, 50)), dds_latency_ms_p99=1e3 * float(np.percentile(dds, 99)),
+        distance_start=float(dist[0]) if dist else math.nan,
+        distance_end=float(np.median(dist[-20:])) if dist else math.nan,
+        distance_min=float(np.min(dist)) if dist else math.nan,
+        diagnostics=diag, logs=str(log_dir),
+    )
+
+
+def train_tiny_checkpoint(out: str | Path, task: str = "arm_reach_dynamic") -> Path:
+    """The tests' tiny policy: 10 expert episodes, 300 steps (weak, but it approaches the target)."""
+    import torch
+
+    from streamdp.policy.config import UnetConfig
+    from streamdp.sim.expert_policy import train_expert_policy
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads oversubscribe a shared 2-core machine (several times slower)
+    try:
+        train_expert_policy(task, out=out, episodes=10, steps=300, batch_size=64,
+                            unet=UnetConfig(down_dims=(32, 64), step_embed_dim=32, cond_dim=32))
+    finally:
+        torch.set_num_threads(threads)
+    return Path(out)
+
+
+def _tail(log_dir: Path, n: int = 25) -> str:
+    out = []
+    for f in sorted(log_dir.glob("*.log")):
+        lines = f.read_text(errors="replace").splitlines()[-n:]
+        out.append(f"--- {f.name}\n" + "\n".join(lines))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--checkpoint", required=False, help="checkpoint dir (default: train a tiny one)")
+    ap.add_argument("--ticks", type=int, default=1000)
+    ap.add_argument("--samplers", nargs="+", default=["sdp", "ddim:10"], help="sampler[:K] ...")
+    ap.add_argument("--num-threads", type=int, default=1)
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    ckpt = a.checkpoint
+    if ckpt is None:
+        ckpt = tempfile.mkdtemp(prefix="streamdp-e2e-ckpt-")
+        print(f"training a tiny checkpoint into {ckpt} ...", flush=True)
+        train_tiny_checkpoint(ckpt)
+    results = []
+    for spec in a.samplers:
+        name, _, k = spec.partition(":")
+        r = run_e2e(ckpt, ticks=a.ticks, sampler=name, num_inference_steps=int(k or 0),
+                    policy_params={"num_threads": a.num_threads})
+        results.append(r)
+        print(json.dumps(r.summary(), indent=None), flush=True)
+    if a.out:
+        Path(a.out).write_text(json.dumps([{**r.summary(), "diagnostics": r.diagnostics} for r in results], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

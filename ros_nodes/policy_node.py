@@ -1,0 +1,701 @@
+"""``policy_node``: a managed (lifecycle) ROS 2 node that streams a diffusion policy to an arm.
+
+Lifecycle (DESIGN.md 6):
+
+* **configure**: read parameters, load the checkpoint (sampler / step overrides applied), validate
+  it against the robot described by the parameters (joint names and order, state layout -> state
+  dim, action dim, cameras, control rate = checkpoint fps) and refuse with a clear message
+  (FAILURE; the reason is logged, kept in ``configure_error`` and shown on ``/diagnostics``), warm up
+  (a few dummy chunks), create the subscriptions.
+* **activate**: seed the buffer and the hold position from the current JointState
+  (``policy.reset(state=q)``), start the inference thread and the control timer, enable the command
+  publisher. Fails (retry later) when no fresh JointState has arrived yet.
+* **deactivate**: stop the timer and the inference thread, publish a final hold at the last
+  commanded position, disable the publisher.
+* **cleanup / shutdown**: drop everything configure made.
+
+Data flow and timing: see :mod:`streamdp.ros_nodes.logic`. Inference runs in its own thread; the
+control-rate timer only samples sensors, hands the frame over and publishes what the
+:class:`~streamdp.ros_nodes.logic.ActionStreamer` has (a clean action or a hold), so it never waits
+on the network. Every published command passes ``command_filter`` (the safety-filter seam: identity
+here, limits are declared as ``limits.*`` parameters for it) and a finite check.
+
+Outputs: ``trajectory_msgs/JointTrajectory`` (joint_trajectory_controller; the current action plus
+the queued future actions, positions and velocities, header.stamp = the splice time) or
+``std_msgs/Float64MultiArray`` (forward_command_controller), and ``diagnostic_msgs/DiagnosticArray``
+on ``/diagnostics``.
+
+Run: ``policy_node --ros-args --params-file config/ros/sim.yaml`` (``autostart: true`` configures
+and activates by itself), or manage it with the lifecycle services (``ros2 lifecycle set``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable
+
+ensure_rclpy_loadable()
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
+from geometry_msgs.msg import PointStamped  # noqa: E402
+from rcl_interfaces.msg import ParameterDescriptor  # noqa: E402
+from rclpy.exceptions import ParameterUninitializedException  # noqa: E402
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+from streamdp.ros_nodes.logic import (  # noqa: E402
+    ActionStreamer,
+    Chunk,
+    ClockJumpDetector,
+    Command,
+    ExtraState,
+    Frame,
+    InferenceWorker,
+    ObservationSync,
+    RollingStats,
+    StateLayout,
+    SyncError,
+    TickStats,
+    decode_image,
+    split_seconds,
+    trajectory_points,
+)
+
+OUTPUT_TYPES = ("joint_trajectory", "float64_multi_array")
+DEFAULT_COMMAND_TOPICS = {
+    "joint_trajectory": "/joint_trajectory_controller/joint_trajectory",
+    "float64_multi_array": "/forward_position_controller/commands",
+}
+LIMIT_PARAMS = (  # read by the safety filter (a later issue); declared here so YAMLs can carry them
+    "position_min", "position_max", "max_delta", "max_velocity", "max_acceleration", "workspace_min",
+    "workspace_max",
+)
+
+CommandFilter = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def identity_filter(points: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """Default command filter: (n, D) commanded positions (row 0 is executed now) -> unchanged."""
+    return points
+
+
+class ParameterError(ValueError):
+    """A parameter value is invalid; the message names the parameter."""
+
+
+def stamp_seconds(stamp: Any) -> float:
+    return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
+
+
+@dataclass
+class Settings:
+    """The node's parameters, read and checked at configure."""
+
+    checkpoint: str
+    joint_names: list[str]
+    joint_states_topic: str
+    state_layout: list[str]
+    extras: list[ExtraState]
+    camera_names: list[str]
+    camera_topics: list[str]
+    output_type: str
+    command_topic: str
+    control_rate_hz: float
+    action_delay_ticks: int
+    denoise_budget: int
+    sampler: str
+    num_inference_steps: int
+    cache: str
+    cache_options: str
+    policy_overrides: dict[str, Any]
+    device: str
+    num_threads: int
+    seed: int
+    max_obs_age_s: float
+    max_image_age_s: float
+    warmup_chunks: int
+    trajectory_points: int
+    limits: dict[str, Any]
+
+
+class PolicyNode(LifecycleNode):
+    """Lifecycle node running a streamdp Policy (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_name: str = "policy_node",
+        *,
+        command_filter: CommandFilter | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(node_name, **kwargs)
+        self.command_filter: CommandFilter = command_filter or identity_filter
+        self._declare_parameters()
+        self.configure_error = ""
+        self.activate_error = ""
+        self.lifecycle_state = "unconfigured"
+        self.settings: Settings | None = None
+        self.policy: Any = None
+        self.sync: ObservationSync | None = None
+        self.streamer: ActionStreamer | None = None
+        self.worker: InferenceWorker | None = None
+        self._subs: list[Any] = []
+        self._cmd_pub: Any = None
+        self._timer: Any = None
+        self._lock = threading.Lock()
+        self._reset_counters()
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        rate = float(self.get_parameter("diagnostics_rate_hz").value)
+        self._diag_timer = self.create_timer(1.0 / rate, self.publish_diagnostics) if rate > 0 else None
+        self._autostart_timer = None
+        self.autostart_failed = False
+        if self.get_parameter("autostart").value:
+            self._autostart_timer = self.create_timer(0.1, self._autostart_step)
+
+    # ------------------------------------------------------------------------------ parameters
+    def _declare_parameters(self) -> None:
+        def d(name: str, default: Any, text: str) -> None:
+            self.declare_parameter(name, default, ParameterDescriptor(description=text))
+
+        S, SA, DA = Parameter.Type.STRING, Parameter.Type.STRING_ARRAY, Parameter.Type.DOUBLE_ARRAY
+        d("checkpoint", S, "checkpoint directory (Policy.from_pretrained)")
+        d("joint_names", SA, "robot joints in the checkpoint's order (commands use this order); unset: the "
+          "checkpoint's")
+        d("joint_states_topic", "/joint_states", "sensor_msgs/JointState input (matched by joint name)")
+        d("state_layout", ["joint_state.position", "joint_state.velocity"],
+          "observation.state entries in order: joint_state.{position,velocity,effort} or an extra_state_names entry")
+        d("extra_state_names", SA, "state entries from their own geometry_msgs/PointStamped topics")
+        d("extra_state_topics", SA, "topic of each extra state entry")
+        d("extra_state_fields", SA, "PointStamped components of each extra entry, e.g. 'xy'")
+        d("camera_names", SA, "checkpoint cameras fed from sensor_msgs/Image topics")
+        d("camera_topics", SA, "topic of each camera (sensor-data QoS; rgb8/bgr8/mono8)")
+        d("output_type", "joint_trajectory", "joint_trajectory | float64_multi_array")
+        d("command_topic", "", "command output topic; empty: the controller's conventional topic for output_type")
+        d("control_rate_hz", 0.0, "control tick rate; 0: the checkpoint fps (any other value must equal it)")
+        d("action_delay_ticks", 1, "ticks between a chunk's observation and its first action (inference deadline)")
+        d("denoise_budget", 0, "network calls per inference slice; 0: a whole chunk at once")
+        d("sampler", "", "override the checkpoint's sampler (sdp | ddim | ddpm | rti | sdp_rti); empty: keep")
+        d("num_inference_steps", 0, "override the sampler grid size K; 0: keep the checkpoint's")
+        d("cache", "", "override the denoiser cache mode (none | bac); empty: keep")
+        d("cache_options", "", "pass-through options string for the cache (kept for the caching runtime)")
+        d("policy_overrides", "", "JSON object of further PolicyConfig overrides, e.g. '{\"rti_steps\": 3}'")
+        d("device", "auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
+        d("num_threads", 1, "torch CPU threads (1 when sharing the CPU with a simulator)")
+        d("seed", 0, "sampler noise seed")
+        d("max_obs_age_s", 0.25, "joint/extra state older than this is stale: no new input, hold after the queue")
+        d("max_image_age_s", 0.25, "per-camera watchdog: an older image holds the arm")
+        d("warmup_chunks", 2, "dummy chunks computed at configure")
+        d("trajectory_points", 0, "max points per JointTrajectory (current + look-ahead); 0: all queued")
+        d("diagnostics_rate_hz", 1.0, "/diagnostics publish rate; 0: off")
+        d("autostart", False, "configure, then activate once a JointState has arrived, without a manager")
+        for name in LIMIT_PARAMS:
+            d(f"limits.{name}", DA, "safety filter limit (per joint; read by the safety filter)")
+        d("limits.max_consecutive_clamps", 3, "safety filter: escalate to hold after this many clamps")
+
+    def _param(self, name: str) -> Any:
+        try:
+            return self.get_parameter(name).value
+        except ParameterUninitializedException:
+            return None
+
+    def _read_settings(self) -> Settings:
+        ckpt = self._param("checkpoint")
+        if not ckpt:
+            raise ParameterError("parameter 'checkpoint' is not set: give the checkpoint directory")
+        out = self._param("output_type")
+        if out not in OUTPUT_TYPES:
+            raise ParameterError(f"output_type must be one of {OUTPUT_TYPES}, got {out!r}")
+        names = list(self._param("extra_state_names") or [])
+        topics = list(self._param("extra_state_topics") or [])
+        fields = list(self._param("extra_state_fields") or [])
+        if not (len(names) == len(topics) and len(fields) in (0, len(names))):
+            raise ParameterError(f"extra_state_names {names}, extra_state_topics {topics} and extra_state_fields "
+                                 f"{fields} must have the same length")
+        extras = [ExtraState(n, t, f or "xy") for n, t, f in zip(names, topics, fields or [""] * len(names))]
+        cams = list(self._param("camera_names") or [])
+        cam_topics = list(self._param("camera_topics") or [])
+        if len(cams) != len(cam_topics):
+            raise ParameterError(f"camera_names {cams} and camera_topics {cam_topics} differ in length")
+        overrides: dict[str, Any] = {}
+        raw = self._param("policy_overrides")
+        if raw:
+            try:
+                overrides = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise ParameterError(f"policy_overrides is not valid JSON: {e}") from e
+            if not isinstance(overrides, dict):
+                raise ParameterError("policy_overrides must be a JSON object")
+        delay = int(self._param("action_delay_ticks"))
+        if delay < 1:
+            raise ParameterError(f"action_delay_ticks must be >= 1, got {delay}")
+        threads = int(self._param("num_threads"))
+        if threads < 1:
+            raise ParameterError(f"num_threads must be >= 1, got {threads}")
+        return Settings(
+            checkpoint=ckpt,
+            joint_names=list(self._param("joint_names") or []),
+            joint_states_topic=self._param("joint_states_topic"),
+            state_layout=list(self._param("state_layout")),
+            extras=extras,
+            camera_names=cams,
+            camera_topics=cam_topics,
+            output_type=out,
+            command_topic=self._param("command_topic") or DEFAULT_COMMAND_TOPICS[out],
+            control_rate_hz=float(self._param("control_rate_hz")),
+            action_delay_ticks=delay,
+            denoise_budget=int(self._param("denoise_budget")),
+            sampler=self._param("sampler"),
+            num_inference_steps=int(self._param("num_inference_steps")),
+            cache=self._param("cache"),
+            cache_options=self._param("cache_options"),
+            policy_overrides=overrides,
+            device=self._param("device"),
+            num_threads=threads,
+            seed=int(self._param("seed")),
+            max_obs_age_s=float(self._param("max_obs_age_s")),
+            max_image_age_s=float(self._param("max_image_age_s")),
+            warmup_chunks=int(self._param("warmup_chunks")),
+            trajectory_points=int(self._param("trajectory_points")),
+            limits={n: self._param(f"limits.{n}") for n in (*LIMIT_PARAMS, "max_consecutive_clamps")},
+        )
+
+    # ------------------------------------------------------------------------------ helpers
+    def _reset_counters(self) -> None:
+        self.latency = RollingStats()  # observation stamp -> publish of the chunk's first sent action
+        self.inference = RollingStats()  # chunk request -> chunk ready (monotonic)
+        self.obs_age = RollingStats()  # age of the joint state when a tick samples it
+        self._nfe0 = 0
+        self.tick_stats = TickStats(1.0)
+        self.chunks = 0
+        self.deadline_misses = 0
+        self.chunk_requests = 0
+        self.nonfinite_outputs = 0
+        self.worker_errors = 0
+        self.image_rejected = 0
+        self.commands_published = 0
+        self.fault = ""
+        self._last_chunk_sent: int | None = None
+        self._chunk_id = 0
+        self._last_error = ""
+        self._last_stale = ""
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    @staticmethod
+    def _device(name: str) -> str:
+        if name != "auto":
+            return name
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def period(self) -> float:
+        return 1.0 / self.settings.control_rate_hz if self.settings else math.nan
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.configure_error = ""
+        try:
+            self._configure()
+        except Exception as e:  # noqa: BLE001 - every failure becomes a clear refusal
+            self.configure_error = str(e) if isinstance(e, (ParameterError, ValueError)) else f"{type(e).__name__}: {e}"
+            self.get_logger().error(f"refusing to configure: {self.configure_error}")
+            self._teardown()
+            return TransitionCallbackReturn.FAILURE
+        self.lifecycle_state = "inactive"
+        return super().on_configure(state)
+
+    def _configure(self) -> None:
+        import torch
+
+        from streamdp.policy.policy import Policy
+
+        s = self._read_settings()
+        torch.set_num_threads(s.num_threads)
+        overrides = dict(s.policy_overrides)
+        if s.sampler:
+            overrides["sampler"] = s.sampler
+        if s.num_inference_steps:
+            overrides["num_inference_steps"] = s.num_inference_steps
+        if s.cache:
+            overrides["cache"] = s.cache
+        device = self._device(s.device)
+        policy = Policy.from_pretrained(s.checkpoint, device=device, seed=s.seed, **overrides)
+        c = policy.config
+        if not s.joint_names:
+            if not c.joint_names:
+                raise ParameterError("neither the checkpoint nor the joint_names parameter names the joints")
+            s.joint_names = list(c.joint_names)
+        if s.control_rate_hz == 0:
+            s.control_rate_hz = float(c.fps)
+        layout = StateLayout(tuple(s.joint_names), tuple(s.state_layout), tuple(s.extras))
+        try:
+            policy.check_compatible(
+                joint_names=s.joint_names,
+                camera_names=s.camera_names,
+                state_dim=layout.dim if c.state_dim or s.state_layout else None,
+                action_dim=len(s.joint_names),
+                fps=s.control_rate_hz,
+            )
+        except Exception as e:
+            hint = (f" [robot: joint_names={s.joint_names}, state_layout={s.state_layout} -> {layout.dim} values, "
+                    f"cameras={s.camera_names}, control_rate_hz={s.control_rate_hz:g}]")
+            raise ValueError(f"{e}{hint}") from e
+        if not c.joint_names:
+            self.get_logger().warning("checkpoint names no joints: trusting the joint_names parameter order")
+        self.settings = s
+        self.policy = policy
+        self.layout = layout
+        self._image_shape = tuple(c.image_shape) if c.image_shape else None  # (C, H, W)
+        self._warmup(policy, s)
+        self.sync = ObservationSync(layout, s.camera_names, s.max_obs_age_s, s.max_image_age_s, c.n_obs_steps)
+        qos = qos_profile_sensor_data
+        self._subs.append(self.create_subscription(JointState, s.joint_states_topic, self._on_joint_state, qos))
+        for e in s.extras:
+            self._subs.append(self.create_subscription(
+                PointStamped, e.topic, lambda m, e=e: self._on_extra(e, m), qos))
+        for cam, topic in zip(s.camera_names, s.camera_topics):
+            self._subs.append(self.create_subscription(Image, topic, lambda m, cam=cam: self._on_image(cam, m), qos))
+        msg_type = JointTrajectory if s.output_type == "joint_trajectory" else Float64MultiArray
+        self._cmd_pub = self.create_lifecycle_publisher(msg_type, s.command_topic, QoSProfile(depth=10))
+        self.get_logger().info(
+            f"configured: {s.checkpoint} sampler={c.sampler} K={c.num_inference_steps} To={c.n_obs_steps} "
+            f"Ta={c.n_action_steps} Tp={c.horizon} device={device} threads={s.num_threads} "
+            f"rate={s.control_rate_hz:g} Hz -> {s.output_type} on {s.command_topic}"
+        )
+
+    def _warmup(self, policy: Any, s: Settings) -> None:
+        c = policy.config
+        obs: dict[str, np.ndarray] = {}
+        if c.state_dim:
+            obs["observation.state"] = np.zeros(c.state_dim, np.float32)
+        for cam in c.camera_names:
+            ch, h, w = c.image_shape
+            obs["observation.images." + cam] = np.zeros((h, w, ch), np.uint8)
+        times = []
+        for i in range(max(0, s.warmup_chunks)):
+            t = time.perf_counter()
+            policy.observe(obs, float(i))
+            policy.denoise(None)
+            policy.pop_ready()
+            times.append(time.perf_counter() - t)
+        policy.reset()
+        self.warmup_chunk_s = min(times) if times else math.nan
+        budget = s.action_delay_ticks / s.control_rate_hz
+        if times and self.warmup_chunk_s > budget:
+            self.get_logger().warning(
+                f"one chunk takes {1e3 * self.warmup_chunk_s:.1f} ms but the deadline is {1e3 * budget:.1f} ms "
+                f"(action_delay_ticks={s.action_delay_ticks}): expect holds; raise action_delay_ticks or use a "
+                "cheaper sampler"
+            )
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.activate_error = ""
+        s, sync = self.settings, self.sync
+        assert s is not None and sync is not None
+        q = sync.joint_positions
+        now = self._now()
+        if q is None:
+            self.activate_error = (f"no JointState with joints {s.joint_names} on {s.joint_states_topic} yet: "
+                                   "cannot seed the buffer from the measured state")
+        elif now - (sync.joint_stamp or 0.0) > s.max_obs_age_s:
+            self.activate_error = f"the last JointState is stale ({now - sync.joint_stamp:.2f} s old)"
+        if self.activate_error:
+            self.get_logger().error(f"refusing to activate: {self.activate_error}")
+            return TransitionCallbackReturn.FAILURE
+        self._reset_counters()
+        self.tick_stats = TickStats(self.period)
+        self._jumps = ClockJumpDetector(max(0.5, 5 * self.period))
+        self.policy.reset(state=q)
+        self._nfe0 = int(self.policy.nfe_total)
+        self.streamer = ActionStreamer(self.period)
+        self.streamer.seed(q)
+        self._last_published = q.copy()
+        self.worker = InferenceWorker(self.policy, self._on_chunk, self._on_worker_error, s.denoise_budget).start()
+        self._timer = self.create_timer(self.period, self._tick)
+        self.lifecycle_state = "active"
+        self.get_logger().info(f"active: seeded from joint state {np.round(q, 4).tolist()}")
+        return super().on_activate(state)
+
+    def _stop_streaming(self) -> None:
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker = None
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_streaming()
+        if self.streamer is not None:
+            self.streamer.clear()
+            self._publish(Command(self._last_published.copy(), True, self._now(), reason="deactivated"), self._now())
+        self.lifecycle_state = "inactive"
+        return super().on_deactivate(state)
+
+    def _teardown(self) -> None:
+        self._stop_streaming()
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        if self._cmd_pub is not None:
+            self.destroy_lifecycle_publisher(self._cmd_pub)
+            self._cmd_pub = None
+        self.policy = None
+        self.sync = None
+        self.streamer = None
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        self.settings = None
+        self.lifecycle_state = "unconfigured"
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.lifecycle_state == "active":
+            self._stop_streaming()
+            self._publish(Command(self._last_published.copy(), True, self._now(), reason="shutdown"), self._now())
+        self._teardown()
+        self.lifecycle_state = "finalized"
+        return super().on_shutdown(state)
+
+    def finalize(self) -> None:
+        """Before the process exits: hold at the last commanded position and shut down cleanly."""
+        if self.lifecycle_state in ("active", "inactive"):
+            self.trigger_shutdown()
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.get_logger().error("error during a transition: cleaning up")
+        self._teardown()
+        self.lifecycle_state = "unconfigured"
+        return TransitionCallbackReturn.SUCCESS
+
+    def _autostart_step(self) -> None:
+        if self.lifecycle_state == "unconfigured":
+            if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                self.get_logger().error("autostart: configure failed; not retrying (fix the parameters)")
+                self.autostart_failed = True
+                self.destroy_timer(self._autostart_timer)
+                self._autostart_timer = None
+            return
+        if self.lifecycle_state == "inactive" and self.sync is not None and self.sync.joint_positions is not None:
+            if self.trigger_activate() == TransitionCallbackReturn.SUCCESS:
+                self.destroy_timer(self._autostart_timer)
+                self._autostart_timer = None
+
+    # ------------------------------------------------------------------------------ inputs
+    def _on_joint_state(self, msg: JointState) -> None:
+        if self.sync is not None:
+            self.sync.add_joint_state(stamp_seconds(msg.header.stamp), msg.name, msg.position, msg.velocity,
+                                      msg.effort)
+
+    def _on_extra(self, extra: ExtraState, msg: PointStamped) -> None:
+        if self.sync is not None:
+            v = [getattr(msg.point, c) for c in extra.fields]
+            self.sync.add_extra(extra.name, stamp_seconds(msg.header.stamp), v)
+
+    def _on_image(self, cam: str, msg: Image) -> None:
+        if self.sync is None or self._image_shape is None:
+            return
+        ch, h, w = self._image_shape
+        try:
+            img = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, (h, w), ch)
+        except SyncError as e:
+            self.image_rejected += 1
+            self.get_logger().warning(f"camera {cam}: {e}", throttle_duration_sec=5.0)
+            return
+        self.sync.add_image(cam, stamp_seconds(msg.header.stamp), img)
+
+    # ------------------------------------------------------------------------------ inference thread
+    def _on_chunk(self, chunk: Chunk) -> None:
+        s, streamer = self.settings, self.streamer
+        if s is None or streamer is None:
+            return
+        f = chunk.frame
+        t0 = f.slot_time + s.action_delay_ticks * self.period
+        with self._lock:
+            self._chunk_id += 1
+            cid = self._chunk_id
+            self.chunks += 1
+            self.inference.add(chunk.compute_s)
+            if chunk.done_mono > f.mono + s.action_delay_ticks * self.period:
+                self.deadline_misses += 1
+        n = streamer.push(t0, chunk.actions, {"source_stamp": f.source_stamp, "chunk": cid, "nfe": chunk.nfe})
+        if n == 0:
+            self._output_fault("policy output contains NaN/inf: chunk dropped, buffer reset")
+
+    def _on_worker_error(self, err: BaseException, frame: Frame | None) -> None:
+        from streamdp.policy.policy import NonFiniteError
+
+        self.worker_errors += 1
+        self._last_error = f"{type(err).__name__}: {err}"
+        if isinstance(err, NonFiniteError):
+            self._output_fault(str(err))
+        else:
+            self.get_logger().error(f"inference error: {self._last_error}", throttle_duration_sec=2.0)
+
+    def _output_fault(self, why: str) -> None:
+        """NaN/inf from the policy: nothing is published from it; reset the buffer from the measured state."""
+        self.nonfinite_outputs += 1
+        self.get_logger().error(f"{why}; holding", throttle_duration_sec=2.0)
+        if self.streamer is not None:
+            self.streamer.clear()
+        if self.worker is not None and self.sync is not None:
+            self.worker.request_reset(self.sync.joint_positions)
+
+    # ------------------------------------------------------------------------------ control tick
+    def _tick(self) -> None:
+        s, sync, streamer, worker = self.settings, self.sync, self.streamer, self.worker
+        if s is None or sync is None or streamer is None or worker is None:
+            return
+        now, mono = self._now(), time.monotonic()
+        self.tick_stats.tick(mono)
+        if self._jumps.update(now, mono) and not self.fault:
+            self.fault = "ROS clock jumped against the monotonic clock: history and buffer flushed, holding " \
+                         "until re-activated"
+            self.get_logger().error(self.fault)
+            sync.reset()
+            streamer.clear()
+            worker.request_reset(None)
+        if not self.fault:
+            res = sync.sample(now)
+            if res.obs is not None:
+                self.obs_age.add(res.age)
+                want = not worker.busy and not streamer.covers(now + s.action_delay_ticks * self.period)
+                self.chunk_requests += int(want)
+                worker.submit(Frame(res.obs, now, mono, res.stamp, want))
+            elif res.reason != self._last_stale:
+                self._last_stale = res.reason
+                self.get_logger().warning(f"no new input: {res.reason}", throttle_duration_sec=2.0)
+        if self.fault:
+            cmd = Command(self._last_published.copy(), True, now, reason=self.fault)
+        else:
+            cmd = streamer.tick(now)
+        if not cmd.hold and cmd.meta.get("chunk") != self._last_chunk_sent:
+            self._last_chunk_sent = cmd.meta.get("chunk")
+            self.latency.add(now - cmd.meta["source_stamp"])
+        self._publish(cmd, now)
+
+    def _publish(self, cmd: Command, now: float) -> None:
+        s = self.settings
+        if s is None or self._cmd_pub is None:
+            return
+        # A hold repeats what was last published (after the filter), never an unfiltered action.
+        rows = [self._last_published] if cmd.hold else [cmd.position] + [q.position for q in cmd.future]
+        if s.trajectory_points > 0:
+            rows = rows[: s.trajectory_points]
+        prev = self._last_published
+        try:
+            pts = np.asarray(self.command_filter(np.vstack(rows), prev.copy()), dtype=np.float64)
+        except Exception as e:  # noqa: BLE001 - a broken filter must not let a command through
+            self.get_logger().error(f"command filter failed ({e}); holding", throttle_duration_sec=2.0)
+            pts = prev[None].copy()
+            cmd.hold = True
+        if pts.ndim != 2 or pts.shape[1] != prev.shape[0] or pts.shape[0] < 1 or not np.all(np.isfinite(pts)):
+            self.nonfinite_outputs += 1
+            self.get_logger().error("non-finite or malformed command: holding", throttle_duration_sec=2.0)
+            pts = prev[None].copy()
+            cmd.hold = True
+        if cmd.hold:
+            pts = pts[:1]
+        if s.output_type == "joint_trajectory":
+            msg = JointTrajectory()
+            msg.header.stamp.sec, msg.header.stamp.nanosec = split_seconds(now)
+            msg.joint_names = list(s.joint_names)
+            for p in trajectory_points(pts, self.period, start=prev):
+                pt = JointTrajectoryPoint()
+                pt.positions = p.positions.tolist()
+                pt.velocities = p.velocities.tolist()
+                pt.time_from_start.sec, pt.time_from_start.nanosec = split_seconds(p.time_from_start)
+                msg.points.append(pt)
+        else:
+            msg = Float64MultiArray()
+            msg.layout.dim = [MultiArrayDimension(label="joints", size=len(s.joint_names), stride=len(s.joint_names))]
+            msg.data = pts[0].tolist()
+        self._cmd_pub.publish(msg)
+        self._last_published = pts[0].copy()
+        self.commands_published += 1
+
+    # ------------------------------------------------------------------------------ diagnostics
+    def stats(self) -> dict[str, Any]:
+        """Counters and latency percentiles (what /diagnostics reports), as plain numbers."""
+        out: dict[str, Any] = {"lifecycle_state": self.lifecycle_state, "configure_error": self.configure_error,
+                               "fault": self.fault}
+        if self.policy is not None:
+            c = self.policy.config
+            out.update(sampler=c.sampler, num_inference_steps=c.num_inference_steps,
+                       nfe_per_chunk_last=int(self.policy.last_nfe), nfe_total=int(self.policy.nfe_total))
+        lat, inf, jit = self.latency.summary(), self.inference.summary(), self.tick_stats.jitter.summary()
+        age = self.obs_age.summary()
+        out.update(
+            ticks=self.tick_stats.ticks, ticks_overrun=self.tick_stats.late,
+            tick_jitter_ms_p50=1e3 * jit["p50"], tick_jitter_ms_p99=1e3 * jit["p99"],
+            commands_published=self.commands_published, chunks=self.chunks, chunk_requests=self.chunk_requests,
+            deadline_misses=self.deadline_misses,
+            deadline_ms=1e3 * (self.settings.action_delay_ticks * self.period) if self.settings else math.nan,
+            obs_to_cmd_latency_ms_p50=1e3 * lat["p50"], obs_to_cmd_latency_ms_p99=1e3 * lat["p99"],
+            inference_ms_p50=1e3 * inf["p50"], inference_ms_p99=1e3 * inf["p99"],
+            obs_age_ms_p50=1e3 * age["p50"], obs_age_ms_p99=1e3 * age["p99"],
+            nfe_per_chunk_mean=((self.policy.nfe_total - self._nfe0) / self.chunks)
+            if self.policy is not None and self.chunks else math.nan,
+            nonfinite_outputs=self.nonfinite_outputs, worker_errors=self.worker_errors,
+            image_rejected=self.image_rejected,
+        )
+        if self.streamer is not None:
+            sc = self.streamer.counters
+            out.update(actions_sent=sc.sent, holds=sc.holds, starved_holds=sc.starved,
+                       late_actions_dropped=sc.late_dropped, replaced_actions=sc.replaced)
+        if self.sync is not None:
+            y = self.sync.counters
+            out.update(stale_ticks=y.stale, out_of_order_drops=y.out_of_order, duplicate_drops=y.duplicate,
+                       rejected_msgs=y.rejected, nonfinite_inputs=y.nonfinite)
+        return out
+
+    def publish_diagnostics(self) -> None:
+        st = self.stats()
+        level, message = DiagnosticStatus.OK, self.lifecycle_state
+        if self.configure_error or self.fault:
+            level, message = DiagnosticStatus.ERROR, self.configure_error or self.fault
+        elif st.get("nonfinite_outputs") or st.get("worker_errors"):
+            level, message = DiagnosticStatus.WARN, f"{self.lifecycle_state}: non-finite outputs or inference errors"
+        elif st.get("deadline_misses"):
+            level, message = DiagnosticStatus.WARN, f"{self.lifecycle_state}: {st['deadline_misses']} deadline misses"
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: streaming policy", message=message,
+                                  hardware_id=self.settings.checkpoint if self.settings else "")
+        status.values = [KeyValue(key=k, value=(f"{v:.3f}" if isinstance(v, float) else str(v))) for k, v in st.items()]
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [status]
+        self._diag_pub.publish(arr)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script: spin one PolicyNode (set ``autostart: true`` to run without a lifecycle manager).
+
+    SIGINT/SIGTERM end the spin; the node then publishes a final hold and shuts down."""
+    from streamdp.ros_nodes import runtime
+
+    runtime.init(args if args is not None else sys.argv)
+    node = PolicyNode()
+    runtime.spin_until_signal([node], until=lambda: node.autostart_failed)
+    return 1 if node.configure_error else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Where rclpy comes from, and the ROS environment every streamdp process must run in.
+
+Two ROS sources are supported and nothing in the code hard-codes a path:
+
+* **A sourced ROS 2 install** (Jazzy, Kilted, ...: ``source /opt/ros/<distro>/setup.bash``): rclpy,
+  the message packages, ``launch``/``launch_ros`` and the ``ros2`` CLI come from it and are used as
+  they are. ``ros2 launch streamdp sim.launch.py`` works after a regular (non-editable) install or a
+  colcon overlay, since only those put ``launch/`` and ``config/`` in the ament index.
+* **The ``ros-rclpy`` pip wheels** (Kilted, Fast DDS) when no ROS is sourced: real rclpy and the
+  message packages in the virtualenv, but no ``launch``/``launch_ros``/``ros2`` CLI. The nodes then
+  start as console scripts (``policy_node``, ``sim_bridge_node``) or through ``streamdp-bringup``,
+  which runs the same node descriptions the launch files use.
+
+The wheels find their shared libraries through ``LD_LIBRARY_PATH``, which their bootstrapper
+(``ros_wheels_bootstrapper.pth``) fills from ``sys.prefix`` by re-executing the interpreter. In a
+*layered* virtualenv (a light per-checkout ``.venv`` whose site-packages point at a heavy cached base
+through a ``.pth``), ``sys.prefix`` is the light venv and the libraries live in the base, so the
+first ``import rclpy`` fails with ``librcl_action.so: cannot open shared object file``.
+:func:`ensure_rclpy_loadable` repairs that the way the bootstrapper does (extend the library path,
+re-execute once; the dynamic loader reads the path only at start-up, and preloading the wheel
+libraries in-process is not safe: the wheels ship several copies of Fast DDS under different file
+names); :func:`with_ros_library_path` gives child processes the path directly. The lasting fix
+belongs in the set-up script: put the base's library directories on LD_LIBRARY_PATH in the layered
+venv's ``.pth`` before the base site-packages (and its bootstrapper) are added.
+
+ROS network hygiene (DESIGN.md 8): ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (without it Fast DDS
+multicasts discovery off the machine; ``ROS_LOCALHOST_ONLY=1`` is not enough), a distinct
+``ROS_DOMAIN_ID`` per run, and ``ROS_LOG_DIR`` inside the build tree. :func:`ros_env_problems` says
+what is missing; ``streamdp-bringup`` refuses to start without them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+REQUIRED_ENV = {
+    "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+    "ROS_DOMAIN_ID": None,  # any value in 0..101 (0..232 on Linux with default ports)
+    "ROS_LOG_DIR": None,  # a directory, ideally inside the build tree
+}
+_WHEELS_GUARD = "_ROS_WHEELS_BOOTSTRAP_COMPLETE"
+_REEXEC_GUARD = "_STREAMDP_ROS_LIBS_REEXEC"
+
+
+def ros_env_problems(env: Mapping[str, str] | None = None) -> list[str]:
+    """What is wrong with `env` (default: os.environ) for running ROS nodes here; empty when fine."""
+    env = os.environ if env is None else env
+    problems = []
+    rng = env.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "")
+    if rng != "LOCALHOST":
+        problems.append(
+            f"ROS_AUTOMATIC_DISCOVERY_RANGE must be LOCALHOST (got {rng!r}): otherwise Fast DDS multicasts "
+            "discovery off this machine"
+        )
+    dom = env.get("ROS_DOMAIN_ID", "")
+    if not dom:
+        problems.append("ROS_DOMAIN_ID is not set: pick a distinct domain per run (e.g. 1..101)")
+    elif not dom.isdigit() or not 0 <= int(dom) <= 232:
+        problems.append(f"ROS_DOMAIN_ID must be an integer in 0..232, got {dom!r}")
+    if not env.get("ROS_LOG_DIR"):
+        problems.append("ROS_LOG_DIR is not set: point it inside the build tree (e.g. build/ros_log)")
+    return problems
+
+
+def _base_prefixes() -> list[Path]:
+    """Prefixes of every site-packages directory on sys.path that holds ROS wheels."""
+    out: list[Path] = []
+    for entry in sys.path:
+        p = Path(entry)
+        if p.name == "site-packages" and (p / "rclpy").is_dir():
+            prefix = p.parents[2]  # <prefix>/lib/pythonX.Y/site-packages
+            if prefix not in out:
+                out.append(prefix)
+    return out
+
+
+def ros_library_dirs() -> list[str]:
+    """Shared-library directories of pip-installed ROS wheels (empty for a sourced ROS install)."""
+    if os.environ.get("AMENT_PREFIX_PATH") and not _base_prefixes():
+        return []
+    dirs: list[str] = []
+    for prefix in _base_prefixes():
+        site = next(prefix.glob("lib/python*/site-packages"), None)
+        cands = [prefix / "lib"] + (sorted(site.glob("ros_*.libs")) if site else [])
+        for d in cands:
+            if d.is_dir() and str(d) not in dirs:
+                dirs.append(str(d))
+    return dirs
+
+
+def with_ros_library_path(env: Mapping[str, str]) -> dict[str, str]:
+    """A copy of `env` whose LD_LIBRARY_PATH includes the ROS wheel libraries (for child processes)."""
+    out = dict(env)
+    have = [p for p in out.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    extra = [d for d in ros_library_dirs() if d not in have]
+    if extra:
+        out["LD_LIBRARY_PATH"] = os.pathsep.join(extra + have)
+    return out
+
+
+def rclpy_loadable() -> tuple[bool, str]:
+    """Whether `import rclpy` works in this process (imports it when it does)."""
+    if importlib.util.find_spec("rclpy") is None:
+        return False, "rclpy is not installed (source a ROS 2 install or pip install ros-rclpy)"
+    try:
+        import rclpy  # noqa: F401
+    except ImportError as e:
+        return False, str(e)
+    return True, ""
+
+
+def ensure_rclpy_loadable(before_exec: Callable[[], object] | None = None) -> None:
+    """Make `import rclpy` work, re-executing this process once with the wheel library path if needed.
+
+    Called at the top of the node modules, so console scripts and ``python -m`` runs repair
+    themselves: re-execution restarts the interpreter with the same argv and the libraries on
+    LD_LIBRARY_PATH (the loader reads it only at start-up, so this cannot be repaired in-process),
+    exactly as the wheels' own bootstrapper does. `before_exec` runs just before (tests/ros/conftest.py
+    gives pytest's captured stdout/stderr back there). Inside pytest without `before_exec` it raises
+    instead: re-executing with pytest's capture active would swallow the run's output."""
+    ok, why = rclpy_loadable()
+    if ok:
+        return
+    fixable = "cannot open shared object file" in why and not os.environ.get(_REEXEC_GUARD) and ros_library_dirs()
+    if fixable and before_exec is None and "_pytest" in sys.modules:
+        raise ImportError(f"cannot import rclpy: {why}. The ROS wheel libraries are not on LD_LIBRARY_PATH; "
+                          f"start the process with LD_LIBRARY_PATH={os.pathsep.join(ros_library_dirs())}")
+    if not fixable:
+        raise ImportError(f"cannot import rclpy: {why}")
+    env = with_ros_library_path(os.environ)
+    env[_REEXEC_GUARD] = "1"
+    env[_WHEELS_GUARD] = "1"  # the path already holds everything the wheels' bootstrapper would add
+    if before_exec is not None:
+        before_exec()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, list(sys.orig_argv), env)

@@ -1,0 +1,254 @@
+"""``sim_bridge_node``: a streamdp simulated task (MuJoCo ``arm_reach_dynamic`` by default) as a ROS robot.
+
+It behaves like an arm driven by ros2_control, so the policy node cannot tell it from hardware:
+
+* publishes ``sensor_msgs/JointState`` on ``/joint_states`` (task joint names, positions,
+  velocities) and, in image mode, ``sensor_msgs/Image`` (rgb8, sensor-data QoS) per camera on
+  ``/camera/<name>/image_raw``, at the task rate;
+* publishes the privileged task quantities a state-mode policy needs (``geometry_msgs/PointStamped``
+  target on ``/target``), ``std_msgs/Bool`` success on ``/task/success`` and the end-effector
+  distance to the target (``std_msgs/Float64`` on ``/task/distance``), all with the same stamp;
+* accepts ``trajectory_msgs/JointTrajectory`` on ``/joint_trajectory_controller/joint_trajectory``
+  (sampled in time like a position controller: header.stamp + time_from_start, joints matched by
+  name, evaluated one control period ahead = the target for the end of the coming step) and
+  ``std_msgs/Float64MultiArray`` on ``/forward_position_controller/commands`` (positions in task
+  joint order, applied at the next step);
+* steps the physics at the task rate with the latest command (holding the current position until the
+  first command arrives);
+* resets the task when the ``reset`` parameter is set to a new value (``ros2 param set /sim_bridge
+  reset 1``; the episode seed is ``seed + reset``), on any message on ``/task/reset``
+  (std_msgs/Empty), and, with ``auto_reset``, when an episode ends.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable
+
+ensure_rclpy_loadable()
+
+from geometry_msgs.msg import PointStamped  # noqa: E402
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import Image, JointState  # noqa: E402
+from std_msgs.msg import Bool, Empty, Float64, Float64MultiArray  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory  # noqa: E402
+
+from streamdp.ros_nodes.logic import TrajectorySampler, encode_rgb8, split_seconds  # noqa: E402
+
+
+def _secs(t: Any) -> float:
+    return float(t.sec) + 1e-9 * float(t.nanosec)
+
+
+class SimBridgeNode(Node):
+    """A simulated task exposed through the topics of a ros2_control arm (see the module docstring)."""
+
+    def __init__(self, node_name: str = "sim_bridge", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+
+        def d(name: str, default: Any, text: str) -> None:
+            self.declare_parameter(name, default, ParameterDescriptor(description=text))
+
+        d("task", "arm_reach_dynamic", "streamdp.sim task name")
+        d("obs_mode", "state", "state | image (image: cameras are rendered and published)")
+        d("seed", 0, "episode seed (episode k uses seed + k)")
+        d("rate_hz", 0.0, "physics/publish rate; 0: the task fps")
+        d("max_episode_steps", 0, "episode length in ticks; 0: the task default")
+        d("auto_reset", True, "start a new episode when one ends (success or time-out)")
+        d("reset", 0, "set to a new value to reset the task (seed + reset)")
+        d("joint_states_topic", "/joint_states", "JointState output")
+        d("target_topic", "/target", "PointStamped target output (state-mode tasks)")
+        d("success_topic", "/task/success", "Bool success output")
+        d("distance_topic", "/task/distance", "Float64 end-effector-to-target distance output")
+        d("camera_topic_format", "/camera/{camera}/image_raw", "Image topic per camera")
+        d("trajectory_topic", "/joint_trajectory_controller/joint_trajectory", "JointTrajectory command input")
+        d("forward_topic", "/forward_position_controller/commands", "Float64MultiArray command input")
+        d("reset_topic", "/task/reset", "std_msgs/Empty: reset the task")
+        d("trajectory_lookahead_s", -1.0, "evaluate trajectories this far ahead; <0: one control period")
+
+        from streamdp.sim import make_task, task_spec
+
+        p = self._param
+        task, mode = p("task"), p("obs_mode")
+        kw = {"max_episode_steps": int(p("max_episode_steps"))} if p("max_episode_steps") else {}
+        self.spec = task_spec(task, mode, **kw)
+        self.env = make_task(task, obs_mode=mode, **kw)
+        self.joint_names = list(self.spec.joint_names)
+        self.rate_hz = float(p("rate_hz")) or float(self.spec.fps)
+        self.period = 1.0 / self.rate_hz
+        la = float(p("trajectory_lookahead_s"))
+        self.lookahead = self.period if la < 0 else la
+        self.episode = 0
+        self.steps = 0
+        self.total_steps = 0
+        self.successes = 0
+        self.commands = {"trajectory": 0, "forward": 0, "rejected": 0}
+        self._reset_value = int(p("reset"))
+        self._reset_requested = False
+
+        sensor = qos_profile_sensor_data
+        self.pub_js = self.create_publisher(JointState, p("joint_states_topic"), QoSProfile(depth=10))
+        self.pub_target = self.create_publisher(PointStamped, p("target_topic"), QoSProfile(depth=10))
+        self.pub_success = self.create_publisher(Bool, p("success_topic"), QoSProfile(depth=10))
+        self.pub_dist = self.create_publisher(Float64, p("distance_topic"), QoSProfile(depth=10))
+        self.pub_cams = {c: self.create_publisher(Image, p("camera_topic_format").format(camera=c), sensor)
+                         for c in self.spec.camera_names}
+        self.create_subscription(JointTrajectory, p("trajectory_topic"), self._on_trajectory, QoSProfile(depth=10))
+        self.create_subscription(Float64MultiArray, p("forward_topic"), self._on_forward, QoSProfile(depth=10))
+        self.create_subscription(Empty, p("reset_topic"), lambda _m: self._request_reset(), QoSProfile(depth=10))
+        self.add_on_set_parameters_callback(self._on_params)
+
+        self._reset_env()
+        self.timer = self.create_timer(self.period, self._tick)
+        self.get_logger().info(f"{task} ({mode}) at {self.rate_hz:g} Hz; joints {self.joint_names}")
+
+    def _param(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    # ------------------------------------------------------------------ episodes
+    def _reset_env(self) -> None:
+        seed = int(self._param("seed")) + self._reset_value + self.episode
+        self.obs, self.info = self.env.reset(seed=seed)
+        u = self.env.unwrapped if hasattr(self.env, "unwrapped") else self.env
+        self._u = u
+        self._hold = np.asarray(u.data.ctrl[: len(self.joint_names)], dtype=np.float64).copy()
+        self._traj: TrajectorySampler | None = None
+        self._forward: np.ndarray | None = None
+        self.steps = 0
+        self.success = False
+        self._publish(self._now())
+
+    def _request_reset(self) -> None:
+        self._reset_requested = True
+
+    def _on_params(self, params: list[Any]) -> SetParametersResult:
+        for prm in params:
+            if prm.name == "reset" and int(prm.value) != self._reset_value:
+                self._reset_value = int(prm.value)
+                self._reset_requested = True
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ commands
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _current_command(self) -> np.ndarray:
+        if self._traj is not None:
+            return self._traj(self._now() + self.lookahead)
+        if self._forward is not None:
+            return self._forward
+        return self._hold
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        try:
+            idx = [list(msg.joint_names).index(n) for n in self.joint_names]
+        except ValueError:
+            self.commands["rejected"] += 1
+            self.get_logger().warning(f"trajectory joints {list(msg.joint_names)} lack some of {self.joint_names}",
+                                      throttle_duration_sec=5.0)
+            return
+        if not msg.points:
+            self.commands["rejected"] += 1
+            return
+        pos = np.array([[pt.positions[i] for i in idx] for pt in msg.points], dtype=np.float64)
+        if not np.all(np.isfinite(pos)):
+            self.commands["rejected"] += 1
+            self.get_logger().error("non-finite trajectory rejected", throttle_duration_sec=5.0)
+            return
+        now = self._now()
+        start = _secs(msg.header.stamp) or now  # stamp 0: start now (joint_trajectory_controller semantics)
+        times = [start + _secs(pt.time_from_start) for pt in msg.points]
+        try:
+            self._traj = TrajectorySampler(start, self._current_command(), times, pos)
+        except ValueError as e:
+            self.commands["rejected"] += 1
+            self.get_logger().warning(f"trajectory rejected: {e}", throttle_duration_sec=5.0)
+            return
+        self._forward = None
+        self.commands["trajectory"] += 1
+
+    def _on_forward(self, msg: Float64MultiArray) -> None:
+        a = np.asarray(msg.data, dtype=np.float64)
+        if a.shape != (len(self.joint_names),) or not np.all(np.isfinite(a)):
+            self.commands["rejected"] += 1
+            self.get_logger().warning(f"forward command {list(msg.data)} rejected (need {len(self.joint_names)} "
+                                      "finite positions)", throttle_duration_sec=5.0)
+            return
+        self._forward, self._traj = a, None
+        self.commands["forward"] += 1
+
+    # ------------------------------------------------------------------ tick
+    def _tick(self) -> None:
+        if self._reset_requested:
+            self._reset_requested = False
+            self.episode += 1
+            self._reset_env()
+            return
+        a = self._current_command()
+        self._hold = np.asarray(a, dtype=np.float64).copy()
+        self.obs, _r, terminated, truncated, self.info = self.env.step(a.astype(np.float32))
+        self.steps += 1
+        self.total_steps += 1
+        self.success = bool(self.info.get("is_success", False))
+        self.successes += int(self.success and terminated)
+        self._publish(self._now())
+        if (terminated or truncated) and self._param("auto_reset"):
+            self.episode += 1
+            self._reset_env()
+
+    def _publish(self, now: float) -> None:
+        sec, nsec = split_seconds(now)
+        u = self._u
+        js = JointState()
+        js.header.stamp.sec, js.header.stamp.nanosec = sec, nsec
+        js.name = list(self.joint_names)
+        n = len(self.joint_names)
+        js.position = [float(x) for x in u.data.qpos[:n]]
+        js.velocity = [float(x) for x in u.data.qvel[:n]]
+        self.pub_js.publish(js)
+        target = getattr(u, "target", None)
+        if target is not None:
+            pt = PointStamped()
+            pt.header.stamp.sec, pt.header.stamp.nanosec = sec, nsec
+            pt.header.frame_id = "world"
+            pt.point.x, pt.point.y = float(target[0]), float(target[1])
+            self.pub_target.publish(pt)
+        self.pub_success.publish(Bool(data=bool(self.success)))
+        if "distance" in self.info:
+            self.pub_dist.publish(Float64(data=float(self.info["distance"])))
+        for cam, pub in self.pub_cams.items():
+            img = self.obs.get("observation.images." + cam)
+            if img is None:
+                continue
+            h, w, step, data = encode_rgb8(img)
+            m = Image(height=h, width=w, encoding="rgb8", is_bigendian=0, step=step)
+            m.header.stamp.sec, m.header.stamp.nanosec = sec, nsec
+            m.header.frame_id = cam
+            m.data = data
+            pub.publish(m)
+
+    def finalize(self) -> None:
+        self.env.close()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Console script: run the sim bridge until SIGINT/SIGTERM."""
+    from streamdp.ros_nodes import runtime
+
+    runtime.init(args if args is not None else sys.argv)
+    node = SimBridgeNode()
+    t = time.monotonic()
+    runtime.spin_until_signal([node])
+    print(f"sim_bridge: {node.total_steps} steps in {time.monotonic() - t:.1f} s, {node.successes} successes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Fixtures of the ROS tests: a fresh rclpy context per test, checkpoints, the ROS environment.
+
+The suite-wide conftest already sets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a random ROS_DOMAIN_ID
+and ROS_LOG_DIR (build/ros_log); `ros_env` asserts it, and every child process inherits it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable, ros_env_problems
+
+TASK = "arm_reach_dynamic"
+
+
+def pytest_configure(config):
+    """With the pip ROS wheels in a layered virtualenv the wheel libraries are not on the loader path:
+    re-execute the test run once with them (a no-op when rclpy already imports). Runs as this conftest
+    registers, before any test module here imports rclpy; pytest's output capture is released first."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    ensure_rclpy_loadable(before_exec=lambda: capman.suspend_global_capture(in_=True) if capman else None)
+
+
+@pytest.fixture(scope="session")
+def ros_env() -> dict[str, str]:
+    problems = ros_env_problems()
+    assert not problems, problems  # the suite conftest must have set them (never run DDS without them)
+    Path(os.environ["ROS_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
+    return {k: os.environ[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "ROS_LOG_DIR")}
+
+
+@pytest.fixture
+def ros_context(ros_env):
+    """An initialised rclpy Context of its own, shut down after the test (no leaked executors)."""
+    import rclpy
+    from rclpy.context import Context
+
+    ctx = Context()
+    rclpy.init(context=ctx)
+    try:
+        yield ctx
+    finally:
+        if ctx.ok():
+            rclpy.shutdown(context=ctx)
+
+
+def _small_unet():
+    from streamdp.policy.config import UnetConfig
+
+    return UnetConfig(down_dims=(32, 64), step_embed_dim=32, cond_dim=32)
+
+
+@pytest.fixture(scope="session")
+def untrained_ckpt(tmp_path_factory) -> Path:
+    """A valid arm_reach_dynamic checkpoint with random weights (lifecycle and validation tests)."""
+    from streamdp.policy.policy import Policy
+    from streamdp.sim.expert_policy import policy_config_for
+
+    cfg = policy_config_for(TASK, unet=_small_unet(), num_inference_steps=8)
+    stats = {
+        "action": {"min": -np.ones(3) * 2, "max": np.ones(3) * 2, "mean": np.zeros(3), "std": np.ones(3)},
+        "observation.state": {"min": -np.ones(8) * 3, "max": np.ones(8) * 3, "mean": np.zeros(8), "std": np.ones(8)},
+    }
+    out = tmp_path_factory.mktemp("ckpt") / "untrained"
+    Policy(cfg, stats=stats).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(tmp_path_factory) -> Path:
+    """A tiny policy trained once per session on expert demos (weak, but it approaches the target)."""
+    from streamdp.ros_nodes.e2e_bench import train_tiny_checkpoint
+
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "trained")
+
+
+@pytest.fixture(scope="session")
+def untrained_image_ckpt(tmp_path_factory) -> Path:
+    """An image-mode arm checkpoint (camera 'top', 96x96) with random weights."""
+    from streamdp.policy.policy import Policy
+    from streamdp.sim.expert_policy import policy_config_for
+
+    cfg = policy_config_for(TASK, "image", unet=_small_unet(), num_inference_steps=4)
+    stats = {
+        "action": {"min": -np.ones(3) * 2, "max": np.ones(3) * 2, "mean": np.zeros(3), "std": np.ones(3)},
+        "observation.state": {"min": -np.ones(6) * 3, "max": np.ones(6) * 3, "mean": np.zeros(6), "std": np.ones(6)},
+    }
+    out = tmp_path_factory.mktemp("ckpt") / "untrained_image"
+    Policy(cfg, stats=stats).save_pretrained(out)
+    return out

@@ -1,0 +1,150 @@
+"""Bring-up without `ros2 launch`: node descriptions, the ROS environment rule, a composed run; launch files."""
+
+from __future__ import annotations
+
+import ast
+import importlib.metadata
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from streamdp.ros_nodes import bringup
+from streamdp.ros_nodes.rosenv import ros_env_problems
+
+ROOT = Path(__file__).resolve().parents[2]
+SAFE = {"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "ROS_DOMAIN_ID": "17", "ROS_LOG_DIR": "/tmp/x"}
+
+
+def test_descriptions_match_console_scripts_and_node_classes():
+    scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
+    sim = bringup.describe("sim")
+    real = bringup.describe("real_arm")
+    assert [d.name for d in sim] == ["sim_bridge", "policy_node"] and [d.name for d in real] == ["policy_node"]
+    for d in sim + real:
+        assert scripts[d.executable] == f"{d.module}:main", d  # launch_ros runs the same executable
+        assert d.package == "streamdp" and d.env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+        assert all(Path(p).is_file() for p in d.parameters if isinstance(p, str))
+        mod, cls = d.node_class.split(":")
+        assert cls in Path(ROOT / "ros_nodes" / (mod.rsplit(".", 1)[1] + ".py")).read_text()
+    assert scripts["streamdp-bringup"] == "streamdp.ros_nodes.bringup:main"
+    with pytest.raises(ValueError, match="unknown bring-up"):
+        bringup.describe("moon")
+
+
+def test_command_lines_and_parameter_overrides(tmp_path):
+    ov = bringup.parse_overrides(["policy_node.checkpoint:=/ck", "policy_node.joint_names:=[a, b]",
+                                  "sim_bridge.seed:=4"])
+    assert ov == {"policy_node": {"checkpoint": "/ck", "joint_names": ["a", "b"]}, "sim_bridge": {"seed": 4}}
+    with pytest.raises(ValueError):
+        bringup.parse_overrides(["checkpoint=/ck"])
+    sim, pol = bringup.describe("sim", overrides=ov)
+    cmd = bringup.command(pol, python="py", tmpdir=tmp_path)
+    assert cmd[:5] == ["py", "-m", "streamdp.ros_nodes.policy_node", "--ros-args", "-r"]
+    assert "__node:=policy_node" in cmd
+    files = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--params-file"]
+    assert files[0] == str(bringup.default_params("sim"))
+    assert yaml.safe_load(Path(files[1]).read_text()) == {
+        "policy_node": {"ros__parameters": {"checkpoint": "/ck", "joint_names": ["a", "b"]}}}
+    env = bringup.child_env(pol, base={"PATH": "/bin"})
+    assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+
+
+def test_ros_env_rule():
+    assert ros_env_problems(SAFE) == []
+    for key in SAFE:
+        env = {k: v for k, v in SAFE.items() if k != key}
+        assert any(key in p for p in ros_env_problems(env)), key
+    assert ros_env_problems({**SAFE, "ROS_AUTOMATIC_DISCOVERY_RANGE": "SUBNET"})
+    assert ros_env_problems({**SAFE, "ROS_DOMAIN_ID": "abc"})
+
+
+def _bringup(args, env, timeout=60):
+    return subprocess.run([sys.executable, "-m", "streamdp.ros_nodes.bringup", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("missing", sorted(SAFE))
+def test_bringup_refuses_without_ros_environment(missing, ros_env):
+    env = {k: v for k, v in os.environ.items() if k not in SAFE}
+    env.update({k: v for k, v in ros_env.items() if k != missing})
+    r = _bringup(["sim", "--dry-run"], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "refusing to start ROS nodes" in r.stderr and missing in r.stderr
+    r = _bringup(["sim", "--dry-run"], {**env, **({missing: "SUBNET"} if missing.endswith("RANGE") else {})})
+    assert r.returncode == 2
+
+
+def test_bringup_dry_run_prints_the_node_commands(ros_env):
+    r = _bringup(["sim", "--dry-run", "-p", "policy_node.checkpoint:=/ck"], dict(os.environ))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and "sim_bridge_node" in lines[0] and "policy_node" in lines[1]
+    r = _bringup(["sim", "--params", "/no/such.yaml", "--dry-run"], dict(os.environ))
+    assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_bringup_composed_sim_streams_commands(ros_env, ros_context, untrained_ckpt):
+    """`streamdp-bringup sim --compose` runs both nodes in one process; commands reach this process."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    from .helpers import CommandRecorder, spin_until
+
+    rec = CommandRecorder(context=ros_context)
+    ex = SingleThreadedExecutor(context=ros_context)
+    ex.add_node(rec)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamdp.ros_nodes.bringup", "sim", "--compose", "--duration", "60",
+         "-p", f"policy_node.checkpoint:={untrained_ckpt}", "-p", "policy_node.warmup_chunks:=1",
+         "-p", "sim_bridge.max_episode_steps:=100000"],
+        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ok = spin_until(ex, lambda: len(rec.trajectories) >= 20 or proc.poll() is not None, 90.0)
+        assert ok and len(rec.trajectories) >= 20, proc.poll()
+    finally:
+        proc.send_signal(2)
+        try:
+            out, _ = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        ex.shutdown()
+        rec.destroy_node()
+    assert proc.returncode == 0, out[-3000:]
+
+
+# ------------------------------------------------------------------------------------ launch files
+@pytest.mark.parametrize("name", ["sim", "real_arm"])
+def test_launch_files_build_their_nodes_from_the_descriptions(name):
+    src = (ROOT / "launch" / f"{name}.launch.py").read_text()
+    tree = ast.parse(src)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "describe"]
+    assert calls and ast.literal_eval(calls[0].args[0]) == name
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
+
+
+@pytest.mark.parametrize("name", ["sim", "real_arm"])
+def test_launch_description_with_launch_ros(name):
+    pytest.importorskip("launch_ros", reason="launch_ros is not installed (pip ROS wheels): launch files are "
+                        "for real ROS installs; streamdp-bringup runs the same node descriptions")
+    import runpy
+
+    from launch_ros.actions import Node
+
+    from launch import LaunchContext, LaunchDescription
+
+    mod = runpy.run_path(str(ROOT / "launch" / f"{name}.launch.py"))
+    ld = mod["generate_launch_description"]()
+    assert isinstance(ld, LaunchDescription)
+    ctx = LaunchContext()
+    for e in ld.entities:
+        if hasattr(e, "execute") and type(e).__name__ in ("DeclareLaunchArgument", "SetEnvironmentVariable"):
+            e.execute(ctx)
+    opaque = [e for e in ld.entities if type(e).__name__ == "OpaqueFunction"]
+    nodes = opaque[0].execute(ctx)
+    want = bringup.describe(name)
+    assert [type(n) for n in nodes] == [Node] * len(want)
+    assert ctx.environment["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
