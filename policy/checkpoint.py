@@ -74,7 +74,8 @@ def save_checkpoint(
     def write(tmp: Path) -> None:
         meta = {"format_version": FORMAT_VERSION, "policy": cfg.to_dict(), "extras": extras or {}}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS_FILE))
+        # clone: tensors that share storage (a shared camera backbone) cannot be saved by safetensors as views
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}, str(tmp / WEIGHTS_FILE))
         save_file({k: v.detach().cpu().contiguous() for k, v in stats.items()}, str(tmp / STATS_FILE))
 
     return atomic_write_dir(path, write)

@@ -41,23 +41,48 @@ class DiffusionModel(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """epsilon-MSE with per-slot labels: SDP ladder (p = sdp_ladder_prob) or one shared level."""
+        total, count = self.loss_terms(obs, actions, action_is_pad, generator=generator)
+        return total / count
+
+    def sample_labels_and_noise(
+        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training labels (B, Tp) and Gaussian noise (B, Tp, Da), drawn on the CPU from `generator`."""
         cfg = self.cfg
-        b = actions.shape[0]
         k = training_labels(
-            b,
+            batch,
             cfg.horizon,
             cfg.n_obs_steps,
             cfg.n_action_steps,
             cfg.schedule.num_train_steps,
             cfg.sdp_ladder_prob,
             generator=generator,
-            device=actions.device,
+            device=device,
         )
-        noise = torch.randn(actions.shape, generator=generator, device="cpu").to(actions.device, actions.dtype)
-        x_k = self.schedule.add_noise(actions, noise, k)
-        pred = self.eps(x_k, k, self.encode(obs))
-        loss = F.mse_loss(pred, noise, reduction="none")
+        noise = torch.randn((batch, cfg.horizon, cfg.action_dim), generator=generator, device="cpu").to(device)
+        return k, noise
+
+    def loss_terms(
+        self,
+        obs: dict[str, torch.Tensor],
+        actions: torch.Tensor,
+        action_is_pad: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        k: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed squared error over unpadded entries, number of those entries): loss = sum / count.
+
+        Split so that data-parallel training can normalise by the count over the *global* batch, and
+        `k` / `noise` may be given (e.g. each rank's slice of labels and noise drawn for the global batch).
+        """
+        if k is None or noise is None:
+            k, noise = self.sample_labels_and_noise(actions.shape[0], generator, actions.device)
+        noise = noise.to(actions.device, actions.dtype)
+        x_k = self.schedule.add_noise(actions, noise, k.to(actions.device))
+        pred = self.eps(x_k, k.to(actions.device), self.encode(obs))
+        loss = F.mse_loss(pred.float(), noise.float(), reduction="none")
         if action_is_pad is not None:
             keep = (~action_is_pad).to(loss.dtype)[..., None]
-            return (loss * keep).sum() / (keep.sum() * loss.shape[-1]).clamp_min(1.0)
-        return loss.mean()
+            return (loss * keep).sum(), (keep.sum() * loss.shape[-1]).clamp_min(1.0)
+        return loss.sum(), torch.tensor(float(loss.numel()), device=loss.device)

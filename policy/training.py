@@ -1,7 +1,7 @@
 """Minimal in-memory training loop: AdamW, warm-up + cosine learning rate, gradient clipping, EMA.
 
 Used for the built-in synthetic task and small tests; dataset-backed training (LeRobot, zarr, hydra,
-checkpoints, resume, DDP) builds on `train_step` and `EMA` from here.
+checkpoints, resume, DDP: `streamdp.policy.train`) builds on `EMA`, `lr_lambda` and `normalize_batch` here.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +38,21 @@ class EMA:
         for bs, b in zip(self.shadow.buffers(), model.buffers()):
             bs.copy_(b)
         self.steps += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights of the averaged model plus the scalars needed to continue (steps, power, max_decay)."""
+        return {
+            "steps": self.steps,
+            "power": self.power,
+            "max_decay": self.max_decay,
+            "shadow": self.shadow.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.shadow.load_state_dict(state["shadow"])
+        self.steps = int(state["steps"])
+        self.power = float(state.get("power", self.power))
+        self.max_decay = float(state.get("max_decay", self.max_decay))
 
 
 def lr_lambda(warmup: int, total: int):  # noqa: ANN201 - torch LambdaLR callback

@@ -1,0 +1,248 @@
+"""Configuration of dataset-backed training: dataclasses behind the hydra groups, and the glue that fills
+the policy's data-dependent fields (dimensions, names, cameras, image shape, fps) from the dataset.
+
+Hydra layout (``config/``)::
+
+    train.yaml           primary config: defaults list + ``dataset`` block + ``resume``
+    train/default.yaml   TrainConfig (optimiser, schedule, EMA, precision, logging, checkpoints)
+    policy/*.yaml        PolicyConfig fields (sdp_unet, sdp_transformer, sdp_unet_tiny); data-derived ones null
+    task/*.yaml          task cards (shared with streamdp-collect): feature keys and expected dims
+
+The ``train`` and ``dataset`` nodes are validated by merging them into these dataclasses (unknown keys
+and wrong types fail with OmegaConf's message); the ``policy`` node is validated by PolicyConfig.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamdp.policy.config import ConfigError, PolicyConfig
+from streamdp.policy.data import (
+    SHORT_EPISODE_MODES,
+    DataError,
+    DatasetInfo,
+    FeatureMap,
+    LeRobotWindows,
+    Window,
+    WindowedDataset,
+    ZarrWindows,
+)
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class ZarrConfig:
+    """How a diffusion_policy replay buffer's ``data/<key>`` arrays map to the policy inputs."""
+
+    state: list[str] = field(default_factory=lambda: ["state"])  # concatenated into observation.state
+    action: str = "action"
+    images: dict[str, str] | None = None  # camera name -> data/<key>
+    state_names: list[str] | None = None
+    action_names: list[str] | None = None
+    fps: float | None = None  # a replay buffer stores no fps: this, else task.fps
+
+
+@dataclass
+class DatasetConfig:
+    format: str = "lerobot"  # lerobot | zarr
+    root: str | None = None  # LeRobot dataset folder or .zarr directory
+    repo_id: str | None = None  # LeRobot repo id (a label for a local root; nothing is downloaded)
+    short_episodes: str = "pad"  # episodes shorter than Tp: pad (LeRobot convention) | error
+    cache_lowdim: bool = True  # datasets without cameras: windows from memory (same result, ~100x faster)
+    num_workers: int = 0
+    video_backend: str | None = None  # lerobot default: torchcodec
+    zarr: ZarrConfig = field(default_factory=ZarrConfig)
+
+    def __post_init__(self) -> None:
+        if self.format not in ("lerobot", "zarr"):
+            raise ConfigError(f"dataset.format must be 'lerobot' or 'zarr', got {self.format!r}")
+        if self.short_episodes not in SHORT_EPISODE_MODES:
+            raise ConfigError(
+                f"dataset.short_episodes must be one of {SHORT_EPISODE_MODES}, got {self.short_episodes!r}"
+            )
+        if self.num_workers < 0:
+            raise ConfigError(f"dataset.num_workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100_000
+    batch_size: int = 64  # global batch: split evenly across data-parallel ranks
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
+    weight_decay: float = 1e-6
+    warmup_steps: int = 500  # linear warm-up, then cosine decay to 0 at `steps`
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    ema: bool = True  # keep EMA weights: exported checkpoints and evaluation use them
+    ema_power: float = 0.75
+    ema_max_decay: float = 0.9999
+    seed: int = 0
+    precision: str = "auto"  # auto: bf16 autocast on CUDA GPUs that support it, else fp32 | bf16 | fp32
+    device: str = "auto"  # auto: cuda:<LOCAL_RANK> when CUDA is available, else cpu
+    num_threads: int | None = None  # torch CPU threads (set 1 when sharing the CPU with a simulator)
+    log_every: int = 50  # steps between TensorBoard / metrics.jsonl scalars
+    checkpoint_every: int = 5000
+    keep_last: int = 3  # training checkpoints kept (older ones are deleted)
+    eval_batches: int = 2  # EMA-model loss on this many fixed batches at each checkpoint (0: off)
+    output_dir: str | None = None  # run directory; null: hydra's run dir (hydra.run.dir)
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.grad_clip < 0 or self.lr <= 0 or self.eval_batches < 0:
+            raise ConfigError("train.warmup_steps, grad_clip and eval_batches must be >= 0 and train.lr > 0")
+        if len(self.betas) != 2:
+            raise ConfigError(f"train.betas must hold two numbers, got {self.betas}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+def to_dataclass(cls: type, node: Any, where: str) -> Any:
+    """Validate a config node against a dataclass (unknown keys, types) and build it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+# ----------------------------------------------------------------------------------------- task card
+def _per_mode(value: Any, obs_mode: str) -> Any:
+    """A task-card entry that is either one value or {state: ..., image: ...} keyed by obs_mode."""
+    if isinstance(value, Mapping):
+        if obs_mode not in value:
+            raise ConfigError(f"task card has no entry for obs_mode={obs_mode!r} in {dict(value)}")
+        return value[obs_mode]
+    return value
+
+
+def card_features(task: Mapping[str, Any]) -> tuple[FeatureMap, dict[str, Any]]:
+    """Feature keys and the expected values (dims, image shape, fps) a task card states for its obs_mode."""
+    feats = task.get("features") or {}
+    obs_mode = task.get("obs_mode") or "state"
+    images = _per_mode(feats.get("images") or [], obs_mode) or []
+    fmap = FeatureMap.from_keys(feats.get("state", "observation.state"), feats.get("action", "action"), list(images))
+    expect = {
+        "state_dim": _per_mode(feats.get("state_dim"), obs_mode),
+        "action_dim": feats.get("action_dim"),
+        "image_shape": tuple(feats["image_shape"]) if images and feats.get("image_shape") else None,  # HWC
+        "fps": task.get("fps"),
+    }
+    return fmap, expect
+
+
+def check_card(name: str, obs_mode: str, expect: Mapping[str, Any], info: DatasetInfo) -> None:
+    """The dataset must be what the task card says (dimensions, image shape, fps)."""
+    problems = []
+    if expect.get("state_dim") is not None and int(expect["state_dim"]) != info.state_dim:
+        problems.append(f"observation.state has {info.state_dim} dims, the card says {expect['state_dim']}")
+    if expect.get("action_dim") is not None and int(expect["action_dim"]) != info.action_dim:
+        problems.append(f"action has {info.action_dim} dims, the card says action_dim={expect['action_dim']}")
+    if expect.get("image_shape") is not None and info.image_shape is not None:
+        c, h, w = info.image_shape
+        if tuple(int(x) for x in expect["image_shape"]) != (h, w, c):
+            problems.append(
+                f"images are {(h, w, c)} (H, W, C), the card says image_shape={list(expect['image_shape'])}"
+            )
+    if expect.get("fps") is not None and abs(float(expect["fps"]) - info.fps) > 1e-6:
+        problems.append(f"the dataset runs at {info.fps:g} fps, the card says fps={expect['fps']}")
+    if problems:
+        raise DataError(
+            f"dataset {info.source} does not match task card {name!r} (obs_mode={obs_mode}): "
+            + "; ".join(problems)
+            + ". Use the right dataset, task or task.obs_mode, or override the card (task.features.*)."
+        )
+
+
+def load_dataset(task: Mapping[str, Any], dcfg: DatasetConfig, window: Window) -> WindowedDataset:
+    """Open the dataset described by the task card and the dataset config, checked against the card."""
+    if not dcfg.root:
+        raise ConfigError("dataset.root is not set: pass dataset.root=/path/to/dataset")
+    fmap, expect = card_features(task)
+    name, obs_mode = str(task.get("name", "?")), str(task.get("obs_mode") or "state")
+    if dcfg.format == "lerobot":
+        ds: WindowedDataset = LeRobotWindows(
+            dcfg.root,
+            fmap,
+            window,
+            repo_id=dcfg.repo_id,
+            short_episodes=dcfg.short_episodes,
+            cache_lowdim=dcfg.cache_lowdim,
+            video_backend=dcfg.video_backend,
+        )
+    else:
+        z = dcfg.zarr
+        ds = ZarrWindows(
+            dcfg.root,
+            window,
+            fps=float(z.fps or task.get("fps") or 0),
+            state_keys=list(z.state),
+            action_key=z.action,
+            cameras=dict(z.images or {}),
+            state_names=z.state_names,
+            action_names=z.action_names,
+            short_episodes=dcfg.short_episodes,
+        )
+        expect = {**expect, "image_shape": None if not z.images else expect.get("image_shape")}
+    check_card(name, obs_mode, expect, ds.info)
+    return ds
+
+
+# --------------------------------------------------------------------------------------- policy config
+def policy_config(policy: Mapping[str, Any], info: DatasetInfo) -> PolicyConfig:
+    """PolicyConfig from the policy node plus the dataset's fields; a contradicting value is an error."""
+    d = dict(policy)
+    derived: dict[str, Any] = {  # the fields PolicyConfig takes from the data
+        "action_dim": info.action_dim,
+        "state_dim": info.state_dim,
+        "joint_names": info.joint_names,
+        "action_names": info.action_names,
+        "camera_names": info.camera_names,
+        "image_shape": info.image_shape,
+        "fps": info.fps,
+    }
+    problems = []
+    for key, value in derived.items():
+        given = d.get(key)
+        if given is not None and given != [] and _norm(given) != _norm(value):
+            problems.append(f"policy.{key}={given!r} but the dataset gives {value!r}")
+        d[key] = list(value) if isinstance(value, tuple) else value
+    if problems:
+        raise ConfigError(
+            "policy config contradicts the dataset (these fields come from the data; leave them null): "
+            + "; ".join(problems)
+        )
+    return PolicyConfig.from_dict(d)
+
+
+def _norm(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_norm(x) for x in v]
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return v
+
+
+def config_diff(a: PolicyConfig, b: PolicyConfig) -> list[str]:
+    """Names of the fields that differ between two policy configs (for resume checks)."""
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    return sorted(k for k in da if _norm(da[k]) != _norm(db[k]))
+
+
+def override_value(overrides: Sequence[str], key: str) -> str | None:
+    """The value of `key=value` in a hydra override list (last one wins), else None."""
+    out = None
+    for o in overrides:
+        k, sep, v = o.lstrip("+~").partition("=")
+        if sep and k == key:
+            out = v
+    return out

@@ -1,0 +1,287 @@
+"""Training checkpoints: the exportable policy plus everything needed to continue training exactly.
+
+Layout of ``<run>/checkpoints/``::
+
+    step_00005000/
+      pretrained/                 Policy.from_pretrained(...) loads this (EMA weights when EMA is on)
+        config.json  model.safetensors  stats.safetensors
+      training_state/
+        model.safetensors         raw (non-EMA) weights being optimised
+        ema.safetensors           EMA weights           ema.json       EMA step count and decay settings
+        optimizer.safetensors     optimiser tensors     optimizer.json param groups and scalar state
+        scheduler.json            LR scheduler state (LambdaLR: step counters, base and last LRs)
+        rng.safetensors           torch (uint8) / cuda / numpy RNG states, per rank
+        rng.json                  numpy scalars and Python's `random` state, per rank
+        trainer.json              step, epoch, batch position in the epoch, seed, batch size, world size
+    last -> step_00005000         symlink to the newest complete checkpoint
+
+No pickle anywhere: tensors go to safetensors, everything else to JSON. Each step directory is written
+with ``atomic_write_dir`` (temporary sibling, then rename), so a process killed at any moment leaves
+complete checkpoints only; ``last`` is replaced atomically after the directory is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from streamdp.policy.checkpoint import CheckpointError, atomic_write_dir, read_tensors
+from streamdp.policy.policy import Policy
+
+STEP_RE = re.compile(r"^step_(\d+)$")
+PRETRAINED = "pretrained"
+STATE_DIR = "training_state"
+STATE_FILES = (
+    "model.safetensors",
+    "optimizer.safetensors",
+    "optimizer.json",
+    "scheduler.json",
+    "rng.safetensors",
+    "rng.json",
+    "trainer.json",
+)
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerState:
+    step: int  # optimiser steps done
+    epoch: int  # current epoch of the sampler
+    batch_in_epoch: int  # global batches of that epoch already consumed
+    seed: int
+    global_batch: int
+    world_size: int
+
+
+# ----------------------------------------------------------------------------------- tensor <-> files
+def _tensors(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # clone: safetensors refuses tensors sharing storage (tied or shared modules)
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in sd.items()}
+
+
+def optimizer_to_flat(sd: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split ``optimizer.state_dict()`` into tensors (``state.<param>.<name>``) and a JSON document."""
+    tensors: dict[str, torch.Tensor] = {}
+    state_meta: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        entry: dict[str, Any] = {}
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{pid}.{name}"] = v.detach().to("cpu", copy=True).contiguous()
+                entry[name] = {"__tensor__": f"state.{pid}.{name}"}
+            else:
+                entry[name] = v
+        state_meta[str(pid)] = entry
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"state": state_meta, "param_groups": groups}
+
+
+def optimizer_from_flat(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for pid, entry in meta["state"].items():
+        state[int(pid)] = {
+            name: tensors[v["__tensor__"]] if isinstance(v, dict) and "__tensor__" in v else v
+            for name, v in entry.items()
+        }
+    groups = []
+    for g in meta["param_groups"]:
+        g = dict(g)
+        if "betas" in g and isinstance(g["betas"], list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's RNG states: torch (uint8 tensor), CUDA (one per device), numpy, Python."""
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    tensors["numpy.keys"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+    py_version, py_state, py_gauss = random.getstate()
+    meta = {
+        "numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(gauss)},
+        "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
+    }
+    return tensors, meta
+
+
+def restore_rng(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    torch.set_rng_state(tensors["torch"].to(torch.uint8))
+    cuda = sorted((k for k in tensors if k.startswith("cuda.")), key=lambda k: int(k.split(".")[1]))
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[k].to(torch.uint8) for k in cuda][: torch.cuda.device_count()])
+    n = meta["numpy"]
+    keys = tensors["numpy.keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    p = meta["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))
+
+
+# -------------------------------------------------------------------------------------- save / load
+def step_dir_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def save_training_checkpoint(
+    ckpt_root: str | Path,
+    trainer: TrainerState,
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: Any | None,
+    rng: list[tuple[dict[str, torch.Tensor], dict[str, Any]]],
+    extras: Mapping[str, Any] | None = None,
+    keep_last: int = 3,
+) -> Path:
+    """Write ``step_<N>/`` atomically, point ``last`` at it and keep the newest `keep_last` checkpoints.
+
+    ``pretrained/`` is ``policy.save_pretrained`` with the EMA weights (the raw ones without EMA);
+    ``policy.model`` is the network being trained. `rng` holds one (tensors, json) pair per rank.
+    """
+    ckpt_root = Path(ckpt_root)
+    model = policy.model
+    export = ema.shadow.state_dict() if ema is not None else model.state_dict()
+
+    def write_state(tmp: Path) -> None:
+        save_file(_tensors(model.state_dict()), str(tmp / "model.safetensors"))
+        if ema is not None:
+            e = ema.state_dict()
+            save_file(_tensors(e.pop("shadow")), str(tmp / "ema.safetensors"))
+            (tmp / "ema.json").write_text(json.dumps(e, indent=2))
+        ot, om = optimizer_to_flat(optimizer.state_dict())
+        save_file(ot, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(om))
+        (tmp / "scheduler.json").write_text(json.dumps(_jsonable(scheduler.state_dict()), indent=2))
+        rt: dict[str, torch.Tensor] = {}
+        rm: dict[str, Any] = {}
+        for rank, (t, m) in enumerate(rng):
+            rt.update({f"rank{rank}.{k}": v.detach().to("cpu", copy=True).contiguous() for k, v in t.items()})
+            rm[f"rank{rank}"] = m
+        save_file(rt, str(tmp / "rng.safetensors"))
+        (tmp / "rng.json").write_text(json.dumps(rm))
+        (tmp / "trainer.json").write_text(json.dumps(asdict(trainer), indent=2))
+
+    def write(tmp: Path) -> None:
+        policy.save_pretrained(tmp / PRETRAINED, state_dict=_tensors(export), extras=dict(extras or {}))
+        atomic_write_dir(tmp / STATE_DIR, write_state)
+        for p in (tmp, tmp / PRETRAINED, tmp / STATE_DIR, *tmp.rglob("*.*")):
+            _honour_umask(p)  # temporary directories and files are created private (0700 / 0600)
+
+    target = atomic_write_dir(ckpt_root / step_dir_name(trainer.step), write)
+    _point_last(ckpt_root, target.name)
+    prune(ckpt_root, keep_last)
+    return target
+
+
+def _honour_umask(path: Path) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items() if not callable(v)}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if torch.is_tensor(obj):
+        return obj.item() if obj.numel() == 1 else obj.tolist()
+    return obj
+
+
+def _point_last(ckpt_root: Path, name: str) -> None:
+    tmp = ckpt_root / f".last.tmp-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(name, tmp)
+    os.replace(tmp, ckpt_root / "last")
+
+
+def list_checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
+    """Complete step directories, oldest first (temporary directories of a killed write are skipped)."""
+    root = Path(ckpt_root)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = STEP_RE.match(p.name)
+        if m and p.is_dir() and not p.is_symlink():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def prune(ckpt_root: str | Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` checkpoints, and leftovers of interrupted writes."""
+    root = Path(ckpt_root)
+    ckpts = list_checkpoints(root)
+    for _, p in ckpts[: max(0, len(ckpts) - keep_last)]:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in root.iterdir():
+        if p.name.startswith(".last.tmp-") and p.is_symlink() and not p.name.endswith(f"-{os.getpid()}"):
+            p.unlink(missing_ok=True)
+        elif p.name.startswith(".step_") and (".tmp-" in p.name or ".old-" in p.name):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def verify_checkpoint(path: str | Path) -> None:
+    """Every expected file exists and every safetensors file loads (CheckpointError otherwise)."""
+    path = Path(path)
+    state = path / STATE_DIR
+    missing = [f for f in STATE_FILES if not (state / f).is_file()]
+    if not (path / PRETRAINED).is_dir() or missing:
+        raise CheckpointError(f"training checkpoint {path} is incomplete: missing {missing or [PRETRAINED]}")
+    for f in sorted(path.rglob("*.safetensors")):
+        read_tensors(f)
+    for f in sorted(path.rglob("*.json")):
+        try:
+            json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{f} is not valid JSON: {e}") from e
+
+
+def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
+    """The newest checkpoint that verifies; a broken newer one is skipped with a warning."""
+    for step, p in reversed(list_checkpoints(ckpt_root)):
+        try:
+            verify_checkpoint(p)
+            return p
+        except CheckpointError as e:
+            log.warning("skipping checkpoint at step %d: %s", step, e)
+    return None
+
+
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Everything in ``<ckpt>/training_state`` as tensors and plain values."""
+    state = Path(path) / STATE_DIR
+    out: dict[str, Any] = {
+        "model": read_tensors(state / "model.safetensors"),
+        "optimizer": optimizer_from_flat(
+            read_tensors(state / "optimizer.safetensors"), json.loads((state / "optimizer.json").read_text())
+        ),
+        "scheduler": json.loads((state / "scheduler.json").read_text()),
+        "trainer": TrainerState(**json.loads((state / "trainer.json").read_text())),
+    }
+    if (state / "ema.safetensors").is_file():
+        out["ema"] = {**json.loads((state / "ema.json").read_text()), "shadow": read_tensors(state / "ema.safetensors")}
+    rt = read_tensors(state / "rng.safetensors")
+    rm = json.loads((state / "rng.json").read_text())
+    out["rng"] = {
+        int(r[len("rank") :]): ({k.split(".", 1)[1]: v for k, v in rt.items() if k.split(".", 1)[0] == r}, m)
+        for r, m in rm.items()
+    }
+    return out

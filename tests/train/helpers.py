@@ -1,0 +1,148 @@
+"""Builders for training tests: tiny LeRobot datasets and zarr replay buffers, config overrides, runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A tiny SDP: fast enough for hundreds of CPU steps in a test.
+TINY = [
+    "policy=sdp_unet_tiny",
+    "policy.n_obs_steps=2",
+    "policy.n_action_steps=4",
+    "policy.horizon=12",
+    "train.lr=1e-3",
+    "train.warmup_steps=10",
+    "train.num_threads=1",
+    "train.progress=false",
+    "train.eval_batches=1",
+]
+
+
+def tiny_overrides(root: Path | str, run: Path | str, steps: int, batch: int = 16, **extra: object) -> list[str]:
+    out = [
+        f"dataset.root={root}",
+        f"train.output_dir={run}",
+        f"train.steps={steps}",
+        f"train.batch_size={batch}",
+        *TINY,
+    ]
+    out += [f"{k}={v}" for k, v in extra.items()]
+    return out
+
+
+def train_inprocess(overrides: Sequence[str]):
+    from streamdp.policy.train import load_config, train
+
+    return train(load_config(list(overrides)))
+
+
+def read_metrics(run: Path | str) -> dict[int, float]:
+    """step -> loss; a later line for the same step (a resumed run) replaces an earlier one."""
+    out: dict[int, float] = {}
+    for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
+    return out
+
+
+def subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        MUJOCO_GL="egl",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        GLOO_SOCKET_IFNAME="lo",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")])),
+    )
+    return env
+
+
+def python() -> str:
+    return sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_lerobot(
+    root: Path,
+    lengths: Sequence[int],
+    state_dim: int = 2,
+    action_dim: int = 2,
+    fps: int = 10,
+    image: tuple[int, int] | None = None,
+    video: bool = False,
+    bad: dict[tuple[str, int, int], float] | None = None,
+    seed: int = 0,
+) -> Path:
+    """A LeRobot v3 dataset of smooth random-walk episodes; `bad[(key, episode, frame)] = value` plants a
+    value (NaN, inf) in dim 0 of that frame."""
+    import datasets
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    datasets.disable_progress_bars()
+    feats = {
+        "observation.state": {
+            "dtype": "float32",
+            "shape": (state_dim,),
+            "names": [f"j{i}.pos" for i in range(state_dim)],
+        },
+        "action": {"dtype": "float32", "shape": (action_dim,), "names": [f"j{i}.target" for i in range(action_dim)]},
+    }
+    if image is not None:
+        feats["observation.images.cam"] = {
+            "dtype": "video" if video else "image",
+            "shape": (image[0], image[1], 3),
+            "names": ["height", "width", "channels"],
+        }
+    ds = LeRobotDataset.create("test/ds", fps=fps, features=feats, root=root, use_videos=video)
+    rng = np.random.default_rng(seed)
+    bad = bad or {}
+    for e, n in enumerate(lengths):
+        state = np.cumsum(rng.normal(0, 0.1, (n, state_dim)), axis=0).astype(np.float32)
+        action = np.cumsum(rng.normal(0, 0.1, (n, action_dim)), axis=0).astype(np.float32)
+        for t in range(n):
+            frame = {"observation.state": state[t].copy(), "action": action[t].copy(), "task": "test"}
+            for (key, be, bt), v in bad.items():
+                if be == e and bt == t:
+                    frame[key] = frame[key].copy()
+                    frame[key][0] = v
+            if image is not None:
+                frame["observation.images.cam"] = rng.integers(0, 255, (image[0], image[1], 3), dtype=np.uint8)
+            ds.add_frame(frame)
+        ds.save_episode()
+    ds.finalize()
+    return root
+
+
+def write_zarr(
+    path: Path,
+    episodes: Sequence[dict[str, np.ndarray]],
+    chunks: int = 64,
+) -> Path:
+    """A diffusion_policy replay buffer: data/<key> (frames first) and meta/episode_ends."""
+    import zarr
+
+    root = zarr.open(str(path), mode="w")
+    data, meta = root.create_group("data"), root.create_group("meta")
+    keys = episodes[0].keys() if episodes else []
+    for k in keys:
+        arr = np.concatenate([ep[k] for ep in episodes])
+        data.create_dataset(k, data=arr, chunks=(chunks, *arr.shape[1:]))
+    ends = np.cumsum([len(next(iter(ep.values()))) for ep in episodes]).astype(np.int64)
+    meta.create_dataset("episode_ends", data=ends, shape=(len(ends),), dtype=np.int64)
+    return path
