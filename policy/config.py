@@ -8,7 +8,10 @@ from typing import Any
 
 from streamdp.policy.schedule import ScheduleConfig
 
-SAMPLERS = ("ddpm", "ddim", "sdp")
+SAMPLERS = ("ddpm", "ddim", "sdp", "rti", "sdp_rti")
+STREAMING_SAMPLERS = ("sdp", "sdp_rti")  # rolling-buffer inner loops (need h >= 2 chunks)
+STEP_MODES = ("auto", "ddpm", "ddim")
+CACHES = ("none", "bac")
 DENOISERS = ("unet", "transformer")
 NORM_MODES = ("min_max", "mean_std")
 
@@ -85,7 +88,17 @@ class PolicyConfig:
     image_shape: tuple[int, int, int] | None = None  # (C, H, W) of every camera
     denoiser: str = "unet"
     sampler: str = "sdp"
-    num_inference_steps: int = 10  # grid size K for ddim and sdp; ddpm always uses N
+    num_inference_steps: int = 10  # grid size K for ddim, sdp and rti's full solves; ddpm always uses N
+    step_mode: str = "auto"  # per-step update: ddpm posterior | ddim (eta=0); auto: ddim for 'ddim', else ddpm
+    # RTI warm start ('rti', 'sdp_rti'; DESIGN.md 5.3). Levels are train timesteps.
+    rti_start_level: int | None = None  # k'; None: the calibrated extras["rti"]["start_level"], else ceil(0.3N)-1
+    rti_steps: int | None = None  # calls of one warm solve on [k' ... clean]; None: calibrated steps, else 4
+    rti_full_every: int = 50  # full resample every this many observations (0: never periodically)
+    rti_divergence: float = 0.5  # full resample when mean |solution - guess| (normalised) exceeds this; 0: off
+    discrete_action_dims: list[int] = field(default_factory=list)  # gripper dims: snapped guess, thresholded output
+    # Block caching of transformer residual branches (DESIGN.md 5.4); schedules live in extras["bac"].
+    cache: str = "none"  # none | bac
+    cuda_graph: bool = False  # on CUDA, replay the denoiser call from captured CUDA graphs
     normalization: str = "min_max"
     primer: str = "zeros"  # initial clean content of the SDP buffer: zeros | state
     sdp_ladder_prob: float = 0.8  # training: chunk-wise ladder vs one shared level
@@ -108,6 +121,7 @@ class PolicyConfig:
         self.joint_names = list(self.joint_names)
         self.action_names = list(self.action_names)
         self.camera_names = list(self.camera_names)
+        self.discrete_action_dims = [int(i) for i in self.discrete_action_dims]
         self.validate()
 
     # -- validation --------------------------------------------------------------------------
@@ -148,8 +162,9 @@ class PolicyConfig:
             raise ConfigError(f"action_names has {len(self.action_names)} entries but action_dim={self.action_dim}")
         if self.camera_names and (self.image_shape is None or len(self.image_shape) != 3):
             raise ConfigError("cameras are configured but image_shape (C, H, W) is not")
-        if self.sampler == "sdp":
+        if self.sampler in STREAMING_SAMPLERS:
             check_streaming_horizons(self.horizon, self.n_obs_steps, self.n_action_steps)
+        self._validate_accel(n)
         if self.denoiser == "unet":
             # Each down level halves the length except the last; Tp must survive it.
             levels = len(self.unet.down_dims) - 1
@@ -158,6 +173,41 @@ class PolicyConfig:
                     f"unet with {len(self.unet.down_dims)} levels needs horizon divisible by {2**levels}, "
                     f"got {self.horizon}: change horizon or unet.down_dims"
                 )
+
+    def _validate_accel(self, n: int) -> None:
+        if self.step_mode not in STEP_MODES:
+            raise ConfigError(f"step_mode must be one of {STEP_MODES}, got {self.step_mode!r}")
+        if self.rti_start_level is not None and not 0 <= self.rti_start_level <= n - 1:
+            raise ConfigError(
+                f"rti_start_level k' must lie in [0, {n - 1}] (train timesteps), got {self.rti_start_level}"
+            )
+        if self.rti_steps is not None and self.rti_steps < 1:
+            raise ConfigError(f"rti_steps must be >= 1, got {self.rti_steps}")
+        if self.rti_full_every < 0:
+            raise ConfigError(f"rti_full_every must be >= 0 (0 = never), got {self.rti_full_every}")
+        if not self.rti_divergence >= 0:
+            raise ConfigError(f"rti_divergence must be >= 0 (0 = off), got {self.rti_divergence}")
+        dims = self.discrete_action_dims
+        if len(set(dims)) != len(dims) or any(not 0 <= i < self.action_dim for i in dims):
+            raise ConfigError(
+                f"discrete_action_dims must be distinct indices in [0, {self.action_dim - 1}], got {dims}"
+            )
+        if dims and self.normalization != "min_max":
+            raise ConfigError(
+                "discrete_action_dims are snapped to the normalised extremes -1/+1, which needs "
+                f"normalization='min_max' (got {self.normalization!r})"
+            )
+        if self.cache not in CACHES:
+            raise ConfigError(f"cache must be one of {CACHES}, got {self.cache!r}")
+        if self.cache == "bac" and self.denoiser != "transformer":
+            raise ConfigError(
+                "cache='bac' caches transformer residual branches: set denoiser='transformer' or cache='none'"
+            )
+
+    @property
+    def default_rti_start_level(self) -> int:
+        """k' used when neither the config nor a calibration sets it: ceil(0.3 N) - 1."""
+        return max(0, -(-3 * self.schedule.num_train_steps // 10) - 1)
 
     @property
     def num_chunks(self) -> int:

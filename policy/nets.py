@@ -131,7 +131,10 @@ class Branch(nn.Module):
     """One residual branch (pre-norm + op). Returns only the delta, so a cache can replace it.
 
     kind is 'self_attn', 'cross_attn' or 'ffn'; block caching addresses branches by (layer, kind).
+    `cache_hook` (None unless a block cache is attached, see policy/bac.py) takes over the residual add.
     """
+
+    cache_hook = None  # callable (branch, x, memory, mask) -> x + delta, with delta computed or cached
 
     def __init__(self, kind: str, layer: int, d: int, n_heads: int, ffn_mult: int, dropout: float) -> None:
         super().__init__()
@@ -153,6 +156,14 @@ class Branch(nn.Module):
         kv = h if self.kind == "self_attn" else memory
         return self.op(h, kv, kv, attn_mask=mask if self.kind == "self_attn" else None, need_weights=False)[0]
 
+    def residual(
+        self, x: torch.Tensor, memory: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x + this branch's delta; an attached cache may reuse a stored delta instead of computing it."""
+        if self.cache_hook is None:
+            return x + self(x, memory, mask)
+        return self.cache_hook(self, x, memory, mask)
+
 
 class DecoderBlock(nn.Module):
     def __init__(self, layer: int, cfg: TransformerConfig) -> None:
@@ -163,9 +174,9 @@ class DecoderBlock(nn.Module):
         self.ffn = Branch("ffn", layer, *args)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.self_attn(x, mask=mask)
-        x = x + self.cross_attn(x, memory=memory)
-        return x + self.ffn(x)
+        x = self.self_attn.residual(x, mask=mask)
+        x = self.cross_attn.residual(x, memory=memory)
+        return self.ffn.residual(x)
 
 
 class TransformerDenoiser(nn.Module):

@@ -61,8 +61,66 @@ def training_labels(
     return torch.where(use_ladder, lad_labels, uniform).to(device)
 
 
+def step_coefficients(
+    schedule: NoiseSchedule, k: torch.Tensor, k_prev: torch.Tensor, mode: str = "ddpm"
+) -> torch.Tensor:
+    """Per-slot coefficients (5, T) of NoiseSchedule.step written as one affine update, float64:
+
+        x0  = clip((x - s1 * eps) * s2)
+        out = c0 * x0 + ck * x + sigma * z
+
+    Clean slots (k == -1) get the identity (c0 = 0, ck = 1, sigma = 0). The fused roll/step kernel
+    (streamdp.kernels.roll_step) consumes these, so the schedule maths stays in one place.
+    """
+    k = torch.as_tensor(k)
+    k_prev = torch.as_tensor(k_prev, device=k.device).expand_as(k)
+    clean = k == CLEAN
+    k_safe = torch.where(clean, torch.zeros_like(k), k)
+    kp_safe = torch.where(clean, torch.full_like(k_prev, CLEAN), k_prev)
+    ab = schedule.alpha_bar(k_safe, torch.float64)
+    ab_prev = schedule.alpha_bar(kp_safe, torch.float64)
+    s1, s2 = (1 - ab).sqrt(), 1 / ab.sqrt()
+    if mode == "ddim":
+        ck = ((1 - ab_prev) / (1 - ab)).sqrt()
+        c0 = ab_prev.sqrt() - ck * ab.sqrt()
+        sigma = torch.zeros_like(ab)
+    elif mode == "ddpm":
+        a = ab / ab_prev
+        denom = (1 - ab).clamp_min(1e-20)
+        c0 = ab_prev.sqrt() * (1 - a) / denom
+        ck = a.sqrt() * (1 - ab_prev) / denom
+        sigma = ((1 - a) * (1 - ab_prev) / denom).sqrt()
+    else:
+        raise ValueError(f"step mode must be 'ddpm' or 'ddim', got {mode!r}")
+    one, zero = torch.ones_like(ab), torch.zeros_like(ab)
+    return torch.stack(
+        [
+            torch.where(clean, zero, s1),
+            torch.where(clean, one, s2),
+            torch.where(clean, zero, c0),
+            torch.where(clean, one, ck),
+            torch.where(clean, zero, sigma),
+        ]
+    )
+
+
+def shift_trajectory(traj: torch.Tensor, shift: int) -> torch.Tensor:
+    """traj (T, D) moved left by `shift` rows; the tail repeats the last row (a 'hold' guess)."""
+    t = traj.shape[0]
+    shift = max(0, int(shift))
+    if shift == 0:
+        return traj.clone()
+    if shift >= t:
+        return traj[-1:].expand(t, -1).clone()
+    return torch.cat([traj[shift:], traj[-1:].expand(shift, -1)], dim=0)
+
+
 class RollingBuffer:
-    """State of the SDP buffer for one robot (batch 1): actions (Tp, D) and grid positions (Tp,)."""
+    """State of the SDP buffer for one robot (batch 1): actions (Tp, D) and grid positions (Tp,).
+
+    `grid` (descending train timesteps) replaces the default K-level grid, e.g. the truncated grid
+    [k' ... 0] of the SDP/RTI hybrid, whose fresh tail then enters at k' instead of N-1.
+    """
 
     def __init__(
         self,
@@ -73,13 +131,19 @@ class RollingBuffer:
         action_dim: int,
         grid_size: int,
         device: torch.device | str = "cpu",
+        grid: list[int] | None = None,
     ) -> None:
         check_streaming_horizons(tp, to, ta)
         self.schedule, self.tp, self.to, self.ta, self.dim = schedule, tp, to, ta, action_dim
         self.h = num_chunks(tp, to, ta)
         self.device = torch.device(device)
+        if grid is None:
+            grid = sampler_grid(schedule.num_train_steps, grid_size)
+        elif any(a <= b for a, b in zip(grid[:-1], grid[1:])) or not grid or grid[-1] < 0:
+            raise ValueError(f"grid must be strictly descending non-negative train timesteps, got {grid}")
+        grid_size = len(grid)
         # grid_asc[p] = train timestep of grid position p (0 = least noisy).
-        self.grid_asc = torch.tensor(sampler_grid(schedule.num_train_steps, grid_size)[::-1], device=self.device)
+        self.grid_asc = torch.tensor(list(grid)[::-1], device=self.device)
         self.K = grid_size
         self.chunk = torch.tensor(chunk_index(tp, to, ta), device=self.device)
         self.initial_pos = torch.tensor(ladder(tp, to, ta, grid_size), device=self.device)
@@ -87,6 +151,10 @@ class RollingBuffer:
         self.keep_end = to - 1 + self.h * ta
         self.x = torch.zeros(tp, action_dim, device=self.device)
         self.pos = self.initial_pos.clone()
+        # With track_x0 (the hybrid needs it), step() keeps the clean estimate of every slot from the
+        # latest network call: predicted x0 for noisy slots, the slot itself once clean.
+        self.track_x0 = False
+        self.x0_hat = self.x.clone()
 
     # -- state ---------------------------------------------------------------------------------
     def labels(self) -> torch.Tensor:
@@ -108,6 +176,7 @@ class RollingBuffer:
         x0 = torch.zeros(self.tp, self.dim, device=self.device) if primer is None else primer.to(self.device)
         noise = torch.randn(self.tp, self.dim, generator=generator, device="cpu").to(self.device)
         self.x = self.schedule.add_noise(x0[None], noise[None], self.labels()[None])[0]
+        self.x0_hat = x0.clone()
 
     def step(self, eps: torch.Tensor, mode: str = "ddpm", generator: torch.Generator | None = None) -> None:
         """One denoiser output (Tp, D) moves every noisy slot one grid position down."""
@@ -116,8 +185,84 @@ class RollingBuffer:
         safe = self.grid_asc[new_pos.clamp_min(0)]
         k_prev = torch.where(new_pos < 0, torch.full_like(safe, CLEAN), safe)
         noise = torch.randn(self.tp, self.dim, generator=generator, device="cpu").to(self.device)
+        if self.track_x0:
+            x0 = self.schedule.predict_x0(self.x[None], eps[None], torch.where(k == CLEAN, 0, k)[None])[0]
+            self.x0_hat = torch.where((k != CLEAN)[:, None], x0.to(self.x.dtype), self.x)
         self.x = self.schedule.step(self.x[None], eps[None], k[None], k_prev[None], mode=mode, noise=noise[None])[0]
         self.pos = new_pos
+
+    def _next_labels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        new_pos = (self.pos - 1).clamp_min(-1)
+        safe = self.grid_asc[new_pos.clamp_min(0)]
+        return new_pos, torch.where(new_pos < 0, torch.full_like(safe, CLEAN), safe)
+
+    def step_and_roll(
+        self,
+        eps: torch.Tensor,
+        mode: str = "ddpm",
+        generator: torch.Generator | None = None,
+        fresh: torch.Tensor | None = None,
+        fused: bool | None = None,
+    ) -> torch.Tensor:
+        """The last step of an observation, the emission and the roll: returns the Ta ready actions.
+
+        Same generator draws and semantics as step() + ready_actions() + roll(). With `fused` (default:
+        on CUDA tensors) one kernel (streamdp.kernels.roll_step) does the step, the shift, the fresh
+        tail and the past re-noise in one pass; otherwise the three calls run as written. The fused pass
+        does not update x0_hat (the hybrid, which needs it, runs unfused).
+        """
+        if fused is None:
+            fused = self.x.is_cuda
+        if not fused:
+            self.step(eps, mode=mode, generator=generator)
+            ready = self.ready_actions()
+            self.roll(generator=generator, fresh=fresh)
+            return ready
+        from streamdp.kernels.roll_step import roll_step  # lazy: importing triton is not free
+
+        k = self.labels()
+        new_pos, k_prev = self._next_labels()
+        if not bool((new_pos[self.chunk == 0] < 0).all()):
+            raise RuntimeError("step_and_roll needs chunk 0 to become clean with this step")
+        coef = step_coefficients(self.schedule, k, k_prev, mode).to(self.device, torch.float32)
+        z_step = torch.randn(self.tp, self.dim, generator=generator, device="cpu").to(self.device)
+        keep_len = self.keep_end - self.ta
+        n_fresh = self.tp - keep_len
+        z_fresh = torch.randn(n_fresh, self.dim, generator=generator, device="cpu").to(self.device)
+        # Labels after the roll (tiny integer work, host side).
+        kept_pos = new_pos[self.ta : self.keep_end]
+        pos = torch.cat([kept_pos, torch.full((n_fresh,), self.K - 1, device=self.device, dtype=kept_pos.dtype)])
+        n_past = self.to - 1
+        if n_past:
+            pos[:n_past] = pos[n_past]
+        safe = self.grid_asc[pos.clamp_min(0)]
+        labels = torch.where(pos < 0, torch.full_like(safe, CLEAN), safe)
+        ab_past = self.schedule.alpha_bar(labels[:1], torch.float64)[0]
+        ab_top = self.schedule.alpha_bar(self.grid_asc[-1:], torch.float64)[0]
+        z_past = torch.randn(n_past, self.dim, generator=generator, device="cpu").to(self.device)
+        if fresh is None:
+            g, a_f, b_f = torch.zeros(n_fresh, self.dim, device=self.device), 0.0, 1.0
+        else:
+            g, a_f, b_f = fresh.to(self.device), float(ab_top.sqrt()), float((1 - ab_top).sqrt())
+        new_x, ready = roll_step(
+            self.x,
+            eps,
+            coef,
+            z_step,
+            z_fresh,
+            z_past,
+            g,
+            shift=self.ta,
+            keep_len=keep_len,
+            n_past=n_past,
+            emit_start=self.to - 1,
+            n_emit=self.ta,
+            past_coef=(float(ab_past.sqrt()), float((1 - ab_past).sqrt())),
+            fresh_coef=(a_f, b_f),
+            clip=self.schedule.cfg.clip_range if self.schedule.cfg.clip_sample else None,
+        )
+        self.x, self.pos = new_x, pos
+        return ready
 
     def ready_actions(self) -> torch.Tensor:
         """The Ta executable slots To-1 .. To-1+Ta-1 (normalised); chunk 0 must be clean."""

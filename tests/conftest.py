@@ -19,4 +19,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One thread: on 2 cores any concurrent process (a simulator, a ROS node, a test subprocess) makes two
+# torch threads collapse by an order of magnitude (DESIGN.md §8).
+torch.set_num_threads(1)

@@ -1,0 +1,246 @@
+"""RTI warm start and the SDP/RTI hybrid: grids, reproduction of full sampling, shift bookkeeping,
+discrete dims, resampling, and the calibration tool."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from streamdp.policy import Policy
+from streamdp.policy.calibration import load_episodes, save_observations
+from streamdp.policy.rti import calibrate_cli, rti_grid, warm_start
+from streamdp.policy.schedule import sampler_grid
+from streamdp.policy.streaming import shift_trajectory
+
+from .util import KW, CallCounter, obs_stream, perturb, run_stream, tiny_policy, twin
+
+
+def test_rti_grid():
+    assert rti_grid(99, 10) == sampler_grid(100, 10)
+    assert rti_grid(99, 100) == list(range(99, -1, -1))
+    g = rti_grid(29, 4)
+    assert g[0] == 29 and len(g) == 4 and all(a > b >= 0 for a, b in zip(g, g[1:]))
+    assert rti_grid(2, 5) == [2, 1, 0]  # more steps than levels: clamped
+
+
+@pytest.mark.parametrize("mode", ["ddpm", "ddim"])
+@pytest.mark.parametrize("denoiser", ["transformer", "unet"])
+def test_rti_from_top_level_without_shift_reproduces_full_sampling(mode, denoiser):
+    """k' = N-1, rti_steps = K, shift 0: the warm solve is the full solve, draw for draw (k' = N-1 is the
+    pure-Gaussian level, as in sampler_grid), so the outputs are bit-identical."""
+    kw = {**KW, "denoiser": denoiser}
+    p = tiny_policy(seed=3, sampler="rti", rti_start_level=99, rti_steps=8, step_mode=mode, rti_divergence=0.0, **kw)
+    perturb(p)
+    assert p.warm_grid() == p.full_grid() == sampler_grid(100, 8)
+    o = obs_stream(1)[0]
+    p.observe(o)
+    p.denoise()  # first call: full solve
+    assert p.executed_since_solution == 0  # nothing popped: no shift
+    state = p.generator.get_state()
+    p.observe(o)
+    assert p.denoise() == 8
+    assert p.rti_stats["full"] == 1 and p.rti_stats["warm"] == 1
+    warm = p.pop_ready()[4:]
+    q = twin(p, sampler="ddim", step_mode=mode)  # the plain full sampler on the same grid
+    q.generator.set_state(state)
+    q.observe(o)
+    q.denoise()
+    assert np.array_equal(warm, q.pop_ready())
+    # the draws really are aligned: one extra draw makes the outputs differ
+    q2 = twin(p, sampler="ddim", step_mode=mode)
+    q2.generator.set_state(state)
+    torch.randn(1, generator=q2.generator)
+    q2.observe(o)
+    q2.denoise()
+    assert np.abs(warm - q2.pop_ready()).max() > 1e-3
+
+
+def test_warm_start_noises_the_guess_below_the_top_level():
+    p = tiny_policy(sampler="rti", rti_start_level=20, rti_divergence=0.0, **KW)
+    sched = p.model.schedule
+    g = torch.full((1, 16, 2), 0.5)
+    noise = torch.randn(1, 16, 2, generator=torch.Generator().manual_seed(0))
+    ab = sched.alpha_bar(torch.tensor([20]), torch.float64).item()
+    torch.testing.assert_close(warm_start(sched, g, noise, 20), ab**0.5 * g + (1 - ab) ** 0.5 * noise)
+    assert torch.equal(warm_start(sched, g, noise, 99), noise)
+
+
+def test_warm_guess_is_solution_shifted_by_popped_actions():
+    p = perturb(tiny_policy(seed=1, sampler="rti", rti_steps=3, rti_divergence=0.0, **KW))
+    stream = obs_stream(3)
+    p.observe(stream[0])
+    p.denoise()
+    a = p._solution.clone()
+    p.pop_ready(3)
+    assert p.executed_since_solution == 3
+    p.observe(stream[1])
+    assert p.denoise(budget=1) == 1  # the warm solve is now in flight: inspect it
+    s = p._solve
+    assert s.kind == "warm" and s.valid == 16 - 3
+    assert torch.equal(s.guess, shift_trajectory(a, 3))
+    assert torch.equal(s.guess[-4:], a[-1:].expand(4, -1))  # tail holds the last row
+    assert p.denoise() == 2
+    assert p.num_ready == 1 + 4  # one old action left, then the new chunk
+    # the new chunk's first action comes after the old leftover: popping it is not counted for A
+    p.pop_ready(1)
+    assert p.executed_since_solution == 0
+    p.pop_ready(2)
+    assert p.executed_since_solution == 2
+
+
+def test_select_action_shifts_by_ta():
+    p = perturb(tiny_policy(seed=1, sampler="rti", rti_divergence=0.0, **KW))
+    stream = obs_stream(9)
+    for o in stream[:4]:
+        p.select_action(o)
+    a = p._solution.clone()
+    p.observe(stream[4])
+    assert p.executed_since_solution == 4
+    p.denoise(budget=1)
+    assert torch.equal(p._solve.guess, shift_trajectory(a, 4))
+
+
+def test_predict_action_chunk_counts_the_whole_chunk_executed():
+    p = perturb(tiny_policy(seed=1, sampler="rti", rti_divergence=0.0, **KW))
+    p.predict_action_chunk(obs_stream(1)[0])
+    assert p.executed_since_solution == 4
+
+
+def test_discrete_dims_snapped_in_guess_and_thresholded_in_output():
+    p = perturb(tiny_policy(seed=2, sampler="rti", discrete_action_dims=[1], rti_divergence=0.0, **KW))
+    stream = obs_stream(12)
+    acts, _ = run_stream(p, stream[:8])
+    # tiny stats map normalised -1/+1 to -1/2
+    assert set(np.round(acts[:, 1], 5)) <= {-1.0, 2.0}
+    assert not set(np.round(acts[:, 0], 5)) <= {-1.0, 2.0}  # continuous dims are left alone
+    p.observe(stream[8])
+    p.denoise(budget=1)
+    assert set(p._solve.guess[:, 1].tolist()) <= {-1.0, 1.0}
+
+
+def test_divergence_forces_full_resample_and_is_counted():
+    p = perturb(tiny_policy(seed=4, sampler="rti", rti_steps=3, rti_divergence=1e-9, **KW))
+    cc = CallCounter(p)
+    _, calls = run_stream(p, obs_stream(16), cc)
+    assert calls == [8] + [3 + 8] * 3
+    assert p.rti_stats["divergence_resamples"] == 3 and p.rti_stats["warm"] == 3 and p.rti_stats["full"] == 4
+    q = twin(p, rti_divergence=0.0)
+    cq = CallCounter(q)
+    _, calls = run_stream(q, obs_stream(16), cq)
+    assert calls == [8, 3, 3, 3] and q.rti_stats["divergence_resamples"] == 0
+
+
+def test_periodic_full_resample():
+    p = perturb(tiny_policy(seed=4, sampler="rti", rti_steps=2, rti_full_every=3, rti_divergence=0.0, **KW))
+    cc = CallCounter(p)
+    _, calls = run_stream(p, obs_stream(28), cc)
+    assert calls == [8, 2, 2] * 2 + [8]
+    assert p.rti_stats["periodic_resamples"] == 2
+
+
+def test_hybrid_fresh_tail_from_shifted_solution():
+    p = perturb(tiny_policy(seed=6, sampler="sdp_rti", rti_divergence=0.0, **KW))
+    buf = p.buffer
+    k0 = p.rti_start_level
+    assert k0 == 29 and int(buf.grid_asc[-1]) == k0 and buf.K == p.hybrid_grid().__len__()
+    seen = []
+    orig = buf.roll
+
+    def spy(generator=None, fresh=None):
+        seen.append((buf.x0_hat.clone(), fresh))
+        orig(generator=generator, fresh=fresh)
+
+    buf.roll = spy
+    stream = obs_stream(16)
+    for o in stream:
+        p.select_action(o)
+    assert len(seen) == 3  # first observation: full solve and reseed (no roll)
+    for x0_hat, fresh in seen:
+        assert fresh is not None
+        expect = shift_trajectory(x0_hat, 4)[buf.keep_end - 4 :]
+        assert torch.equal(fresh, expect)
+    # the fresh tail enters at k', not at N-1
+    assert set(buf.labels()[buf.keep_end - 4 :].tolist()) <= {k0}
+
+
+def test_hybrid_divergence_triggers_full_resolve():
+    p = perturb(tiny_policy(seed=6, sampler="sdp_rti", rti_divergence=1e-9, **KW))
+    cc = CallCounter(p)
+    _, calls = run_stream(p, obs_stream(12), cc)
+    steady = twin(p, sampler="sdp", num_inference_steps=len(p.hybrid_grid()))
+    cs = CallCounter(steady)
+    _, sdp_calls = run_stream(steady, obs_stream(12), cs)
+    assert calls[0] == 8 and calls[1:] == [c + 8 for c in sdp_calls[:2]]
+    assert p.rti_stats["divergence_resamples"] == 2
+
+
+def test_rti_config_validation():
+    from streamdp.policy import ConfigError
+
+    with pytest.raises(ConfigError, match="rti_start_level"):
+        tiny_policy(sampler="rti", rti_start_level=100, **KW)
+    with pytest.raises(ConfigError, match="discrete_action_dims"):
+        tiny_policy(sampler="rti", discrete_action_dims=[2], **KW)
+    with pytest.raises(ConfigError, match="min_max"):
+        tiny_policy(sampler="rti", discrete_action_dims=[1], normalization="mean_std", **KW)
+    with pytest.raises(ConfigError, match="raise rti_start_level"):
+        tiny_policy(sampler="sdp_rti", rti_start_level=1, **KW)
+    with pytest.raises(ConfigError, match="h=floor"):
+        tiny_policy(sampler="sdp_rti", **{**KW, "n_action_steps": 8})
+
+
+def test_calibrate_rti_cli_picks_smallest_within_tolerance(tmp_path):
+    pol = perturb(tiny_policy(seed=1, sampler="sdp", **KW))
+    ckpt = pol.save_pretrained(tmp_path / "ckpt")
+    data = save_observations(tmp_path / "obs.npz", [obs_stream(13, seed=0), obs_stream(9, seed=1)])
+    assert [len(e) for e in load_episodes(data)] == [13, 9]
+    entry = calibrate_cli(
+        [f"checkpoint={ckpt}", f"dataset={data}", "tol=1e9", "candidates=9,49,99", "steps=3", "max_obs=5"]
+    )
+    assert entry["start_level"] == 9 and entry["within_tolerance"] and entry["compared"] == 3
+    meta = json.loads((ckpt / "config.json").read_text())
+    assert meta["extras"]["rti"]["start_level"] == 9 and meta["policy"]["sampler"] == "sdp"
+    loaded = Policy.from_pretrained(ckpt, sampler="rti")
+    assert loaded.rti_start_level == 9 and loaded.rti_steps == 3  # k' was calibrated for 3 warm steps
+    assert Policy.from_pretrained(ckpt, sampler="rti", rti_steps=5).rti_steps == 5
+    assert Policy.from_pretrained(ckpt, sampler="rti", rti_start_level=40).rti_start_level == 40
+    entry = calibrate_cli(
+        ["--checkpoint", str(ckpt), "--dataset", str(data), "--tol", "0", "candidates=9,49,99", "max_obs=5"]
+    )
+    errs = {int(k): v for k, v in entry["errors"].items()}
+    assert not entry["within_tolerance"] and entry["start_level"] == min(errs, key=errs.get)
+    # a tolerance between the errors selects the smallest level that meets it
+    mid = sorted(errs.values())[1]
+    entry = calibrate_cli([f"checkpoint={ckpt}", f"dataset={data}", f"tol={mid}", "candidates=9,49,99", "max_obs=5"])
+    assert entry["start_level"] == min(k for k, v in errs.items() if v <= mid)
+    # default tolerance: the spread between two full samples
+    entry = calibrate_cli([f"checkpoint={ckpt}", f"dataset={data}", "candidates=9,49,99", "max_obs=5"])
+    assert entry["tolerance"] == entry["baseline_full_vs_full"] > 0
+    within = [k for k, v in errs.items() if v <= entry["tolerance"]]
+    assert entry["start_level"] == (min(within) if within else min(errs, key=errs.get))
+
+
+def test_lerobot_dataset_source(tmp_path):
+    lerobot_dataset = pytest.importorskip("lerobot.datasets.lerobot_dataset")
+    root = tmp_path / "ds"
+    ds = lerobot_dataset.LeRobotDataset.create(
+        repo_id="local/obs",
+        fps=10,
+        root=root,
+        features={
+            "observation.state": {"dtype": "float32", "shape": (2,), "names": None},
+            "action": {"dtype": "float32", "shape": (2,), "names": None},
+        },
+        use_videos=False,
+    )
+    for ep in range(2):
+        for o in obs_stream(5, seed=ep):
+            ds.add_frame({"observation.state": o["observation.state"], "action": np.zeros(2, np.float32), "task": "t"})
+        ds.save_episode()
+    ds.finalize()
+    eps = load_episodes(root)
+    assert [len(e) for e in eps] == [5, 5]
+    np.testing.assert_allclose(eps[1][2]["observation.state"], obs_stream(5, seed=1)[2]["observation.state"])
