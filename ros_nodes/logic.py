@@ -59,6 +59,14 @@ def select_joints(msg_names: Sequence[str], values: Sequence[float], wanted: Seq
     return v[[index[n] for n in wanted]]
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _finite32(v: np.ndarray) -> bool:
+    """Finite, and still finite as float32 (observations are float32: 1e39 would become inf)."""
+    return bool(np.all(np.isfinite(v)) and np.all(np.abs(v) <= _F32_MAX))
+
+
 @dataclass(frozen=True)
 class ExtraState:
     """A state entry that comes from its own topic (e.g. the target position of a reach task)."""
@@ -200,7 +208,7 @@ class ObservationSync:
         except SyncError:
             self.counters.rejected += 1
             return False
-        if not all(np.all(np.isfinite(v)) for v in data.values()):
+        if not all(_finite32(v) for v in data.values()):
             self.counters.nonfinite += 1
             return False
         self._joint = StreamSample(stamp, data)
@@ -215,7 +223,7 @@ class ObservationSync:
             return False
         if not self._order_ok("extra:" + name, stamp):
             return False
-        if not np.all(np.isfinite(v)):
+        if not _finite32(v):
             self.counters.nonfinite += 1
             return False
         self._extra[name] = StreamSample(stamp, v)

@@ -17,8 +17,17 @@ Lifecycle (DESIGN.md 6):
 Data flow and timing: see :mod:`streamdp.ros_nodes.logic`. Inference runs in its own thread; the
 control-rate timer only samples sensors, hands the frame over and publishes what the
 :class:`~streamdp.ros_nodes.logic.ActionStreamer` has (a clean action or a hold), so it never waits
-on the network. Every published command passes ``command_filter`` (the safety-filter seam: identity
-here, limits are declared as ``limits.*`` parameters for it) and a finite check.
+on the network. Every published command passes ``command_filter`` and a finite check. When any
+``limits.*`` parameter is given (and no filter was passed in), the command filter is a
+:class:`~streamdp.ros_nodes.safety.SafetyFilter` (joint order = the checkpoint's, dt = 1/control rate,
+reset from the measured joint state on activate): the executed point goes through ``filter()`` (holds
+through ``hold()``, so they decelerate), the look-ahead points are chained through a copy of it, and
+after ``limits.max_consecutive_clamps`` clamps in a row the filter latches a hold until re-activation.
+Its status and counts are on ``/diagnostics``.
+
+Fault-injection hooks (:class:`FaultHooks`, used by :mod:`streamdp.ros_nodes.faults`; inert by
+default): transform the policy output, delay the inference thread, offset the node's ROS clock, and
+``command_log`` records every published command.
 
 Outputs: ``trajectory_msgs/JointTrajectory`` (joint_trajectory_controller; the current action plus
 the queued future actions, positions and velocities, header.stamp = the splice time) or
@@ -31,6 +40,7 @@ and activates by itself), or manage it with the lifecycle services (``ros2 lifec
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -74,13 +84,14 @@ from streamdp.ros_nodes.logic import (  # noqa: E402
     split_seconds,
     trajectory_points,
 )
+from streamdp.ros_nodes.safety import SafetyFilter, SafetyLimits, SafetyStatus  # noqa: E402
 
 OUTPUT_TYPES = ("joint_trajectory", "float64_multi_array")
 DEFAULT_COMMAND_TOPICS = {
     "joint_trajectory": "/joint_trajectory_controller/joint_trajectory",
     "float64_multi_array": "/forward_position_controller/commands",
 }
-LIMIT_PARAMS = (  # read by the safety filter (a later issue); declared here so YAMLs can carry them
+LIMIT_PARAMS = (  # read by the safety filter (SafetyLimits) when any is given
     "position_min", "position_max", "max_delta", "max_velocity", "max_acceleration", "workspace_min",
     "workspace_max",
 )
@@ -91,6 +102,15 @@ CommandFilter = Callable[[np.ndarray, np.ndarray], np.ndarray]
 def identity_filter(points: np.ndarray, previous: np.ndarray) -> np.ndarray:
     """Default command filter: (n, D) commanded positions (row 0 is executed now) -> unchanged."""
     return points
+
+
+@dataclass
+class FaultHooks:
+    """Test hooks for fault injection (inert by default; never set them on a robot)."""
+
+    output: Callable[[np.ndarray], np.ndarray] | None = None  # applied to each clean chunk (Ta, D)
+    inference_delay_s: float = 0.0  # extra time spent in the inference thread per chunk
+    clock_offset_s: float = 0.0  # added to the node's ROS time (clock-jump injection)
 
 
 class ParameterError(ValueError):
@@ -144,6 +164,11 @@ class PolicyNode(LifecycleNode):
     ) -> None:
         super().__init__(node_name, **kwargs)
         self.command_filter: CommandFilter = command_filter or identity_filter
+        self._custom_filter = command_filter is not None
+        self.safety: SafetyFilter | None = None
+        self.hooks = FaultHooks()
+        self.command_log: list[dict[str, Any]] | None = None  # set to [] to record every published command
+        self.segment = 0  # activations so far (command_log groups commands by activation)
         self._declare_parameters()
         self.configure_error = ""
         self.activate_error = ""
@@ -292,9 +317,10 @@ class PolicyNode(LifecycleNode):
         self._chunk_id = 0
         self._last_error = ""
         self._last_stale = ""
+        self.safety_latched_reported = False
 
     def _now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
+        return self.get_clock().now().nanoseconds * 1e-9 + self.hooks.clock_offset_s
 
     @staticmethod
     def _device(name: str) -> str:
@@ -359,6 +385,7 @@ class PolicyNode(LifecycleNode):
             raise ValueError(f"{e}{hint}") from e
         if not c.joint_names:
             self.get_logger().warning("checkpoint names no joints: trusting the joint_names parameter order")
+        self.safety = None if self._custom_filter else self._make_safety(s)
         self.settings = s
         self.policy = policy
         self.layout = layout
@@ -379,6 +406,30 @@ class PolicyNode(LifecycleNode):
             f"Ta={c.n_action_steps} Tp={c.horizon} device={device} threads={s.num_threads} "
             f"rate={s.control_rate_hz:g} Hz -> {s.output_type} on {s.command_topic}"
         )
+
+    def _make_safety(self, s: Settings) -> SafetyFilter | None:
+        """The SafetyFilter from the ``limits.*`` parameters (None when none is given)."""
+        lim = s.limits
+        given = {k: v for k, v in lim.items() if k in LIMIT_PARAMS and v is not None and len(v) > 0}
+        if not given:
+            return None
+        d = {"joint_names": list(s.joint_names), "dt": 1.0 / s.control_rate_hz,
+             "escalate_after": int(lim.get("max_consecutive_clamps") or 3)}
+        for key, name in (("position_min", "position_lower"), ("position_max", "position_upper"),
+                          ("max_delta", "max_delta"), ("max_velocity", "max_velocity"),
+                          ("max_acceleration", "max_acceleration")):
+            if key in given:
+                d[name] = list(given[key])
+        if "workspace_min" in given or "workspace_max" in given:
+            self.get_logger().warning("limits.workspace_min/max need a forward-kinematics function: the workspace "
+                                      "box is not enforced by this node (joint limits are)")
+        try:
+            limits = SafetyLimits.from_dict(d)
+        except ValueError as e:
+            raise ParameterError(f"limits.*: {e}") from e
+        self.get_logger().info(f"safety filter on: step limit {np.round(limits.step_limit, 4).tolist()} per tick, "
+                               f"hold after {limits.escalate_after} consecutive clamps")
+        return SafetyFilter(limits)
 
     def _warmup(self, policy: Any, s: Settings) -> None:
         c = policy.config
@@ -423,6 +474,10 @@ class PolicyNode(LifecycleNode):
         self.tick_stats = TickStats(self.period)
         self._jumps = ClockJumpDetector(max(0.5, 5 * self.period))
         self.policy.reset(state=q)
+        if self.safety is not None:
+            self.safety.reset(q)
+        self.segment += 1
+        self.activation_seed = q.copy()
         self._nfe0 = int(self.policy.nfe_total)
         self.streamer = ActionStreamer(self.period)
         self.streamer.seed(q)
@@ -529,6 +584,11 @@ class PolicyNode(LifecycleNode):
             return
         f = chunk.frame
         t0 = f.slot_time + s.action_delay_ticks * self.period
+        if self.hooks.inference_delay_s > 0:  # fault injection: a slow network
+            time.sleep(self.hooks.inference_delay_s)
+            chunk.done_mono = time.monotonic()
+        if self.hooks.output is not None:  # fault injection: a corrupted network output
+            chunk.actions = np.asarray(self.hooks.output(np.array(chunk.actions, dtype=np.float64)))
         with self._lock:
             self._chunk_id += 1
             cid = self._chunk_id
@@ -583,6 +643,12 @@ class PolicyNode(LifecycleNode):
             elif res.reason != self._last_stale:
                 self._last_stale = res.reason
                 self.get_logger().warning(f"no new input: {res.reason}", throttle_duration_sec=2.0)
+        if self.safety is not None and self.safety._latched and not self.fault:
+            self.fault = (f"safety filter: {self.safety.limits.escalate_after} consecutive clamped commands; "
+                          "holding until re-activated")
+            self.get_logger().error(self.fault)
+            streamer.clear()
+            worker.request_reset(None)
         if self.fault:
             cmd = Command(self._last_published.copy(), True, now, reason=self.fault)
         else:
@@ -601,8 +667,13 @@ class PolicyNode(LifecycleNode):
         if s.trajectory_points > 0:
             rows = rows[: s.trajectory_points]
         prev = self._last_published
+        status = ""
         try:
-            pts = np.asarray(self.command_filter(np.vstack(rows), prev.copy()), dtype=np.float64)
+            if self.safety is not None:
+                pts, status = self._safety_filter(np.vstack(rows), cmd.hold)
+                cmd.hold = cmd.hold or status in ("holding", "fault")
+            else:
+                pts = np.asarray(self.command_filter(np.vstack(rows), prev.copy()), dtype=np.float64)
         except Exception as e:  # noqa: BLE001 - a broken filter must not let a command through
             self.get_logger().error(f"command filter failed ({e}); holding", throttle_duration_sec=2.0)
             pts = prev[None].copy()
@@ -631,6 +702,27 @@ class PolicyNode(LifecycleNode):
         self._cmd_pub.publish(msg)
         self._last_published = pts[0].copy()
         self.commands_published += 1
+        if self.command_log is not None:
+            sent = pts if s.output_type == "joint_trajectory" else pts[:1]  # what the message carries
+            self.command_log.append({"t": now, "points": sent.copy(), "hold": bool(cmd.hold), "status": status,
+                                     "reason": cmd.reason, "segment": self.segment, "lifecycle": self.lifecycle_state})
+
+    def _safety_filter(self, rows: np.ndarray, hold: bool) -> tuple[np.ndarray, str]:
+        """Row 0 through the SafetyFilter (a hold through ``hold()``); the look-ahead rows chained through a
+        copy of it, so every published point is within limits of the one before. Clamped or held: row 0 only."""
+        sf = self.safety
+        assert sf is not None
+        q0, st = sf.hold() if hold else sf.filter(rows[0])
+        if st is not SafetyStatus.OK or rows.shape[0] == 1:
+            return q0[None], st.value
+        ahead = copy.deepcopy(sf)
+        out = [q0]
+        for row in rows[1:]:
+            q, s2 = ahead.filter(row)
+            if s2 is not SafetyStatus.OK:
+                break  # keep only the look-ahead that needs no clamping
+            out.append(q)
+        return np.vstack(out), st.value
 
     # ------------------------------------------------------------------------------ diagnostics
     def stats(self) -> dict[str, Any]:
@@ -661,6 +753,10 @@ class PolicyNode(LifecycleNode):
             sc = self.streamer.counters
             out.update(actions_sent=sc.sent, holds=sc.holds, starved_holds=sc.starved,
                        late_actions_dropped=sc.late_dropped, replaced_actions=sc.replaced)
+        if self.safety is not None:
+            out.update(safety_status=self.safety.status.value,
+                       safety_consecutive_clamps=self.safety.consecutive_clamps,
+                       **{f"safety_{k}": v for k, v in self.safety.counts.items()})
         if self.sync is not None:
             y = self.sync.counters
             out.update(stale_ticks=y.stale, out_of_order_drops=y.out_of_order, duplicate_drops=y.duplicate,
@@ -674,6 +770,8 @@ class PolicyNode(LifecycleNode):
             level, message = DiagnosticStatus.ERROR, self.configure_error or self.fault
         elif st.get("nonfinite_outputs") or st.get("worker_errors"):
             level, message = DiagnosticStatus.WARN, f"{self.lifecycle_state}: non-finite outputs or inference errors"
+        elif st.get("safety_status") == SafetyStatus.CLAMPED.value:
+            level, message = DiagnosticStatus.WARN, f"{self.lifecycle_state}: safety filter clamping commands"
         elif st.get("deadline_misses"):
             level, message = DiagnosticStatus.WARN, f"{self.lifecycle_state}: {st['deadline_misses']} deadline misses"
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: streaming policy", message=message,
