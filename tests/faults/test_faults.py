@@ -220,7 +220,10 @@ def test_backward_clock_jump_holds_until_reactivated(rig, seed):
     assert "clock jumped" in s1["fault"]
     assert t is not None and t <= 2
     assert rep.held_from(mark + 2, still)
-    assert rep.first_action_after(resume) is not None and rig.node.fault == ""
+    # re-activation clears the clock fault and actions flow again (the tiny, jerky test policy may later
+    # trip the clamp escalation: a different fault, judged in its own test)
+    assert rep.first_action_after(resume) is not None
+    assert "clock jumped" not in rig.node.fault
 
 
 @pytest.mark.parametrize("seed", SEEDS)
