@@ -38,9 +38,12 @@ def expert_episodes(
     try:
         bar = tqdm(total=episodes, disable=not progress, desc=f"expert {task}")
         while len(kept) < episodes and tried < 3 * episodes:
-            rec = rollout(env, expert, spec, seed=seed + tried)
+            try:
+                rec = rollout(env, expert, spec, seed=seed + tried)
+            except ValueError:  # e.g. the arm expert's IK finds no in-limits solution for this seed's target
+                rec = None
             tried += 1
-            if rec.success:
+            if rec is not None and rec.success:
                 kept.append({k: np.stack([f[k] for f in rec.frames]) for k in rec.frames[0]})
                 bar.update(1)
         bar.close()

@@ -1,0 +1,1033 @@
+"""Closed-loop evaluation of a policy checkpoint in simulation: success, latency, network calls, smoothness.
+
+    streamdp-eval checkpoint=DIR task=NAME [sampler=sdp | sampler=ddpm,ddim:10,sdp] [episodes=N]
+                  [num_inference_steps=K] [seed=S] [latency_aware=true] [workers=W] [video=N] [out=DIR]
+    python -m streamdp.sim.evaluate checkpoint=ckpt/ task=pusht sampler=ddpm,sdp episodes=50 workers=2
+
+Overrides are hydra ``key=value`` pairs on ``config/eval.yaml`` (``task=NAME`` picks the task card, as
+in ``streamdp-collect``). Several samplers given as a list run on the *same* weights and seeds, so
+their success rates and latencies compare directly. Python: :func:`evaluate` returns an
+:class:`EvalResult`; :meth:`EvalResult.save` writes ``result.json`` and the PNG plots.
+
+**What one episode is.** Episode ``i`` resets the env with seed ``seed + i`` and the policy's
+generator (and torch's global one) with the same seed, then calls ``policy.reset(state=...)`` (the
+buffer primer). Every control tick the policy gets the newest observation through
+``select_action``; it computes a new chunk only when its queue of Ta actions is empty. With
+``threads`` fixed (default 1) the per-episode outcome depends only on the seed, not on ``workers``.
+
+**Metrics** (per sampler; per-episode records are kept in the JSON):
+
+- success rate with a 95 % Wilson score interval; mean max coverage where the env reports
+  ``max_coverage`` / ``coverage`` (PushT); mean final ``distance`` where reported (the arm).
+- latency: wall time spent in the policy per *policy tick* (``select_action``: observing, plus a
+  full chunk computation on inference ticks, or only popping a queued action), p50/p95/p99 in ms,
+  pooled over episodes, split into all ticks / inference ticks / pop-only ticks. The untimed
+  warm-up is excluded. Env stepping and rendering are not timed.
+- network calls: denoiser forward calls counted on the network itself (``count_calls``), per tick
+  and per inference (mean, min, max).
+- smoothness of the *commanded* action sequence (held steps included): mean absolute jerk
+  ``|a[t+3] - 3a[t+2] + 3a[t+1] - a[t]| * fps^3`` over time and action dims, in action units / s^3
+  (rad/s^3 for the arm, px/s^3 for PushT); the largest step ``max_d |a_t - a_{t-1}|`` at chunk
+  boundaries (the first action of every chunk but the episode's first) versus within chunks.
+
+**Latency-aware mode** (``latency_aware=true``). Commands take effect at tick boundaries
+(zero-order hold), as in a synchronous controller: the observation of tick t is read, the policy
+computes for ``d`` seconds, and a result that is ready at t + d can only be applied at the next
+boundary. So when a tick computes a new chunk in ``d`` seconds, the env first executes
+``n = ceil(d * fps)`` steps (with a 1e-9 tolerance, so ``d * fps`` = 2.0 gives 2) with the previous
+command held, and then the chunk runs from its first action; no observation is taken while the
+policy computes. Ticks that only pop a queued action cost no delay (the action already exists).
+The previous command at the start of an episode is the measured joint state where actions are
+position targets of the first state entries (arm, PushT), else zeros. ``d`` is the measured
+wall time of that tick, or a modelled one: ``latency_s`` (fixed seconds per inference) and/or
+``latency_per_call_s`` (seconds per network call, e.g. a target machine's), summed when both are
+given. Measured latencies make results depend on machine load; modelled ones keep them exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import math
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless; must precede the first mujoco import
+
+import numpy as np  # noqa: E402
+
+FORMAT = "streamdp-eval/1"
+Z95 = 1.959963984540054
+
+
+# ---------------------------------------------------------------------------------- statistics
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95 % by default); (0, 1) for n = 0."""
+    if n < 0 or not 0 <= successes <= max(n, 0):
+        raise ValueError(f"need 0 <= successes <= n, got {successes}/{n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return min(lo, p), max(hi, p)
+
+
+def delay_steps(seconds: float, fps: float) -> int:
+    """Env steps with the held command while a chunk is computed for ``seconds``: ceil(d * fps)."""
+    if not seconds > 0:
+        return 0
+    return max(0, math.ceil(seconds * fps - 1e-9))
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
+    """p50/p95/p99/mean/max and count of a sample (None entries when empty)."""
+    if len(values) == 0:
+        return {"p50": None, "p95": None, "p99": None, "mean": None, "max": None, "n": 0}
+    a = np.asarray(values, dtype=np.float64)
+    p50, p95, p99 = np.percentile(a, [50, 95, 99])
+    return {
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "mean": float(a.mean()),
+        "max": float(a.max()),
+        "n": int(a.size),
+    }
+
+
+def mean_abs_jerk(actions: np.ndarray, fps: float) -> float | None:
+    """Mean |third difference| * fps^3 of an (T, D) action sequence (None for T < 4)."""
+    a = np.asarray(actions, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] < 4:
+        return None
+    return float(np.mean(np.abs(np.diff(a, n=3, axis=0))) * fps**3)
+
+
+def chunk_jumps(actions: np.ndarray, chunk_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Step sizes max_d |a_t - a_{t-1}| at chunk boundaries and within chunks.
+
+    ``chunk_ids[t]`` is the chunk (0, 1, ...) that commanded action t came from, -1 for a held step.
+    A boundary is the first action of a chunk other than the episode's first chunk; within-chunk steps
+    join two consecutive actions of the same chunk. Steps into or out of held actions are neither."""
+    a = np.asarray(actions, dtype=np.float64)
+    ids = np.asarray(chunk_ids)
+    if len(a) < 2:
+        return np.zeros(0), np.zeros(0)
+    step = np.max(np.abs(np.diff(a, axis=0)), axis=1)
+    first = np.zeros(len(ids), dtype=bool)
+    seen: set[int] = set()
+    for t, c in enumerate(ids.tolist()):
+        if c >= 0 and c not in seen:
+            first[t] = True
+            seen.add(c)
+    boundary = first[1:] & (ids[1:] >= 1)
+    within = (ids[1:] >= 0) & (ids[1:] == ids[:-1])
+    return step[boundary], step[within]
+
+
+# ---------------------------------------------------------------------------------- latency model
+@dataclass(frozen=True)
+class LatencyModel:
+    """Compute time charged to one inference in latency-aware mode.
+
+    With neither field set, the measured wall time of the tick is used. Otherwise the time is
+    ``fixed_s + per_call_s * calls`` (a missing field counts 0): deterministic, and a way to replay a
+    target machine's speed (its seconds per network call) on this one."""
+
+    fixed_s: float | None = None
+    per_call_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("fixed_s", "per_call_s"):
+            v = getattr(self, name)
+            if v is not None and not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"latency model {name} must be a finite number >= 0, got {v}")
+
+    @property
+    def measured(self) -> bool:
+        return self.fixed_s is None and self.per_call_s is None
+
+    def compute_time(self, measured_s: float, calls: int) -> float:
+        if self.measured:
+            return measured_s
+        return (self.fixed_s or 0.0) + (self.per_call_s or 0.0) * calls
+
+    def describe(self) -> str:
+        if self.measured:
+            return "measured wall time of the inference tick"
+        parts = [
+            f"{self.fixed_s} s" if self.fixed_s is not None else "",
+            f"{self.per_call_s} s x calls" if self.per_call_s is not None else "",
+        ]
+        return " + ".join(p for p in parts if p) + " per inference (modelled)"
+
+
+# ---------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler to evaluate: a name accepted by the policy config, and its grid size K."""
+
+    sampler: str | None  # None: the checkpoint's own
+    num_inference_steps: int | None = None
+
+    @classmethod
+    def parse(cls, item: str | SamplerSpec, default_k: int | None = None) -> SamplerSpec:
+        if isinstance(item, SamplerSpec):
+            return item
+        text = str(item).strip()
+        m = re.fullmatch(r"([A-Za-z_]+)(?:[:\-](\d+))?", text)
+        if not m:
+            raise ValueError(f"sampler entries look like NAME or NAME:K (e.g. ddim:10), got {item!r}")
+        return cls(m.group(1).lower(), int(m.group(2)) if m.group(2) else default_k)
+
+
+@dataclass
+class EpisodeResult:
+    """One closed-loop episode."""
+
+    index: int
+    seed: int
+    success: bool
+    steps: int  # env steps, held ones included
+    policy_ticks: int  # select_action calls
+    held_steps: int  # env steps with the held command (latency-aware mode)
+    inferences: int  # chunks computed
+    calls: int  # network calls
+    calls_per_inference: list[int]
+    tick_ms: list[float]  # wall time in the policy per tick
+    inference_ticks: list[int]  # indices into tick_ms of the ticks that computed a chunk
+    compute_s: list[float]  # charged compute time per inference (latency-aware mode; else measured)
+    max_coverage: float | None
+    final_distance: float | None
+    mean_abs_jerk: float | None
+    boundary_jumps: list[float]
+    within_jumps: list[float]
+    seconds: float  # wall time of the whole episode (env included)
+    video: str | None = None
+    error: str | None = None  # a NonFiniteError from the policy ends the episode as a failure
+    actions: list[list[float]] = field(default_factory=list, repr=False)  # commanded, per env step (not in JSON)
+    chunk_ids: list[int] = field(default_factory=list, repr=False)  # chunk of each command, -1 = held
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        del d["actions"], d["chunk_ids"]
+        d["tick_ms"] = [round(x, 4) for x in self.tick_ms]
+        d["boundary_jump_max"] = max(self.boundary_jumps) if self.boundary_jumps else None
+        d["within_jump_max"] = max(self.within_jumps) if self.within_jumps else None
+        d["boundary_jumps"] = [round(x, 6) for x in self.boundary_jumps]
+        d["within_jumps"] = [round(x, 6) for x in self.within_jumps]
+        return d
+
+
+@dataclass
+class RunResult:
+    """All episodes of one sampler on the checkpoint's weights, and their summary."""
+
+    sampler: str
+    num_inference_steps: int
+    label: str
+    policy: dict[str, Any]  # the loaded config's horizons, fps, denoiser, grid
+    episodes: list[EpisodeResult]
+
+    # -- summary -------------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def successes(self) -> int:
+        return sum(e.success for e in self.episodes)
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / max(self.n, 1)
+
+    @property
+    def success_ci95(self) -> tuple[float, float]:
+        return wilson_interval(self.successes, self.n)
+
+    def _mean(self, name: str) -> float | None:
+        vals = [getattr(e, name) for e in self.episodes if getattr(e, name) is not None]
+        return float(np.mean(vals)) if vals else None
+
+    @property
+    def mean_max_coverage(self) -> float | None:
+        return self._mean("max_coverage")
+
+    @property
+    def mean_final_distance(self) -> float | None:
+        return self._mean("final_distance")
+
+    def tick_latencies(self, kind: str = "tick") -> list[float]:
+        out: list[float] = []
+        for e in self.episodes:
+            inf = set(e.inference_ticks)
+            if kind == "tick":
+                out += e.tick_ms
+            elif kind == "inference":
+                out += [e.tick_ms[i] for i in e.inference_ticks]
+            elif kind == "pop":
+                out += [m for i, m in enumerate(e.tick_ms) if i not in inf]
+            else:
+                raise ValueError(f"kind must be tick | inference | pop, got {kind!r}")
+        return out
+
+    @property
+    def latency_ms(self) -> dict[str, dict[str, float | int | None]]:
+        return {k: percentiles(self.tick_latencies(k)) for k in ("tick", "inference", "pop")}
+
+    @property
+    def calls_per_tick(self) -> float:
+        return sum(e.calls for e in self.episodes) / max(sum(e.policy_ticks for e in self.episodes), 1)
+
+    @property
+    def calls_per_inference(self) -> dict[str, float | None]:
+        c = [x for e in self.episodes for x in e.calls_per_inference]
+        if not c:
+            return {"mean": None, "min": None, "max": None}
+        return {"mean": float(np.mean(c)), "min": float(min(c)), "max": float(max(c))}
+
+    @property
+    def smoothness(self) -> dict[str, Any]:
+        b = [x for e in self.episodes for x in e.boundary_jumps]
+        w = [x for e in self.episodes for x in e.within_jumps]
+        return {
+            "mean_abs_jerk": self._mean("mean_abs_jerk"),
+            "jerk_units": "action units / s^3 (third difference x fps^3, mean over ticks and dims)",
+            "boundary_jump_max": max(b) if b else None,
+            "boundary_jump_mean": float(np.mean(b)) if b else None,
+            "within_jump_max": max(w) if w else None,
+            "within_jump_mean": float(np.mean(w)) if w else None,
+            "jump_units": "action units per tick (max over action dims of |a_t - a_{t-1}|)",
+        }
+
+    def summary(self) -> dict[str, Any]:
+        lo, hi = self.success_ci95
+        return {
+            "sampler": self.sampler,
+            "num_inference_steps": self.num_inference_steps,
+            "label": self.label,
+            "policy": self.policy,
+            "episodes": self.n,
+            "successes": self.successes,
+            "errors": sum(e.error is not None for e in self.episodes),
+            "success_rate": self.success_rate,
+            "success_ci95": [lo, hi],
+            "mean_max_coverage": self.mean_max_coverage,
+            "mean_final_distance": self.mean_final_distance,
+            "mean_steps": float(np.mean([e.steps for e in self.episodes])) if self.episodes else None,
+            "held_steps_per_episode": float(np.mean([e.held_steps for e in self.episodes])) if self.episodes else 0.0,
+            "latency_ms": self.latency_ms,
+            "calls_per_tick": self.calls_per_tick,
+            "calls_per_inference": self.calls_per_inference,
+            "compute_s_per_inference": percentiles([x for e in self.episodes for x in e.compute_s]),
+            "smoothness": self.smoothness,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.summary(), "per_episode": [e.to_dict() for e in self.episodes]}
+
+
+@dataclass
+class EvalResult:
+    """Everything an evaluation produced; ``runs`` holds one :class:`RunResult` per sampler."""
+
+    checkpoint: str
+    task: str
+    obs_mode: str
+    task_kwargs: dict[str, Any]
+    episodes: int
+    seed: int
+    max_steps: int
+    fps: float
+    latency_aware: bool
+    latency_model: LatencyModel
+    workers: int
+    threads: int
+    device: str
+    runs: list[RunResult]
+    hardware: dict[str, Any]
+    started: str
+    seconds: float
+    files: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.episodes)]
+
+    @property
+    def run(self) -> RunResult:
+        """The only run (a single sampler); several runs: pick one from ``runs`` or ``by_label``."""
+        if len(self.runs) != 1:
+            raise ValueError(f"{len(self.runs)} samplers were evaluated: use result.runs or result.by_label()")
+        return self.runs[0]
+
+    def by_label(self) -> dict[str, RunResult]:
+        return {r.label: r for r in self.runs}
+
+    # single-sampler conveniences
+    @property
+    def success_rate(self) -> float:
+        return self.run.success_rate
+
+    @property
+    def success_ci95(self) -> tuple[float, float]:
+        return self.run.success_ci95
+
+    def to_dict(self) -> dict[str, Any]:
+        lm = self.latency_model
+        return {
+            "format": FORMAT,
+            "checkpoint": self.checkpoint,
+            "task": self.task,
+            "obs_mode": self.obs_mode,
+            "task_kwargs": self.task_kwargs,
+            "episodes": self.episodes,
+            "seed": self.seed,
+            "seeds": self.seeds,
+            "max_steps": self.max_steps,
+            "fps": self.fps,
+            "latency_aware": self.latency_aware,
+            "latency_model": {
+                "fixed_s": lm.fixed_s,
+                "per_call_s": lm.per_call_s,
+                "description": lm.describe() if self.latency_aware else "off",
+                "rule": "held env steps per inference = ceil(d * fps - 1e-9)",
+            },
+            "workers": self.workers,
+            "threads": self.threads,
+            "device": self.device,
+            "hardware": self.hardware,
+            "started": self.started,
+            "seconds": self.seconds,
+            "runs": [r.to_dict() for r in self.runs],
+            "files": self.files,
+        }
+
+    def table(self) -> str:
+        """Markdown summary, one row per sampler."""
+        head = (
+            "| sampler | success (95% CI) | ms/tick p50 / p95 / p99 | ms/inference p50 | calls/tick "
+            "| calls/inference | jerk | max jump boundary / within | extra |"
+        )
+        lines = [head, "|" + "---|" * 9]
+        for r in self.runs:
+            lo, hi = r.success_ci95
+            t, i = r.latency_ms["tick"], r.latency_ms["inference"]
+            s = r.smoothness
+            extra = []
+            if r.mean_max_coverage is not None:
+                extra.append(f"max cov {r.mean_max_coverage:.3f}")
+            if r.mean_final_distance is not None:
+                extra.append(f"final dist {r.mean_final_distance:.3f}")
+            if self.latency_aware:
+                extra.append(f"held {np.mean([e.held_steps for e in r.episodes]):.1f}/ep")
+            lines.append(
+                f"| {r.label} | {r.successes}/{r.n} = {r.success_rate:.2f} [{lo:.2f}, {hi:.2f}] "
+                f"| {_f(t['p50'])} / {_f(t['p95'])} / {_f(t['p99'])} | {_f(i['p50'])} | {r.calls_per_tick:.2f} "
+                f"| {_f(r.calls_per_inference['mean'], 1)} | {_f(s['mean_abs_jerk'], 1)} "
+                f"| {_f(s['boundary_jump_max'], 3)} / {_f(s['within_jump_max'], 3)} | {', '.join(extra)} |"
+            )
+        return "\n".join(lines)
+
+    def save(self, out: str | Path, plots: bool = True) -> Path:
+        """Write ``result.json`` (and ``latency_hist.png``, ``success.png``) under ``out``."""
+        import json
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        if plots:
+            from streamdp.sim.plots import latency_histogram, success_plot
+
+            self.files["latency_hist"] = str(latency_histogram(self, out / "latency_hist.png"))
+            self.files["success"] = str(success_plot(self, out / "success.png"))
+        self.files["json"] = str(out / "result.json")
+        videos = [e.video for r in self.runs for e in r.episodes if e.video]
+        if videos:
+            self.files["videos"] = videos
+        (out / "result.json").write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))
+        return out / "result.json"
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def run_label(sampler: str, k: int, num_train_steps: int) -> str:
+    if sampler == "ddpm":
+        return f"DDPM-{num_train_steps}"
+    if sampler == "ddim":
+        return f"DDIM-{k}"
+    return f"{sampler.upper()} (K={k})"
+
+
+def hardware() -> dict[str, Any]:
+    """Where the numbers were measured (the CPU model, cores, load: timings depend on all of them)."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = None
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "loadavg_at_start": load,
+        "mujoco_gl": os.environ.get("MUJOCO_GL"),
+    }
+
+
+# ---------------------------------------------------------------------------------- one episode
+@dataclass(frozen=True)
+class _Job:
+    """Picklable description of one episode for a worker process."""
+
+    checkpoint: str
+    spec: SamplerSpec
+    task: str
+    obs_mode: str
+    task_kwargs: tuple[tuple[str, Any], ...]
+    policy_overrides: tuple[tuple[str, Any], ...]
+    index: int
+    seed: int
+    max_steps: int
+    latency_aware: bool
+    latency_model: LatencyModel
+    device: str
+    warmup: bool
+    video_path: str | None
+    video_size: int | None
+
+
+_CACHE: dict[Any, Any] = {}  # per process: loaded policies (with their call counters) and envs
+
+
+def _hold_action(policy: Any, spec: Any, state: np.ndarray) -> np.ndarray:
+    """The command that keeps the robot where it is: the joint state for position-target actions."""
+    da = spec.action_dim
+    targets = [n.replace("target_", "") for n in spec.action_names]
+    if len(state) >= da and list(spec.state_names[:da]) == targets:
+        return np.asarray(state[:da], dtype=np.float32).copy()
+    return np.zeros(da, dtype=np.float32)
+
+
+def _get_env(task: str, obs_mode: str, kwargs: tuple, video_size: int | None) -> Any:
+    from streamdp.sim.tasks import make_task
+
+    key = ("env", task, obs_mode, kwargs, video_size)
+    if key not in _CACHE:
+        kw = dict(kwargs)
+        env = None
+        if video_size and "render_size" not in kw:
+            try:
+                env = make_task(task, obs_mode, **kw, render_size=video_size)
+            except TypeError:
+                env = None
+        _CACHE[key] = env if env is not None else make_task(task, obs_mode, **kw)
+    return _CACHE[key]
+
+
+def load_policy(
+    checkpoint: str | Path, spec: SamplerSpec, device: str = "cpu", overrides: dict[str, Any] | None = None
+) -> Any:
+    """Policy.from_pretrained with the sampler (and K) replaced; the weights are the checkpoint's."""
+    from streamdp.policy.policy import Policy
+
+    kw = dict(overrides or {})
+    if spec.sampler is not None:
+        kw["sampler"] = spec.sampler
+    if spec.num_inference_steps is not None:
+        kw["num_inference_steps"] = spec.num_inference_steps
+    return Policy.from_pretrained(checkpoint, device=device, **kw)
+
+
+def _get_policy(job: _Job, env: Any) -> tuple[Any, list[int]]:
+    from streamdp.policy.bench import count_calls
+
+    key = ("policy", job.checkpoint, job.spec, job.policy_overrides, job.device)
+    if key not in _CACHE:
+        policy = load_policy(job.checkpoint, job.spec, job.device, dict(job.policy_overrides))
+        box = count_calls(policy)
+        if job.warmup:  # first calls pay lazy initialisation (allocator, compile): keep them untimed
+            obs, _ = env.reset(seed=job.seed)
+            policy.reset(state=obs["observation.state"])
+            for _ in range(policy.config.n_action_steps + 1):
+                policy.select_action(obs)
+        _CACHE[key] = (policy, box)
+    return _CACHE[key]
+
+
+def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> EpisodeResult:
+    """One seeded closed-loop episode (see the module docstring for the exact tick and delay model)."""
+    import torch
+
+    from streamdp.policy.policy import NonFiniteError
+    from streamdp.sim.tasks import task_spec as get_spec
+
+    t_start = time.perf_counter()
+    spec = get_spec(job.task, job.obs_mode, **dict(job.task_kwargs))
+    env = _get_env(job.task, job.obs_mode, job.task_kwargs, job.video_size if job.video_path else None)
+    policy, box = _get_policy(job, env)
+    fps = float(spec.fps)
+    torch.manual_seed(job.seed)
+    policy.generator.manual_seed(job.seed)
+    obs, info = env.reset(seed=job.seed)
+    state = np.asarray(obs["observation.state"], dtype=np.float32)
+    policy.reset(state=state)
+    held = _hold_action(policy, spec, state)
+
+    frames = [env.render()] if job.video_path else None
+    actions: list[np.ndarray] = []
+    chunk_ids: list[int] = []
+    tick_ms: list[float] = []
+    inference_ticks: list[int] = []
+    calls_per_inference: list[int] = []
+    compute_s: list[float] = []
+    held_steps = steps = total_calls = 0
+    chunk = -1
+    success = done = False
+    max_cov: float | None = None
+
+    def env_step(a: np.ndarray, cid: int) -> None:
+        nonlocal obs, info, steps, success, done, max_cov
+        obs, _, terminated, truncated, info = env.step(a)
+        steps += 1
+        actions.append(np.asarray(a, dtype=np.float64).copy())
+        chunk_ids.append(cid)
+        success = success or bool(info.get("is_success", False))
+        cov = info.get("max_coverage", info.get("coverage"))
+        if cov is not None:
+            max_cov = max(float(cov), max_cov if max_cov is not None else -math.inf)
+        if frames is not None:
+            frames.append(env.render())
+        done = bool(terminated or truncated) or steps >= job.max_steps
+
+    error = None
+    while not done:
+        need = policy.num_ready == 0
+        before = box[0]
+        t0 = clock()
+        try:
+            a = policy.select_action(obs)
+        except NonFiniteError as e:  # the policy reset itself; count the episode as failed, keep going
+            error = f"{type(e).__name__}: {e}"
+            break
+        dt = clock() - t0
+        calls = box[0] - before
+        total_calls += calls
+        tick_ms.append(dt * 1e3)
+        new_chunk = need
+        if new_chunk:
+            chunk += 1
+            inference_ticks.append(len(tick_ms) - 1)
+            calls_per_inference.append(calls)
+            d = job.latency_model.compute_time(dt, calls)
+            compute_s.append(d)
+            if job.latency_aware:
+                for _ in range(delay_steps(d, fps)):
+                    env_step(held, -1)
+                    held_steps += 1
+                    if done:
+                        break
+                if done:
+                    break
+        a = np.asarray(a, dtype=np.float32)
+        env_step(a, chunk)
+        held = a
+    if frames is not None and job.video_path:
+        _write_video(job.video_path, frames, fps)
+
+    acts = np.stack(actions) if actions else np.zeros((0, spec.action_dim))
+    boundary, within = chunk_jumps(acts, chunk_ids)
+    dist = info.get("distance")
+    return EpisodeResult(
+        index=job.index,
+        seed=job.seed,
+        success=success,
+        steps=steps,
+        policy_ticks=len(tick_ms),
+        held_steps=held_steps,
+        inferences=len(calls_per_inference),
+        calls=total_calls,
+        calls_per_inference=calls_per_inference,
+        tick_ms=tick_ms,
+        inference_ticks=inference_ticks,
+        compute_s=compute_s,
+        max_coverage=max_cov,
+        final_distance=float(dist) if dist is not None else None,
+        mean_abs_jerk=mean_abs_jerk(acts, fps),
+        boundary_jumps=boundary.tolist(),
+        within_jumps=within.tolist(),
+        seconds=time.perf_counter() - t_start,
+        video=job.video_path,
+        error=error,
+        actions=acts.tolist(),
+        chunk_ids=chunk_ids,
+    )
+
+
+def _write_video(path: str, frames: list[np.ndarray], fps: float) -> None:
+    import imageio.v2 as imageio
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=16, quality=7) as w:
+        for f in frames:
+            w.append_data(np.asarray(f, dtype=np.uint8))
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_job(job: _Job) -> EpisodeResult:
+    return run_episode(job)
+
+
+# ---------------------------------------------------------------------------------- evaluate
+def _policy_summary(checkpoint: str, spec: SamplerSpec, overrides: dict[str, Any]) -> tuple[str, int, dict]:
+    from streamdp.policy.checkpoint import read_config
+    from streamdp.policy.config import PolicyConfig
+
+    cfg, _ = read_config(Path(checkpoint))
+    d = cfg.to_dict()
+    if spec.sampler is not None:
+        d["sampler"] = spec.sampler
+    if spec.num_inference_steps is not None:
+        d["num_inference_steps"] = spec.num_inference_steps
+    cfg = PolicyConfig.from_dict({**d, **overrides})
+    info = {
+        "denoiser": cfg.denoiser,
+        "n_obs_steps": cfg.n_obs_steps,
+        "n_action_steps": cfg.n_action_steps,
+        "horizon": cfg.horizon,
+        "fps": cfg.fps,
+        "primer": cfg.primer,
+        "cache": cfg.cache,
+        "num_train_steps": cfg.schedule.num_train_steps,
+        "camera_names": cfg.camera_names,
+    }
+    return cfg.sampler, cfg.num_inference_steps, info
+
+
+def evaluate(
+    checkpoint: str | Path,
+    task: str,
+    sampler: str | SamplerSpec | Sequence[str | SamplerSpec] | None = None,
+    episodes: int = 50,
+    num_inference_steps: int | None = None,
+    seed: int = 10000,
+    obs_mode: str | None = None,
+    task_kwargs: dict[str, Any] | None = None,
+    max_steps: int | None = None,
+    latency_aware: bool = False,
+    latency_model: LatencyModel | None = None,
+    workers: int = 1,
+    threads: int = 1,
+    device: str = "cpu",
+    warmup: bool = True,
+    video: int = 0,
+    video_size: int = 256,
+    out: str | Path | None = None,
+    policy_overrides: dict[str, Any] | None = None,
+    progress: bool = False,
+    start_method: str = "forkserver",
+    clock: Callable[[], float] | None = None,
+) -> EvalResult:
+    """Run ``episodes`` seeded closed-loop episodes per sampler and summarise them.
+
+    ``sampler``: None (the checkpoint's), a name, ``"ddpm,sdp"`` or a list; ``"ddim:10"`` sets K for that
+    entry, ``num_inference_steps`` for the others. ``latency_model`` without ``latency_aware`` is an
+    error. ``out``: also write result.json, the plots and (``video`` > 0) MP4s of the first episodes.
+    ``clock`` (seconds, serial runs only) replaces ``time.perf_counter`` for the policy timing, so tests
+    can inject compute times into the measured latency-aware path.
+    """
+
+    from streamdp.policy.checkpoint import read_config
+    from streamdp.sim.tasks import task_spec as get_spec
+
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if workers < 1 or threads < 1:
+        raise ValueError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
+    if clock is not None and workers != 1:
+        raise ValueError("an injected clock works only in serial runs (workers=1)")
+    if latency_model is not None and not latency_model.measured and not latency_aware:
+        raise ValueError("a latency model only acts in latency-aware mode: pass latency_aware=True")
+    latency_model = latency_model or LatencyModel()
+    checkpoint = str(Path(checkpoint).resolve())
+    cfg, _ = read_config(Path(checkpoint))
+    if obs_mode is None:
+        obs_mode = "image" if cfg.camera_names else "state"
+    task_kwargs = dict(task_kwargs or {})
+    spec = get_spec(task, obs_mode, **task_kwargs)
+    _check_fits(cfg, spec)
+    limit = int(max_steps or spec.max_episode_steps)
+    overrides = dict(policy_overrides or {})
+
+    items: list[Any]
+    if sampler is None:
+        items = [None]
+    elif isinstance(sampler, str):
+        items = [s for s in sampler.split(",") if s.strip()]
+    elif isinstance(sampler, SamplerSpec):
+        items = [sampler]
+    else:
+        items = list(sampler)
+    specs = [
+        SamplerSpec(None, num_inference_steps) if s is None else SamplerSpec.parse(s, num_inference_steps)
+        for s in items
+    ]
+
+    out_dir = Path(out) if out is not None else None
+    runs: list[RunResult] = []
+    jobs: list[_Job] = []
+    for sp in specs:
+        name, k, pinfo = _policy_summary(checkpoint, sp, overrides)
+        label = run_label(name, k, pinfo["num_train_steps"])
+        if any(r.label == label for r in runs):
+            raise ValueError(f"sampler {label} is listed twice")
+        runs.append(RunResult(name, k, label, pinfo, []))
+        slug = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+        for i in range(episodes):
+            vpath = (
+                str(out_dir / "videos" / f"{slug}_ep{i:03d}_seed{seed + i}.mp4")
+                if (out_dir is not None and i < video)
+                else None
+            )
+            jobs.append(
+                _Job(
+                    checkpoint,
+                    SamplerSpec(name, k),
+                    task,
+                    obs_mode,
+                    tuple(sorted(task_kwargs.items())),
+                    tuple(sorted(overrides.items())),
+                    i,
+                    seed + i,
+                    limit,
+                    latency_aware,
+                    latency_model,
+                    device,
+                    warmup,
+                    vpath,
+                    video_size,
+                )
+            )
+
+    started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
+    hw = hardware()
+    t0 = time.perf_counter()
+    results = _run_jobs(jobs, workers, threads, progress, start_method, clock or time.perf_counter)
+    for job, res in zip(jobs, results):
+        next(
+            r for r in runs if r.sampler == job.spec.sampler and r.num_inference_steps == job.spec.num_inference_steps
+        ).episodes.append(res)
+    try:
+        hw["loadavg_at_end"] = list(os.getloadavg())
+    except OSError:
+        pass
+    hw["threads_per_process"] = threads
+    result = EvalResult(
+        checkpoint=checkpoint,
+        task=task,
+        obs_mode=obs_mode,
+        task_kwargs=task_kwargs,
+        episodes=episodes,
+        seed=seed,
+        max_steps=limit,
+        fps=float(spec.fps),
+        latency_aware=latency_aware,
+        latency_model=latency_model,
+        workers=workers,
+        threads=threads,
+        device=str(device),
+        runs=runs,
+        hardware=hw,
+        started=started,
+        seconds=time.perf_counter() - t0,
+    )
+    if out_dir is not None:
+        result.save(out_dir)
+    return result
+
+
+def _check_fits(cfg: Any, spec: Any) -> None:
+    problems = []
+    if cfg.state_dim != spec.state_dim:
+        problems.append(f"state dim {spec.state_dim} (task) != {cfg.state_dim} (checkpoint)")
+    if cfg.action_dim != spec.action_dim:
+        problems.append(f"action dim {spec.action_dim} (task) != {cfg.action_dim} (checkpoint)")
+    if abs(float(cfg.fps) - float(spec.fps)) > 1e-6:
+        problems.append(f"fps {spec.fps} (task) != {cfg.fps} (checkpoint)")
+    if sorted(cfg.camera_names) != sorted(spec.camera_names):
+        problems.append(f"cameras {spec.camera_names} (task) != {cfg.camera_names} (checkpoint)")
+    if problems:
+        raise ValueError(f"checkpoint does not fit task {spec.name}/{spec.obs_mode}: " + "; ".join(problems))
+
+
+def _run_jobs(
+    jobs: list[_Job], workers: int, threads: int, progress: bool, start_method: str, clock: Callable[[], float]
+) -> list[EpisodeResult]:
+    import torch
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(jobs), desc="eval", unit="ep", disable=not progress)
+    try:
+        if workers == 1:
+            prev = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                out = []
+                for job in jobs:
+                    out.append(run_episode(job, clock))
+                    bar.update(1)
+                return out
+            finally:
+                torch.set_num_threads(prev)
+                _CACHE.clear()
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context(start_method if start_method in methods else "spawn")
+        if ctx.get_start_method() == "forkserver":
+            # workers fork from a server that imported these once (torch alone is seconds per process)
+            ctx.set_forkserver_preload(
+                ["torch", "streamdp.policy.policy", "streamdp.sim.tasks", "streamdp.sim.evaluate"]
+            )
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_worker_init, initargs=(threads,)
+        ) as ex:
+            out = []
+            for res in ex.map(_run_job, jobs, chunksize=1):
+                out.append(res)
+                bar.update(1)
+            return out
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------------------- CLI
+def config_dir() -> Path:
+    """The hydra config folder (source tree's ``config/`` or the installed ``share/streamdp/config``)."""
+    candidates = [Path(__file__).resolve().parents[1] / "config", Path(sys.prefix) / "share" / "streamdp" / "config"]
+    for c in candidates:
+        if (c / "eval.yaml").is_file():
+            return c
+    raise FileNotFoundError(f"eval.yaml not found in any of {[str(c) for c in candidates]}")
+
+
+_LIST_KEYS = ("sampler",)
+
+
+def _hydra_args(args: Sequence[str]) -> list[str]:
+    """``sampler=ddpm,sdp`` would be a hydra sweep; make it the list ``[ddpm,sdp]``."""
+    out = []
+    for a in args:
+        key, _, val = a.partition("=")
+        if key.lstrip("+") in _LIST_KEYS and "," in val and not val.startswith("["):
+            a = f"{key}=[{val}]"
+        out.append(a)
+    return out
+
+
+def load_config(overrides: Sequence[str] = ()) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        return compose(config_name="eval", overrides=_hydra_args(overrides))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: ``streamdp-eval checkpoint=DIR task=NAME ...``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        print(f"expected key=value overrides, got {bad}", file=sys.stderr)
+        return 2
+    from omegaconf import OmegaConf
+
+    cfg = load_config(args)
+    c = OmegaConf.to_container(cfg, resolve=True)
+    task_kwargs = dict(c["task"].get("kwargs") or {})
+    sampler = c["sampler"]
+    if isinstance(sampler, (int, float)):
+        sampler = str(sampler)
+    latency_model = None
+    if c["latency_s"] is not None or c["latency_per_call_s"] is not None:
+        latency_model = LatencyModel(
+            float(c["latency_s"]) if c["latency_s"] is not None else None,
+            float(c["latency_per_call_s"]) if c["latency_per_call_s"] is not None else None,
+        )
+    latency_aware = bool(c["latency_aware"]) or latency_model is not None
+    out = c["out"] or f"outputs/eval/{c['task']['name']}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    result = evaluate(
+        checkpoint=c["checkpoint"],
+        task=c["task"]["name"],
+        sampler=sampler,
+        episodes=int(c["episodes"]),
+        num_inference_steps=c["num_inference_steps"],
+        seed=int(c["seed"]),
+        obs_mode=c["obs_mode"],
+        task_kwargs=task_kwargs,
+        max_steps=c["max_steps"],
+        latency_aware=latency_aware,
+        latency_model=latency_model,
+        workers=int(c["workers"]),
+        threads=int(c["threads"]),
+        device=str(c["device"]),
+        warmup=bool(c["warmup"]),
+        video=int(c["video"]),
+        video_size=int(c["video_size"]),
+        out=out,
+        policy_overrides=dict(c.get("policy") or {}),
+        progress=bool(c["progress"]),
+    )
+    print(result.table())
+    print(
+        f"[eval] {result.task}: {len(result.runs)} sampler(s) x {result.episodes} episodes in "
+        f"{result.seconds:.1f}s -> {result.files.get('json')}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
