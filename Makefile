@@ -11,7 +11,7 @@ export MUJOCO_GL ?= egl
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench bench-quick lint clean
 setup:
 	@bash scripts/setup_env.sh
 
@@ -20,10 +20,13 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) -m streamdp.policy.demo
+	$(PY) -m streamdp.ros_nodes.demo
 
 bench: setup
-	$(PY) -m streamdp.policy.bench
+	$(PY) -m streamdp.sim.bench
+
+bench-quick: setup
+	$(PY) -m streamdp.sim.bench --quick
 
 lint: setup
 	$(PY) -m ruff check .

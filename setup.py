@@ -13,7 +13,7 @@ setup(
     # `streamdp` itself is a namespace package; each folder becomes streamdp.<folder>.
     packages=[f"{package_name}.{s}" for s in subs],
     package_dir={f"{package_name}.{s}": s for s in subs},
-    package_data={f"{package_name}.sim": ["assets/*.xml"]},
+    package_data={f"{package_name}.sim": ["assets/*.xml", "assets/*.urdf", "assets/checkpoints/*/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
@@ -38,6 +38,8 @@ setup(
             "streamdp-sim-measure = streamdp.sim.measure:main",
             "streamdp-eval = streamdp.sim.evaluate:main",
             "streamdp-bench = streamdp.sim.bench:main",
+            "streamdp-demo = streamdp.ros_nodes.demo:main",
+            "streamdp-sim-episodes = streamdp.ros_nodes.sim_episodes:main",
             "streamdp-bringup = streamdp.ros_nodes.bringup:main",
             "policy_node = streamdp.ros_nodes.policy_node:main",
             "sim_bridge_node = streamdp.ros_nodes.sim_bridge_node:main",

@@ -99,6 +99,7 @@ class PolicyConfig:
     # Block caching of transformer residual branches (DESIGN.md 5.4); schedules live in extras["bac"].
     cache: str = "none"  # none | bac
     cuda_graph: bool = False  # on CUDA, replay the denoiser call from captured CUDA graphs
+    compile: bool = False  # torch.compile the denoiser call (first call compiles: do it in warm-up)
     normalization: str = "min_max"
     primer: str = "zeros"  # initial clean content of the SDP buffer: zeros | state
     sdp_ladder_prob: float = 0.8  # training: chunk-wise ladder vs one shared level
@@ -199,6 +200,9 @@ class PolicyConfig:
             )
         if self.cache not in CACHES:
             raise ConfigError(f"cache must be one of {CACHES}, got {self.cache!r}")
+        if self.compile and (self.cache != "none" or self.cuda_graph):
+            raise ConfigError("compile=True needs cache='none' and cuda_graph=False (BAC skips branches per step; "
+                              "a CUDA graph already replays the call)")
         if self.cache == "bac" and self.denoiser != "transformer":
             raise ConfigError(
                 "cache='bac' caches transformer residual branches: set denoiser='transformer' or cache='none'"

@@ -111,6 +111,7 @@ class Policy:
         self.cache: Any = None  # attached block cache (BAC runtime or calibration recorder)
         self._cache_owned = False
         self._graph: Any = None
+        self._compiled: Any = None  # torch.compile'd denoiser call (config.compile)
         self.reset()
 
     # ------------------------------------------------------------------ construction / I/O
@@ -425,6 +426,10 @@ class Policy:
         with torch.inference_mode():
             if self._use_graph():
                 eps = self._graph_call(x, k, cond)
+            elif self.config.compile and self.cache is None:
+                if self._compiled is None:
+                    self._compiled = torch.compile(self.model.eps, dynamic=False)
+                eps = self._compiled(x, k, cond)
             else:
                 eps = self.model.eps(x, k, cond)
         if self.cache is not None:

@@ -85,12 +85,20 @@ def describe(
     if config not in CONFIG_NAMES:
         raise ValueError(f"unknown bring-up {config!r}; choose one of {CONFIG_NAMES}")
     files = tuple(str(p) for p in (params or [default_params(config)]))
+    # The simulation runs out of the box with the bundled arm policy; any checkpoint given in a
+    # parameter file or an override comes later in the list, so it wins.
+    default: tuple[Mapping[str, Any], ...] = ()
+    if config == "sim":
+        from streamdp.sim.bench import bundled_checkpoint
+
+        found = bundled_checkpoint("arm_reach_dynamic")
+        default = ({"checkpoint": str(found)},) if found is not None else ()
     policy = NodeDescription(
         executable="policy_node",
         name="policy_node",
         module="streamdp.ros_nodes.policy_node",
         node_class="streamdp.ros_nodes.policy_node:PolicyNode",
-        parameters=files + _node_params("policy_node", overrides),
+        parameters=default + files + _node_params("policy_node", overrides),
     )
     if config == "real_arm":
         return [policy]

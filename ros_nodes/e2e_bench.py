@@ -20,6 +20,7 @@ ROS environment: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a ROS_DOMAIN_ID and RO
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,35 @@ class Monitor(Node):
                 self.diag_count += 1
 
 
+@contextlib.contextmanager
+def node_processes(descs: list[Any], log_dir: Path, watcher_cls: type, **watcher_kw: Any) -> Iterator[tuple]:
+    """Start `descs` as child processes (logs in `log_dir`) and a `watcher_cls` node in a context of its own;
+    yields (watcher, executor, processes); on exit stops the children and frees the DDS participant at once
+    (localhost-only discovery has few participant slots per domain)."""
+    ctx = Context()
+    rclpy.init(context=ctx)
+    watcher = watcher_cls(context=ctx, **watcher_kw)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(watcher)
+    procs: list[subprocess.Popen] = []
+    logs = []
+    try:
+        for d in descs:
+            out = open(log_dir / f"{d.name}.log", "w")  # noqa: SIM115 - closed with the process
+            logs.append(out)
+            procs.append(subprocess.Popen(bringup.command(d, tmpdir=log_dir), env=bringup.child_env(d),
+                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        yield watcher, ex, procs
+    finally:
+        _stop(procs)
+        for f in logs:
+            f.close()
+        ex.shutdown()
+        watcher.destroy_node()
+        rclpy.shutdown(context=ctx)
+        ctx.destroy()
+
+
 def _stop(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         if p.poll() is None:
@@ -160,19 +191,7 @@ def run_e2e(
     descs = bringup.describe("sim", overrides=overrides)
     log_dir = Path(log_dir or os.environ["ROS_LOG_DIR"]) / f"e2e-{sampler or 'ckpt'}-{os.getpid()}-{time.time_ns()}"
     log_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context()
-    rclpy.init(context=ctx)
-    mon = Monitor(context=ctx)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(mon)
-    procs: list[subprocess.Popen] = []
-    logs = []
-    try:
-        for d in descs:
-            out = open(log_dir / f"{d.name}.log", "w")  # noqa: SIM115 - closed with the process
-            logs.append(out)
-            procs.append(subprocess.Popen(bringup.command(d, tmpdir=log_dir), env=bringup.child_env(d),
-                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+    with node_processes(descs, log_dir, Monitor) as (mon, ex, procs):
         t0 = time.monotonic()
         while not mon.commands:
             ex.spin_once(timeout_sec=0.05)
@@ -191,13 +210,6 @@ def run_e2e(
             if time.monotonic() - t_end > 5:
                 break
         diag = dict(mon.diag)
-    finally:
-        _stop(procs)
-        for f in logs:
-            f.close()
-        ex.shutdown()
-        mon.destroy_node()
-        rclpy.shutdown(context=ctx)
     cmds = np.array(mon.commands[1: ticks + 1])
     stamps = cmds[:, 1]
     period = float(np.median(np.diff(stamps)))

@@ -125,12 +125,14 @@ class CheckReport:
         return None
 
 
-def check_commands(log: list[dict[str, Any]], limits: SafetyLimits, seeds: dict[int, np.ndarray]) -> CheckReport:
-    """Check every published point: finite, position limits, per-step delta/velocity, acceleration.
+def check_commands(log: list[dict[str, Any]], limits: SafetyLimits, seeds: dict[int, np.ndarray],
+                   fk: Any = None) -> CheckReport:
+    """Check every published point: finite, position limits, per-step delta/velocity, acceleration, and
+    (with ``fk`` and a workspace box in ``limits``) the tip inside the box.
 
     Commands are chained in publish order; a new activation (``segment``) restarts from its measured seed
     with zero velocity. Within a trajectory, point i is checked against point i-1."""
-    checker = SafetyFilter(limits)
+    checker = SafetyFilter(limits, fk=fk)
     rep = CheckReport(log=log)
     seg, prev, prev_step = None, None, None
     for k, entry in enumerate(log):
@@ -162,14 +164,16 @@ class FaultRig:
     """sim_bridge_node + policy_node (+ FaultInjector) in this process, configured once, re-activated per trial."""
 
     def __init__(self, context: Any, checkpoint: str, limits: dict[str, Any], params_file: str | None = None,
-                 **params: Any) -> None:
+                 sim_params: dict[str, Any] | None = None, **params: Any) -> None:
         import yaml
 
         from streamdp.ros_nodes.bringup import default_params
         from streamdp.ros_nodes.sim_bridge_node import SimBridgeNode
 
         self.context = context
-        self.sim = SimBridgeNode(context=context, parameter_overrides=[Parameter("max_episode_steps", value=100000)])
+        sim_over = {"max_episode_steps": 100000, **(sim_params or {})}
+        self.sim = SimBridgeNode(context=context,
+                                 parameter_overrides=[Parameter(k, value=v) for k, v in sim_over.items()])
         args = ["--ros-args", "--params-file", str(params_file or default_params("sim")), "-p",
                 f"checkpoint:={checkpoint}", "-p", "autostart:=false", "-p", "warmup_chunks:=1"]
         merged = {**{f"limits.{k}": v for k, v in limits.items()}, **params}
@@ -230,6 +234,10 @@ class FaultRig:
         self.sim.timer.reset()
         self._sim_paused = False
 
+    def cameras(self, enabled: bool) -> None:
+        """Stop (a camera dropout) or restart every camera stream of the sim; joint states go on."""
+        self.sim.set_parameters([Parameter("cameras_enabled", value=bool(enabled))])
+
     def measured(self) -> np.ndarray | None:
         return None if self.node.sync is None else self.node.sync.joint_positions
 
@@ -241,6 +249,7 @@ class FaultRig:
         self.node.hooks = FaultHooks()
         if self._sim_paused:
             self.sim_resume()
+        self.cameras(True)
         self._trials += 1  # a new `reset` value starts a new episode (seed + reset + episodes so far)
         self.sim.set_parameters([Parameter("reset", value=int(seed) + 100 * self._trials)])
         self.spin(warm_s)
@@ -273,7 +282,8 @@ class FaultRig:
         self.node.hooks = FaultHooks()
         if self._sim_paused:
             self.sim_resume()
-        rep = check_commands(list(self.node.command_log or []), self.limits, self.seeds)
+        rep = check_commands(list(self.node.command_log or []), self.limits, self.seeds,
+                             fk=self.node.safety.fk if self.node.safety is not None else None)
         rep.stats = stats
         self.node.command_log = None
         return rep

@@ -17,13 +17,13 @@ Lifecycle (DESIGN.md 6):
 Data flow and timing: see :mod:`streamdp.ros_nodes.logic`. Inference runs in its own thread; the
 control-rate timer only samples sensors, hands the frame over and publishes what the
 :class:`~streamdp.ros_nodes.logic.ActionStreamer` has (a clean action or a hold), so it never waits
-on the network. Every published command passes ``command_filter`` and a finite check. When any
-``limits.*`` parameter is given (and no filter was passed in), the command filter is a
+on the network. Every published command passes ``command_filter`` (a seam for the user's own
+shaping; identity by default), then, when any ``limits.*`` parameter is given, a
 :class:`~streamdp.ros_nodes.safety.SafetyFilter` (joint order = the checkpoint's, dt = 1/control rate,
 reset from the measured joint state on activate): the executed point goes through ``filter()`` (holds
 through ``hold()``, so they decelerate), the look-ahead points are chained through a copy of it, and
 after ``limits.max_consecutive_clamps`` clamps in a row the filter latches a hold until re-activation.
-Its status and counts are on ``/diagnostics``.
+Its status and counts are on ``/diagnostics``. A final finite check guards the wire.
 
 Fault-injection hooks (:class:`FaultHooks`, used by :mod:`streamdp.ros_nodes.faults`; inert by
 default): transform the policy output, delay the inference thread, offset the node's ROS clock, and
@@ -96,6 +96,8 @@ LIMIT_PARAMS = (  # read by the safety filter (SafetyLimits) when any is given
     "workspace_max",
 )
 
+LIMIT_STRINGS = ("urdf", "tip_link", "base_link")  # robot description for URDF limits and the workspace FK
+
 CommandFilter = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -164,7 +166,6 @@ class PolicyNode(LifecycleNode):
     ) -> None:
         super().__init__(node_name, **kwargs)
         self.command_filter: CommandFilter = command_filter or identity_filter
-        self._custom_filter = command_filter is not None
         self.safety: SafetyFilter | None = None
         self.hooks = FaultHooks()
         self.command_log: list[dict[str, Any]] | None = None  # set to [] to record every published command
@@ -230,6 +231,9 @@ class PolicyNode(LifecycleNode):
         for name in LIMIT_PARAMS:
             d(f"limits.{name}", DA, "safety filter limit (per joint; read by the safety filter)")
         d("limits.max_consecutive_clamps", 3, "safety filter: escalate to hold after this many clamps")
+        d("limits.urdf", "", "URDF file (or XML): position/velocity limits not given above, and the chain for FK")
+        d("limits.tip_link", "", "URDF link whose origin the workspace box bounds (needed with workspace_*)")
+        d("limits.base_link", "", "URDF link the workspace box is expressed in; empty: the chain's root")
 
     def _param(self, name: str) -> Any:
         try:
@@ -295,7 +299,7 @@ class PolicyNode(LifecycleNode):
             max_image_age_s=float(self._param("max_image_age_s")),
             warmup_chunks=int(self._param("warmup_chunks")),
             trajectory_points=int(self._param("trajectory_points")),
-            limits={n: self._param(f"limits.{n}") for n in (*LIMIT_PARAMS, "max_consecutive_clamps")},
+            limits={n: self._param(f"limits.{n}") for n in (*LIMIT_PARAMS, *LIMIT_STRINGS, "max_consecutive_clamps")},
         )
 
     # ------------------------------------------------------------------------------ helpers
@@ -385,7 +389,7 @@ class PolicyNode(LifecycleNode):
             raise ValueError(f"{e}{hint}") from e
         if not c.joint_names:
             self.get_logger().warning("checkpoint names no joints: trusting the joint_names parameter order")
-        self.safety = None if self._custom_filter else self._make_safety(s)
+        self.safety = self._make_safety(s)
         self.settings = s
         self.policy = policy
         self.layout = layout
@@ -411,25 +415,42 @@ class PolicyNode(LifecycleNode):
         """The SafetyFilter from the ``limits.*`` parameters (None when none is given)."""
         lim = s.limits
         given = {k: v for k, v in lim.items() if k in LIMIT_PARAMS and v is not None and len(v) > 0}
-        if not given:
+        urdf = str(lim.get("urdf") or "")
+        if not given and not urdf:
             return None
-        d = {"joint_names": list(s.joint_names), "dt": 1.0 / s.control_rate_hz,
-             "escalate_after": int(lim.get("max_consecutive_clamps") or 3)}
+        d: dict[str, Any] = {"joint_names": list(s.joint_names), "dt": 1.0 / s.control_rate_hz,
+                             "escalate_after": int(lim.get("max_consecutive_clamps") or 3)}
         for key, name in (("position_min", "position_lower"), ("position_max", "position_upper"),
                           ("max_delta", "max_delta"), ("max_velocity", "max_velocity"),
-                          ("max_acceleration", "max_acceleration")):
+                          ("max_acceleration", "max_acceleration"), ("workspace_min", "workspace_lower"),
+                          ("workspace_max", "workspace_upper")):
             if key in given:
                 d[name] = list(given[key])
-        if "workspace_min" in given or "workspace_max" in given:
-            self.get_logger().warning("limits.workspace_min/max need a forward-kinematics function: the workspace "
-                                      "box is not enforced by this node (joint limits are)")
+        if urdf:
+            d["urdf"] = urdf
+        fk = None
+        if "workspace_lower" in d or "workspace_upper" in d:
+            # A box that cannot be enforced must not look enforced: refuse instead of warning.
+            if not urdf or not lim.get("tip_link"):
+                raise ParameterError("limits.workspace_min/max need limits.urdf and limits.tip_link (the chain whose "
+                                     "tip the box bounds)")
+            from streamdp.ros_nodes.kinematics import KinematicsError, UrdfChain
+
+            try:
+                fk = UrdfChain(urdf, str(lim["tip_link"]), s.joint_names, base_link=lim.get("base_link") or None)
+            except (KinematicsError, OSError) as e:
+                raise ParameterError(f"limits.urdf / limits.tip_link: {e}") from e
         try:
             limits = SafetyLimits.from_dict(d)
+            if limits.workspace_lower is not None and limits.workspace_lower.shape != (3,):
+                raise ValueError(f"workspace_min/max need 3 values (x, y, z), got {limits.workspace_lower.size}")
         except ValueError as e:
             raise ParameterError(f"limits.*: {e}") from e
+        box = "" if fk is None else (f", workspace box {limits.workspace_lower.tolist()}.."
+                                     f"{limits.workspace_upper.tolist()} on {fk.tip_link} in {fk.base_link}")
         self.get_logger().info(f"safety filter on: step limit {np.round(limits.step_limit, 4).tolist()} per tick, "
-                               f"hold after {limits.escalate_after} consecutive clamps")
-        return SafetyFilter(limits)
+                               f"hold after {limits.escalate_after} consecutive clamps{box}")
+        return SafetyFilter(limits, fk=fk)
 
     def _warmup(self, policy: Any, s: Settings) -> None:
         c = policy.config
@@ -636,6 +657,7 @@ class PolicyNode(LifecycleNode):
         if not self.fault:
             res = sync.sample(now)
             if res.obs is not None:
+                self._last_stale = ""
                 self.obs_age.add(res.age)
                 want = not worker.busy and not streamer.covers(now + s.action_delay_ticks * self.period)
                 self.chunk_requests += int(want)
@@ -669,11 +691,17 @@ class PolicyNode(LifecycleNode):
         prev = self._last_published
         status = ""
         try:
+            pts = np.vstack(rows)
+            if not cmd.hold:  # the user's seam first; the safety filter has the last word
+                pts = np.asarray(self.command_filter(pts, prev.copy()), dtype=np.float64)
+                if pts.ndim != 2 or pts.shape[1] != prev.shape[0] or pts.shape[0] < 1 or not np.all(np.isfinite(pts)):
+                    self.nonfinite_outputs += 1
+                    self.get_logger().error("command filter gave a non-finite or malformed command: holding",
+                                            throttle_duration_sec=2.0)
+                    pts, cmd.hold = prev[None].copy(), True
             if self.safety is not None:
-                pts, status = self._safety_filter(np.vstack(rows), cmd.hold)
+                pts, status = self._safety_filter(pts, cmd.hold)
                 cmd.hold = cmd.hold or status in ("holding", "fault")
-            else:
-                pts = np.asarray(self.command_filter(np.vstack(rows), prev.copy()), dtype=np.float64)
         except Exception as e:  # noqa: BLE001 - a broken filter must not let a command through
             self.get_logger().error(f"command filter failed ({e}); holding", throttle_duration_sec=2.0)
             pts = prev[None].copy()
@@ -747,7 +775,7 @@ class PolicyNode(LifecycleNode):
             nfe_per_chunk_mean=((self.policy.nfe_total - self._nfe0) / self.chunks)
             if self.policy is not None and self.chunks else math.nan,
             nonfinite_outputs=self.nonfinite_outputs, worker_errors=self.worker_errors,
-            image_rejected=self.image_rejected,
+            image_rejected=self.image_rejected, stale_reason=self._last_stale,
         )
         if self.streamer is not None:
             sc = self.streamer.counters

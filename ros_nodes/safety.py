@@ -6,8 +6,9 @@ Applied after un-normalisation. Each command is handled in this order:
 3. **Motion limits.** The step from the last command is limited by the maximum per-step delta and
    by the velocity limit times dt. The change of that step from the previous one is limited by the
    acceleration limit times dt². So a command never jumps, and never whips.
-4. **Workspace box.** This check is optional and needs a forward-kinematics function. A target
-   whose end effector leaves the box is refused, and the filter holds instead.
+4. **Workspace box.** This check is optional and needs a forward-kinematics function (for example
+   `streamdp.ros_nodes.kinematics.UrdfChain`). A target whose end effector, or whose braking path to
+   rest, leaves the box is refused, and the filter holds instead, so the tip stops inside the box.
 5. **Escalation.** After `escalate_after` consecutive clamped commands the filter latches HOLDING
    until `reset()`. A policy that keeps asking for the impossible is stopped.
 
@@ -84,6 +85,12 @@ class SafetyLimits:
         if self.workspace_lower is not None:
             self.workspace_lower = np.asarray(self.workspace_lower, dtype=np.float64)
             self.workspace_upper = np.asarray(self.workspace_upper, dtype=np.float64)
+            if self.workspace_lower.shape != self.workspace_upper.shape or self.workspace_lower.ndim != 1:
+                raise SafetyConfigError("workspace_lower and workspace_upper need the same number of axes")
+            if not (np.isfinite(self.workspace_lower).all() and np.isfinite(self.workspace_upper).all()):
+                raise SafetyConfigError("workspace box bounds must be finite")
+            if np.any(self.workspace_lower >= self.workspace_upper):
+                raise SafetyConfigError("workspace_lower must be below workspace_upper on every axis")
         if self.escalate_after < 1:
             raise SafetyConfigError("escalate_after must be >= 1")
 
@@ -191,24 +198,28 @@ class SafetyFilter:
             raise RuntimeError("safety filter not seeded: call reset(measured_joint_positions) first")
         return self._last.copy()
 
-    def _bounded_step(self, want: np.ndarray) -> np.ndarray:
-        """Limit the step (per period) by delta/velocity, and its change by acceleration."""
+    def _bounded_step(self, want: np.ndarray, last: np.ndarray | None = None,
+                      last_step: np.ndarray | None = None) -> np.ndarray:
+        """Limit the step (per period) by delta/velocity, and its change by acceleration (from the filter's
+        state, or from a hypothetical ``last`` / ``last_step``)."""
         lim = self.limits
-        assert self._last is not None and self._last_step is not None
+        last = self._last if last is None else last
+        last_step = self._last_step if last_step is None else last_step
+        assert last is not None and last_step is not None
         step = np.clip(want, -lim.step_limit, lim.step_limit)
         dv = lim.max_acceleration * lim.dt * lim.dt
         # Brake before a position limit: from a step s, decelerating by dv per tick covers at most
         # s^2/(2 dv) + s, so cap s where that would overrun the remaining distance. The cap sequence stays
         # reachable within the acceleration limit, so the arm never meets a limit at speed.
-        up = np.maximum(lim.position_upper - self._last, 0.0)
-        down = np.maximum(self._last - lim.position_lower, 0.0)
+        up = np.maximum(lim.position_upper - last, 0.0)
+        down = np.maximum(last - lim.position_lower, 0.0)
         with np.errstate(invalid="ignore"):
             cap_up = np.where(np.isfinite(dv), -dv + np.sqrt(dv * dv + 2 * dv * up), up)
             cap_down = np.where(np.isfinite(dv), -dv + np.sqrt(dv * dv + 2 * dv * down), down)
         cap_up = np.where(np.isnan(cap_up), np.inf, cap_up)
         cap_down = np.where(np.isnan(cap_down), np.inf, cap_down)
         step = np.clip(step, -cap_down, cap_up)
-        return np.clip(step, self._last_step - dv, self._last_step + dv)
+        return np.clip(step, last_step - dv, last_step + dv)
 
     def _emit(self, step: np.ndarray, status: SafetyStatus) -> tuple[np.ndarray, SafetyStatus]:
         assert self._last is not None
@@ -240,8 +251,10 @@ class SafetyFilter:
         step = self._bounded_step(want)
         clamped |= not np.allclose(step, want, rtol=0, atol=1e-12)
         if self.fk is not None and self.limits.workspace_lower is not None:
-            ee = np.asarray(self.fk(self._last + step))
-            if np.any(ee < self.limits.workspace_lower) or np.any(ee > self.limits.workspace_upper):
+            # The commanded pose and every pose of braking from it to rest must be inside the box: a hold
+            # decelerates rather than stops dead, so a check of the pose alone would let the stopping
+            # distance carry the tip out.
+            if not all(self.in_workspace(q) for q in self._braking_path(step)):
                 self.consecutive_clamps += 1
                 self._maybe_latch()
                 return self.hold(SafetyStatus.CLAMPED if not self._latched else SafetyStatus.HOLDING)
@@ -251,6 +264,31 @@ class SafetyFilter:
             return self._emit(step, SafetyStatus.HOLDING if self._latched else SafetyStatus.CLAMPED)
         self.consecutive_clamps = 0
         return self._emit(step, SafetyStatus.OK)
+
+    def in_workspace(self, q: np.ndarray, tol: float = 0.0) -> bool:
+        """The tip of joint positions ``q`` lies in the workspace box (True when no box or no FK is set)."""
+        lim = self.limits
+        if self.fk is None or lim.workspace_lower is None or lim.workspace_upper is None:
+            return True
+        ee = np.asarray(self.fk(q), dtype=np.float64).reshape(-1)
+        if ee.shape != lim.workspace_lower.shape:
+            raise SafetyConfigError(f"workspace box has {lim.workspace_lower.size} axes, FK gives {ee.size}")
+        return bool(np.all(ee >= lim.workspace_lower - tol) and np.all(ee <= lim.workspace_upper + tol))
+
+    def _braking_path(self, step: np.ndarray, max_ticks: int = 1000) -> list[np.ndarray]:
+        """Every pose of taking ``step`` now and then holding (decelerating as ``hold()`` does) to rest."""
+        assert self._last is not None
+        lo, hi = self.limits.position_lower, self.limits.position_upper
+        q = np.clip(self._last + step, lo, hi)
+        s = q - self._last
+        path = [q]
+        for _ in range(max_ticks):
+            if not np.any(s):
+                break
+            nxt = np.clip(q + self._bounded_step(np.zeros_like(s), q, s), lo, hi)
+            q, s = nxt, nxt - q
+            path.append(q)
+        return path
 
     def _maybe_latch(self) -> None:
         if self.consecutive_clamps >= self.limits.escalate_after:
@@ -269,4 +307,6 @@ class SafetyFilter:
             problems.append("delta/velocity limit")
         if np.any(np.abs(step - prev_step) > lim.max_acceleration * lim.dt**2 + tol):
             problems.append("acceleration limit")
+        if np.isfinite(q).all() and not self.in_workspace(q, tol=max(tol, 1e-6)):
+            problems.append("workspace box")
         return problems

@@ -13,11 +13,16 @@ It behaves like an arm driven by ros2_control, so the policy node cannot tell it
   name, evaluated one control period ahead = the target for the end of the coming step) and
   ``std_msgs/Float64MultiArray`` on ``/forward_position_controller/commands`` (positions in task
   joint order, applied at the next step);
+* publishes ``diagnostic_msgs/DiagnosticStatus`` on ``/task/episode`` when an episode starts
+  (message ``running``) and when it ends (``success`` or ``timeout``), with the episode number, its
+  seed, steps and final distance as key-values (reliable, transient-local);
 * steps the physics at the task rate with the latest command (holding the current position until the
   first command arrives);
+* stops its camera streams while ``cameras_enabled`` is false (a camera dropout, for fault tests);
 * resets the task when the ``reset`` parameter is set to a new value (``ros2 param set /sim_bridge
-  reset 1``; the episode seed is ``seed + reset``), on any message on ``/task/reset``
-  (std_msgs/Empty), and, with ``auto_reset``, when an episode ends.
+  reset 1``; that episode's seed is ``seed + reset``), on any message on ``/task/reset``
+  (std_msgs/Empty), and, with ``auto_reset``, when an episode ends (these continue the sequence:
+  ``seed + reset + episodes since the parameter last changed``).
 """
 
 from __future__ import annotations
@@ -32,10 +37,11 @@ from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable
 
 ensure_rclpy_loadable()
 
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue  # noqa: E402
 from geometry_msgs.msg import PointStamped  # noqa: E402
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, Empty, Float64, Float64MultiArray  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
@@ -71,7 +77,11 @@ class SimBridgeNode(Node):
         d("trajectory_topic", "/joint_trajectory_controller/joint_trajectory", "JointTrajectory command input")
         d("forward_topic", "/forward_position_controller/commands", "Float64MultiArray command input")
         d("reset_topic", "/task/reset", "std_msgs/Empty: reset the task")
+        d("episode_topic", "/task/episode", "diagnostic_msgs/DiagnosticStatus at every episode start and end "
+          "(episode, seed, state: running | success | timeout, steps, distance)")
         d("trajectory_lookahead_s", -1.0, "evaluate trajectories this far ahead; <0: one control period")
+        d("cameras_enabled", True, "false: stop publishing every camera (a camera dropout; physics and joint "
+          "states go on); may be changed at run time")
 
         from streamdp.sim import make_task, task_spec
 
@@ -91,6 +101,7 @@ class SimBridgeNode(Node):
         self.successes = 0
         self.commands = {"trajectory": 0, "forward": 0, "rejected": 0}
         self._reset_value = int(p("reset"))
+        self._since_reset = 0  # episodes since the last `reset` parameter change (auto resets, /task/reset)
         self._reset_requested = False
 
         sensor = qos_profile_sensor_data
@@ -100,6 +111,10 @@ class SimBridgeNode(Node):
         self.pub_dist = self.create_publisher(Float64, p("distance_topic"), QoSProfile(depth=10))
         self.pub_cams = {c: self.create_publisher(Image, p("camera_topic_format").format(camera=c), sensor)
                          for c in self.spec.camera_names}
+        # Episode boundaries are rare and must not be missed by a late subscriber: reliable, kept for late joiners.
+        self.pub_episode = self.create_publisher(
+            DiagnosticStatus, p("episode_topic"),
+            QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL, reliability=ReliabilityPolicy.RELIABLE))
         self.create_subscription(JointTrajectory, p("trajectory_topic"), self._on_trajectory, QoSProfile(depth=10))
         self.create_subscription(Float64MultiArray, p("forward_topic"), self._on_forward, QoSProfile(depth=10))
         self.create_subscription(Empty, p("reset_topic"), lambda _m: self._request_reset(), QoSProfile(depth=10))
@@ -114,7 +129,9 @@ class SimBridgeNode(Node):
 
     # ------------------------------------------------------------------ episodes
     def _reset_env(self) -> None:
-        seed = int(self._param("seed")) + self._reset_value + self.episode
+        seed = int(self._param("seed")) + self._reset_value + self._since_reset
+        self.episode_seed = seed
+        self.episode_over = False
         self.obs, self.info = self.env.reset(seed=seed)
         u = self.env.unwrapped if hasattr(self.env, "unwrapped") else self.env
         self._u = u
@@ -124,6 +141,17 @@ class SimBridgeNode(Node):
         self.steps = 0
         self.success = False
         self._publish(self._now())
+        self._publish_episode("running")
+
+    def _publish_episode(self, state: str) -> None:
+        """One DiagnosticStatus per episode event, so a runner can score episodes over ROS alone."""
+        values = {"episode": self.episode, "seed": self.episode_seed, "state": state, "steps": self.steps,
+                  "distance": float(self.info.get("distance", float("nan"))),
+                  "max_coverage": float(self.info.get("max_coverage", self.info.get("coverage", float("nan"))))}
+        level = DiagnosticStatus.OK if state != "timeout" else DiagnosticStatus.WARN
+        self.pub_episode.publish(DiagnosticStatus(
+            level=level, name=f"{self.get_name()}: episode", message=state, hardware_id=self.spec.name,
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()]))
 
     def _request_reset(self) -> None:
         self._reset_requested = True
@@ -132,6 +160,7 @@ class SimBridgeNode(Node):
         for prm in params:
             if prm.name == "reset" and int(prm.value) != self._reset_value:
                 self._reset_value = int(prm.value)
+                self._since_reset = -1  # the reset below makes it 0: seed + reset exactly
                 self._reset_requested = True
         return SetParametersResult(successful=True)
 
@@ -189,6 +218,7 @@ class SimBridgeNode(Node):
         if self._reset_requested:
             self._reset_requested = False
             self.episode += 1
+            self._since_reset += 1
             self._reset_env()
             return
         a = self._current_command()
@@ -197,10 +227,14 @@ class SimBridgeNode(Node):
         self.steps += 1
         self.total_steps += 1
         self.success = bool(self.info.get("is_success", False))
-        self.successes += int(self.success and terminated)
         self._publish(self._now())
+        if (terminated or truncated) and not self.episode_over:
+            self.episode_over = True  # without auto_reset the physics goes on, but the episode is scored once
+            self.successes += int(self.success and terminated)
+            self._publish_episode("success" if terminated and self.success else "timeout")
         if (terminated or truncated) and self._param("auto_reset"):
             self.episode += 1
+            self._since_reset += 1
             self._reset_env()
 
     def _publish(self, now: float) -> None:
@@ -223,6 +257,8 @@ class SimBridgeNode(Node):
         self.pub_success.publish(Bool(data=bool(self.success)))
         if "distance" in self.info:
             self.pub_dist.publish(Float64(data=float(self.info["distance"])))
+        if not self._param("cameras_enabled"):
+            return
         for cam, pub in self.pub_cams.items():
             img = self.obs.get("observation.images." + cam)
             if img is None:

@@ -574,13 +574,24 @@ def load_policy(
     return Policy.from_pretrained(checkpoint, device=device, **kw)
 
 
-def _get_policy(job: _Job, env: Any) -> tuple[Any, list[int]]:
+class _NfeCounter:
+    """``box[0]``: the policy's own network-call count. For compiled policies, where a Python wrapper around
+    the denoiser would be traced into the graph (and force a recompile per call) instead of counting."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.policy.nfe_total)
+
+
+def _get_policy(job: _Job, env: Any) -> tuple[Any, Any]:
     from streamdp.policy.bench import count_calls
 
     key = ("policy", job.checkpoint, job.spec, job.policy_overrides, job.device)
     if key not in _CACHE:
         policy = load_policy(job.checkpoint, job.spec, job.device, dict(job.policy_overrides))
-        box = count_calls(policy)
+        box = _NfeCounter(policy) if policy.config.compile else count_calls(policy)
         if job.warmup:  # first calls pay lazy initialisation (allocator, compile): keep them untimed
             obs, _ = env.reset(seed=job.seed)
             policy.reset(state=obs["observation.state"])

@@ -236,43 +236,48 @@ class ArmReachDynamicEnv(gym.Env):
         self._renderers.clear()
 
 
+WRIST_RATIO = 0.5  # the expert's posture synergy: joint3 = WRIST_RATIO * joint2
+
+
+def _chain_tip(q2: np.ndarray | float, ratio: float, lengths: np.ndarray) -> np.ndarray:
+    """Tip (complex) of the arm with joint1 = 0, joint2 = q2, joint3 = ratio * q2."""
+    l1, l2, l3 = lengths
+    return l1 + l2 * np.exp(1j * q2) + l3 * np.exp(1j * (1 + ratio) * q2)
+
+
 def planar_ik(
     target: np.ndarray,
-    q_now: np.ndarray,
     q_low: np.ndarray,
     q_high: np.ndarray,
     lengths: np.ndarray = LINK_LENGTHS,
-    n_orient: int = 72,
+    ratio: float = WRIST_RATIO,
 ) -> np.ndarray:
-    """Closed-form IK for the planar 3-link arm, redundancy resolved toward the current pose.
+    """IK of the planar 3-link arm with its redundancy fixed by a posture synergy (joint3 = ratio * joint2).
 
-    For each candidate tip orientation ``phi`` (a grid over the circle) and both elbow signs, the
-    wrist point is fixed and the 2-link sub-problem is solved exactly; of the solutions inside the
-    joint limits, the one nearest ``q_now`` wins (small penalty for leaving the radial orientation,
-    so the arm keeps a comfortable posture). Raises if the target is unreachable.
+    The reach |tip| then falls monotonically as the elbow bends, so the elbow angle for a target's
+    radius is unique (bisection) and joint1 follows from the bearing: the goal posture is a smooth
+    function of the target alone. That is what a demonstrator a policy can learn from must be; an
+    IK that resolves the redundancy by the current pose switches branches at unpredictable moments.
+    The elbow bends the positive way, or the negative way where joint1 would leave its limits.
+    Raises if the target is unreachable.
     """
-    l1, l2, l3 = lengths
-    bearing = np.arctan2(target[1], target[0])
-    delta = np.linspace(-np.pi, np.pi, n_orient, endpoint=False)
-    phi = bearing + delta
-    w = target[None, :] - l3 * np.stack([np.cos(phi), np.sin(phi)], axis=1)
-    d2 = np.sum(w * w, axis=1)
-    c2 = (d2 - l1 * l1 - l2 * l2) / (2 * l1 * l2)
-    ok = np.abs(c2) <= 1.0
-    q2 = np.concatenate([np.arccos(np.clip(c2, -1, 1)), -np.arccos(np.clip(c2, -1, 1))])
-    phi2 = np.concatenate([phi, phi])
-    w2 = np.concatenate([w, w])
-    ok2 = np.concatenate([ok, ok])
-    q1 = np.arctan2(w2[:, 1], w2[:, 0]) - np.arctan2(l2 * np.sin(q2), l1 + l2 * np.cos(q2))
-    q1 = q_now[0] + (q1 - q_now[0] + np.pi) % (2 * np.pi) - np.pi  # nearest branch to the current angle
-    q3 = (phi2 - q1 - q2 + np.pi) % (2 * np.pi) - np.pi
-    q = np.stack([q1, q2, q3], axis=1)
-    feasible = ok2 & np.all((q >= q_low + 0.05) & (q <= q_high - 0.05), axis=1)
-    if not np.any(feasible):
+    target = np.asarray(target, dtype=np.float64)
+    r, bearing = float(np.hypot(*target)), float(np.arctan2(target[1], target[0]))
+    top = float(min(q_high[1], q_high[2] / ratio if ratio > 0 else np.inf, np.pi) - 0.05)
+    if not abs(_chain_tip(top, ratio, lengths)) <= r <= float(np.sum(lengths)):
         raise ValueError(f"target {target} is out of reach of the arm")
-    cost = np.sum((q - q_now) ** 2, axis=1) + 0.1 * np.concatenate([delta, delta]) ** 2
-    cost[~feasible] = np.inf
-    return q[int(np.argmin(cost))]
+    lo, hi = 0.0, top  # |tip| decreases in q2 on [0, top]
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if abs(_chain_tip(mid, ratio, lengths)) > r else (lo, mid)
+    q2 = 0.5 * (lo + hi)
+    for sign in (1.0, -1.0):
+        q1 = bearing - float(np.angle(_chain_tip(sign * q2, ratio, lengths)))
+        q1 = (q1 + np.pi) % (2 * np.pi) - np.pi
+        q = np.array([q1, sign * q2, sign * ratio * q2])
+        if np.all(q >= q_low + 0.05) and np.all(q <= q_high - 0.05):
+            return q
+    raise ValueError(f"target {target} is out of reach of the arm within its joint limits")
 
 
 class ArmReachExpert:
@@ -292,7 +297,7 @@ class ArmReachExpert:
             raise ValueError("ArmReachExpert needs the env (privileged target position)")
         env = getattr(env, "unwrapped", env)
         q = np.asarray(obs[STATE_KEY][:3], dtype=np.float64)
-        q_star = planar_ik(env.target, q, env.q_low, env.q_high)
+        q_star = planar_ik(env.target, env.q_low, env.q_high)
         dq = np.clip(q_star - q, -self.max_step, self.max_step)
         return (q + dq).astype(np.float32)
 

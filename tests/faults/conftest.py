@@ -1,7 +1,7 @@
 """Fixtures of the fault-injection tests: the ROS test fixtures reused, one rig per module.
 
-`ros_env`, `trained_ckpt` and the rclpy re-exec hook come from tests/ros/conftest.py (imported, not
-copied). Note: a run of tests/faults together with tests/ros trains the tiny checkpoint once per
+`ros_env`, `bundled_ckpt` (the shipped arm policy) and the rclpy re-exec hook come from
+tests/ros/conftest.py (imported, not copied). Note: a run of tests/faults together with tests/ros trains the tiny checkpoint once per
 directory, as session fixtures are cached per defining conftest.
 """
 
@@ -13,37 +13,34 @@ from pathlib import Path
 
 import pytest
 
-from tests.ros.conftest import pytest_configure, ros_env, trained_ckpt  # noqa: F401 - reused fixtures and hook
+from tests.ros.conftest import (  # noqa: F401 - reused fixtures and hook
+    pytest_configure,
+    release_context,
+    ros_env,
+    bundled_ckpt,
+    untrained_image_ckpt,
+)
 
-# Limits for the tiny (jerky) test policy at 20 Hz: loose enough that it mostly streams unclamped,
-# tight enough that a corrupted output is clamped and escalates to a hold.
+# The real limits of config/ros/sim.yaml (the arm URDF's positions and velocities; 0.3 rad per 20 Hz tick
+# binding, 0.5 rad/tick^2 of step change, hold after 10 clamps in a row): the bundled policy, trained on an
+# expert that moves at most 0.25 rad per tick, streams within them, and a corrupted output does not.
 LIMITS = {
-    "position_min": [-3.1, -3.1, -3.1],
-    "position_max": [3.1, 3.1, 3.1],
-    "max_delta": [0.8, 0.8, 0.8],  # rad per tick
-    "max_velocity": [14.0, 14.0, 14.0],  # rad/s -> 0.7 rad per tick: the binding step limit
-    "max_acceleration": [1000.0, 1000.0, 1000.0],  # rad/s^2 -> 2.5 rad per tick^2
-    "max_consecutive_clamps": 6,
+    "position_min": [-3.1416, -2.6, -2.6],
+    "position_max": [3.1416, 2.6, 2.6],
+    "max_delta": [0.4, 0.4, 0.4],  # rad per tick
+    "max_velocity": [6.0, 6.0, 6.0],  # rad/s -> 0.3 rad per tick: the binding step limit
+    "max_acceleration": [200.0, 200.0, 200.0],  # rad/s^2 -> 0.5 rad per tick^2
+    "max_consecutive_clamps": 10,
 }
 
 RESULTS: list[dict] = []
 
 
-def release(ctx) -> None:
-    """Shut the context down and free its DDS participant now (a leaked participant takes a localhost
-    discovery slot that the later two-process tests need)."""
-    import gc
-
-    import rclpy
-
-    if ctx.ok():
-        rclpy.shutdown(context=ctx)
-    ctx.destroy()
-    gc.collect()
+release = release_context  # shut down and free the DDS participant at once (see tests/ros/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def rig(ros_env, trained_ckpt):  # noqa: F811 - the fixtures imported above
+def rig(ros_env, bundled_ckpt):  # noqa: F811 - the fixtures imported above
     import rclpy
     from rclpy.context import Context
 
@@ -51,7 +48,7 @@ def rig(ros_env, trained_ckpt):  # noqa: F811 - the fixtures imported above
 
     ctx = Context()
     rclpy.init(context=ctx)
-    r = FaultRig(ctx, str(trained_ckpt), LIMITS)
+    r = FaultRig(ctx, str(bundled_ckpt), LIMITS)
     try:
         yield r
     finally:

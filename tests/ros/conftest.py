@@ -44,8 +44,20 @@ def ros_context(ros_env):
     try:
         yield ctx
     finally:
-        if ctx.ok():
-            rclpy.shutdown(context=ctx)
+        release_context(ctx)
+
+
+def release_context(ctx) -> None:
+    """Shut the context down and free its DDS participant now: with localhost-only discovery a leaked
+    participant holds one of the few discovery slots that later two-process tests need."""
+    import gc
+
+    import rclpy
+
+    if ctx.ok():
+        rclpy.shutdown(context=ctx)
+    ctx.destroy()
+    gc.collect()
 
 
 def _small_unet():
@@ -92,3 +104,13 @@ def untrained_image_ckpt(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "untrained_image"
     Policy(cfg, stats=stats).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def bundled_ckpt() -> Path:
+    """The arm policy shipped with the package (scripts/make_bundled_checkpoints.sh); part of the repo."""
+    from streamdp.sim.bench import bundled_checkpoint
+
+    found = bundled_checkpoint(TASK)
+    assert found is not None, "sim/assets/checkpoints/arm_reach_dynamic is missing: run scripts/make_bundled_checkpoints.sh"
+    return found

@@ -46,8 +46,13 @@ def test_command_lines_and_parameter_overrides(tmp_path):
     assert cmd[:5] == ["py", "-m", "streamdp.ros_nodes.policy_node", "--ros-args", "-r"]
     assert "__node:=policy_node" in cmd
     files = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--params-file"]
-    assert files[0] == str(bringup.default_params("sim"))
-    assert yaml.safe_load(Path(files[1]).read_text()) == {
+    # first the bundled policy as the default checkpoint, then sim.yaml, then the overrides: later wins
+    from streamdp.sim.bench import bundled_checkpoint
+
+    assert yaml.safe_load(Path(files[0]).read_text()) == {
+        "policy_node": {"ros__parameters": {"checkpoint": str(bundled_checkpoint("arm_reach_dynamic"))}}}
+    assert files[1] == str(bringup.default_params("sim"))
+    assert yaml.safe_load(Path(files[2]).read_text()) == {
         "policy_node": {"ros__parameters": {"checkpoint": "/ck", "joint_names": ["a", "b"]}}}
     env = bringup.child_env(pol, base={"PATH": "/bin"})
     assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"

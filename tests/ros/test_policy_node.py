@@ -20,11 +20,18 @@ from .helpers import JOINTS, CommandRecorder, FakeRobot, spin_for, spin_until
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
 
 
+# The mechanics tests drive random-weight policies whose chunks jump by radians: run them with step and
+# acceleration limits far above those jumps (sim.yaml's real ones would clamp and latch a hold at once).
+# The filter itself is judged in tests/safety and, on the running nodes, in tests/faults.
+LOOSE_LIMITS = {"limits.max_delta": [10.0] * 3, "limits.max_velocity": [200.0] * 3,
+                "limits.max_acceleration": [1e5] * 3}
+
+
 def make_policy_node(ctx, ckpt, params_file=None, **params):
     """PolicyNode configured from a parameter YAML (default: the shipped sim.yaml) plus overrides."""
     args = ["--ros-args", "--params-file", str(params_file or default_params("sim")), "-p", f"checkpoint:={ckpt}",
             "-p", "autostart:=false", "-p", "warmup_chunks:=1"]
-    for k, v in params.items():
+    for k, v in {**(LOOSE_LIMITS if params_file is None else {}), **params}.items():
         args += ["-p", f"{k}:={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"]
     return PolicyNode(context=ctx, cli_args=args, use_global_arguments=False)
 
@@ -191,7 +198,7 @@ def test_command_filter_seam_and_nan_guard(rig, untrained_ckpt):
     assert seen and all(s[1] == 3 for s in seen)
     assert all(np.all(np.isfinite(p.positions)) for m in rec.trajectories for p in m.points)
     np.testing.assert_allclose(rec.trajectories[-1].points[0].positions, robot.q)  # held at the measured state
-    assert node.stats()["nonfinite_outputs"] >= 10
+    assert node.stats()["nonfinite_outputs"] == len(seen)  # every broken output counted, none published
 
 
 def test_stale_joint_state_holds(rig, untrained_ckpt):

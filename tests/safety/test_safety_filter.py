@@ -133,3 +133,114 @@ def test_property_every_output_is_safe(commands, start):
     f = SafetyFilter(limits())
     f.reset(start)
     run(f, commands)
+
+
+ARM_URDF = __import__("pathlib").Path(__file__).resolve().parents[2] / "sim" / "assets" / "arm_reach_dynamic.urdf"
+ARM_JOINTS = ["joint1", "joint2", "joint3"]
+BOX = dict(workspace_lower=[-0.2, -0.5, -1.0], workspace_upper=[0.65, 0.65, 1.0])
+
+
+def arm_filter(**kw) -> SafetyFilter:
+    from streamdp.ros_nodes.kinematics import UrdfChain
+
+    base = dict(joint_names=ARM_JOINTS, urdf=str(ARM_URDF), max_acceleration=60.0, max_delta=0.25,
+                control_rate_hz=20, escalate_after=1000, **BOX)
+    base.update(kw)
+    return SafetyFilter(SafetyLimits.from_dict(base), fk=UrdfChain(ARM_URDF, "ee_link", ARM_JOINTS))
+
+
+def test_urdf_chain_matches_mujoco():
+    """FK of the shipped URDF equals MuJoCo's `ee` site of the task's MJCF at random joint positions."""
+    import mujoco
+
+    from streamdp.ros_nodes.kinematics import UrdfChain
+    from streamdp.sim import make_task
+
+    env = make_task("arm_reach_dynamic", "state", seed=0).unwrapped
+    chain = UrdfChain(ARM_URDF, "ee_link", ARM_JOINTS)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        q = rng.uniform(env.q_low, env.q_high)
+        env.data.qpos[:3] = q
+        mujoco.mj_forward(env.model, env.data)
+        np.testing.assert_allclose(chain.fk(q), env.data.site_xpos[env._ee], atol=1e-9)
+
+
+def test_urdf_chain_errors(tmp_path):
+    from streamdp.ros_nodes.kinematics import KinematicsError, UrdfChain
+
+    with pytest.raises(KinematicsError, match="tip link 'hand'"):
+        UrdfChain(ARM_URDF, "hand", ARM_JOINTS)
+    with pytest.raises(KinematicsError, match="'joint3' on the chain"):
+        UrdfChain(ARM_URDF, "ee_link", ["joint1", "joint2"])
+    with pytest.raises(KinematicsError, match=r"\['joint9'\] are not on the chain"):
+        UrdfChain(ARM_URDF, "link2", ["joint1", "joint2", "joint9"])
+    with pytest.raises(KinematicsError, match="not valid XML"):
+        UrdfChain("<robot><link", "ee_link", ARM_JOINTS)
+    with pytest.raises(KinematicsError, match="neither a readable file"):
+        UrdfChain(tmp_path / "missing.urdf", "ee_link", ARM_JOINTS)
+    with pytest.raises(SafetyConfigError, match="below workspace_upper"):
+        limits(workspace_lower=[0, 0, 0], workspace_upper=[1, -1, 1])
+
+
+def test_urdf_chain_rpy_and_prismatic():
+    """A non-planar chain: rpy origins and a prismatic joint, against hand-computed poses."""
+    from streamdp.ros_nodes.kinematics import UrdfChain
+
+    urdf = """<robot name="r"><link name="b"/><link name="l1"/><link name="l2"/><link name="t"/>
+      <joint name="a" type="revolute"><parent link="b"/><child link="l1"/>
+        <origin xyz="0 0 1" rpy="1.5707963267948966 0 0"/>
+        <axis xyz="0 0 1"/><limit lower="-3" upper="3" velocity="1" effort="1"/></joint>
+      <joint name="p" type="prismatic"><parent link="l1"/><child link="l2"/><axis xyz="1 0 0"/>
+        <limit lower="0" upper="1" velocity="1" effort="1"/></joint>
+      <joint name="f" type="fixed"><parent link="l2"/><child link="t"/><origin xyz="0 0.5 0"/></joint></robot>"""
+    c = UrdfChain(urdf, "t", ["p", "a"])
+    # rpy roll 90 deg maps the link's y onto world z; the revolute turns about the link's z (world -y)
+    np.testing.assert_allclose(c.fk([0.0, 0.0]), [0, 0, 1.5], atol=1e-12)
+    np.testing.assert_allclose(c.fk([0.3, 0.0]), [0.3, 0, 1.5], atol=1e-12)
+    np.testing.assert_allclose(c.fk([0.0, np.pi / 2]), [-0.5, 0, 1.0], atol=1e-12)
+
+
+def test_workspace_box_counts_the_stopping_distance():
+    """Heading for the box wall at speed, the filter holds early enough that the braking arm stops inside."""
+    f = arm_filter()
+    q = np.array([0.0, -1.2, 0.0])
+    assert f.in_workspace(q)
+    f.reset(q)
+    outs, sts = run(f, [[0.0, 1.2, 0.0]] * 30)  # unfold fast toward x > 0.65
+    assert SafetyStatus.CLAMPED in sts
+    tips = np.array([f.fk(o) for o in outs])
+    assert tips[:, 0].max() <= 0.65 + 1e-6, tips[:, 0].max()
+    steps = np.diff(np.vstack([q, *outs]), axis=0)
+    assert np.abs(steps[-1]).max() < 1e-9  # came to rest
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.floats(-3.0, 3.0), min_size=3, max_size=3), min_size=1, max_size=40),
+       st.integers(0, 10_000))
+def test_property_workspace_box_holds(commands, seed):
+    """Any command stream from any start inside the box: every published tip position stays in the box."""
+    f = arm_filter()
+    rng = np.random.default_rng(seed)
+    while True:
+        start = rng.uniform([-3, -2.5, -2.5], [3, 2.5, 2.5])
+        if f.in_workspace(start):
+            break
+    f.reset(start)
+    outs, _ = run(f, commands + [commands[-1]] * 15)
+    for o in outs:
+        assert f.in_workspace(o, tol=2e-3), (f.fk(o), start)
+
+
+def test_sim_params_limits_are_the_urdf_limits():
+    """config/ros/sim.yaml turns the safety filter on with the arm URDF's position and velocity limits."""
+    import yaml
+
+    doc = yaml.safe_load((ARM_URDF.parents[2] / "config" / "ros" / "sim.yaml").read_text())
+    lim = doc["policy_node"]["ros__parameters"]["limits"]
+    urdf = SafetyLimits.from_urdf(ARM_URDF, ARM_JOINTS, 0.05)
+    np.testing.assert_allclose(lim["position_min"], urdf.position_lower)
+    np.testing.assert_allclose(lim["position_max"], urdf.position_upper)
+    np.testing.assert_allclose(lim["max_velocity"], urdf.max_velocity)
+    # the expert moves at most 0.25 rad per tick: a policy that imitates it streams unclamped
+    assert min(lim["max_delta"]) > 0.25 and min(lim["max_velocity"]) * 0.05 > 0.25
