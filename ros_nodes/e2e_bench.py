@@ -27,7 +27,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -229,23 +228,6 @@ def run_e2e(
     )
 
 
-def train_tiny_checkpoint(out: str | Path, task: str = "arm_reach_dynamic") -> Path:
-    """The tests' tiny policy: 10 expert episodes, 300 steps (weak, but it approaches the target)."""
-    import torch
-
-    from streamdp.policy.config import UnetConfig
-    from streamdp.sim.expert_policy import train_expert_policy
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # two threads oversubscribe a shared 2-core machine (several times slower)
-    try:
-        train_expert_policy(task, out=out, episodes=10, steps=300, batch_size=64,
-                            unet=UnetConfig(down_dims=(32, 64), step_embed_dim=32, cond_dim=32))
-    finally:
-        torch.set_num_threads(threads)
-    return Path(out)
-
-
 def _tail(log_dir: Path, n: int = 25) -> str:
     out = []
     for f in sorted(log_dir.glob("*.log")):
@@ -256,7 +238,7 @@ def _tail(log_dir: Path, n: int = 25) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", required=False, help="checkpoint dir (default: train a tiny one)")
+    ap.add_argument("--checkpoint", required=False, help="checkpoint dir (default: the bundled arm policy)")
     ap.add_argument("--ticks", type=int, default=1000)
     ap.add_argument("--samplers", nargs="+", default=["sdp", "ddim:10"], help="sampler[:K] ...")
     ap.add_argument("--num-threads", type=int, default=1)
@@ -265,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     ckpt = a.checkpoint
     if ckpt is None:
-        ckpt = tempfile.mkdtemp(prefix="streamdp-e2e-ckpt-")
-        print(f"training a tiny checkpoint into {ckpt} ...", flush=True)
-        train_tiny_checkpoint(ckpt)
+        from streamdp.sim.bench import bundled_checkpoint
+
+        ckpt = bundled_checkpoint("arm_reach_dynamic")
+        if ckpt is None:
+            raise SystemExit("no bundled checkpoint in this install: pass --checkpoint")
     results = []
     for spec in a.samplers:
         name, _, k = spec.partition(":")

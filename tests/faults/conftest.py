@@ -1,8 +1,7 @@
 """Fixtures of the fault-injection tests: the ROS test fixtures reused, one rig per module.
 
-`ros_env`, `bundled_ckpt` (the shipped arm policy) and the rclpy re-exec hook come from
-tests/ros/conftest.py (imported, not copied). Note: a run of tests/faults together with tests/ros trains the tiny checkpoint once per
-directory, as session fixtures are cached per defining conftest.
+`ros_env`, `bundled_ckpt` (the shipped arm policy), the random-weight image checkpoint and the rclpy
+re-exec hook come from tests/ros/conftest.py (imported, not copied).
 """
 
 from __future__ import annotations
@@ -14,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.ros.conftest import (  # noqa: F401 - reused fixtures and hook
+    bundled_ckpt,
     pytest_configure,
     release_context,
     ros_env,
-    bundled_ckpt,
     untrained_image_ckpt,
 )
 

@@ -83,14 +83,6 @@ def untrained_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_ckpt(tmp_path_factory) -> Path:
-    """A tiny policy trained once per session on expert demos (weak, but it approaches the target)."""
-    from streamdp.ros_nodes.e2e_bench import train_tiny_checkpoint
-
-    return train_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "trained")
-
-
-@pytest.fixture(scope="session")
 def untrained_image_ckpt(tmp_path_factory) -> Path:
     """An image-mode arm checkpoint (camera 'top', 96x96) with random weights."""
     from streamdp.policy.policy import Policy
@@ -112,5 +104,5 @@ def bundled_ckpt() -> Path:
     from streamdp.sim.bench import bundled_checkpoint
 
     found = bundled_checkpoint(TASK)
-    assert found is not None, "sim/assets/checkpoints/arm_reach_dynamic is missing: run scripts/make_bundled_checkpoints.sh"
+    assert found is not None, "sim/assets/checkpoints/arm_reach_dynamic is missing: scripts/make_bundled_checkpoints.sh"
     return found
