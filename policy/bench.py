@@ -59,20 +59,31 @@ def count_calls(policy: Policy) -> list[int]:
     return box
 
 
-def measure(policy: Policy, observations: list[dict], warmup: int = 3) -> tuple[list[float], list[int]]:
-    """Milliseconds and network calls per observation (one emitted chunk each)."""
-    box = count_calls(policy)
+def measure(
+    policy: Policy, observations: list[dict], warmup: int = 3, branches: list[int] | None = None
+) -> tuple[list[float], list[int]]:
+    """Milliseconds and network calls per observation (one emitted chunk each).
+
+    Calls are the policy's own count (``nfe_total``): a wrapper around the denoiser would miss CUDA-graph
+    replays and be traced into a compiled graph. With a block cache attached, the residual-branch computes
+    per observation are appended to ``branches``. On CUDA each observation ends with a synchronize."""
+    cuda = policy.device.type == "cuda"
     ms, calls = [], []
     for i, obs in enumerate(observations):
-        before = box[0]
+        before = policy.nfe_total
+        b0 = policy.cache.computed if policy.cache is not None else 0
         t0 = time.perf_counter()
         policy.observe(obs)
         policy.denoise(None)
         policy.pop_ready()
+        if cuda:
+            torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) * 1e3
         if i >= warmup:
             ms.append(dt)
-            calls.append(box[0] - before)
+            calls.append(policy.nfe_total - before)
+            if branches is not None and policy.cache is not None:
+                branches.append(policy.cache.computed - b0)
     return ms, calls
 
 

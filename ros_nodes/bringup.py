@@ -89,7 +89,7 @@ def describe(
     # parameter file or an override comes later in the list, so it wins.
     default: tuple[Mapping[str, Any], ...] = ()
     if config == "sim":
-        from streamdp.sim.bench import bundled_checkpoint
+        from streamdp.sim import bundled_checkpoint
 
         found = bundled_checkpoint("arm_reach_dynamic")
         default = ({"checkpoint": str(found)},) if found is not None else ()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import sys
@@ -119,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)  # the simulator and DDS share 2 cores with the policy (DESIGN.md 8)
     from streamdp.policy.policy import Policy
-    from streamdp.sim.bench import Mode, bundled_checkpoint, latency
+    from streamdp.sim import bundled_checkpoint
+    from streamdp.sim.bench import Mode, latency
     from streamdp.sim.collect import collect
     from streamdp.sim.tasks import task_spec
 
@@ -164,14 +164,14 @@ def main(argv: list[str] | None = None) -> int:
           f"(h={c.num_chunks}); matches the dataset's joints {c.joint_names} at {c.fps:g} Hz")
 
     _step(3, n, "per-observation cost of each sampler on the same weights (observe + denoise to Ta actions)")
-    from streamdp.sim.bench import calibration_episodes
+    from streamdp.policy.calibration import load_episodes
+    from streamdp.sim.evaluate import SamplerSpec
 
-    stream = [o for ep in calibration_episodes(TASK, 2) for o in ep][: a.latency_obs + 3]
-    offline = []
-    for item in a.samplers:
-        name, _, k = item.partition(":")
-        lat = latency(ckpt, Mode(name, int(k) if k else None, "none", "eager"), stream, "cpu")
-        offline.append(lat)
+    # the observations of the dataset just collected, read back through lerobot
+    stream = [o for ep in load_episodes(data, max_frames=a.latency_obs + 3) for o in ep]
+    specs = [SamplerSpec.parse(item) for item in a.samplers]
+    offline = [latency(ckpt, Mode(sp.sampler, sp.num_inference_steps, "none", "eager"), stream, "cpu")
+               for sp in specs]
     ref = next((x for x in offline if x["label"].startswith("DDPM")), offline[0])
     print("| sampler | calls/obs | ms/obs p50 | ms/obs p99 | ms ratio to " + ref["label"] + " |")
     print("|---|---|---|---|---|")
@@ -184,10 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     from streamdp.ros_nodes.sim_episodes import markdown, run_sampler_episodes
 
     runs = []
-    for item in a.samplers:
-        name, _, k = item.partition(":")
+    for item, sp in zip(a.samplers, specs):
         print(f"  {item}:", end="", flush=True)
-        r = run_sampler_episodes(ckpt, name, int(k or 0), a.episodes, a.seed, task=TASK,
+        r = run_sampler_episodes(ckpt, sp.sampler, sp.num_inference_steps or 0, a.episodes, a.seed, task=TASK,
                                  policy_params={"num_threads": 1},
                                  on_episode=lambda e: print(" ok" if e.success else " --", end="", flush=True))
         s = r.summary()
@@ -202,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         "episodes_tried": col.episodes_tried, "episodes_kept": col.episodes_kept, "frames": col.frames,
         "seconds": col.seconds}, "offline_latency": offline, "ros": [r.to_dict() for r in runs],
         "ros_env": ros, "seconds": time.perf_counter() - t_all}
-    (a.out / "results.json").write_text(json.dumps(doc, indent=1, default=lambda o: None if isinstance(o, float)
-                                                   and not math.isfinite(o) else str(o)))
+    (a.out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
     (a.out / "table.md").write_text(table + "\n")
     print(f"\n[demo] done in {time.perf_counter() - t_all:.0f} s; wrote {a.out / 'results.json'}, "
           + ", ".join(str(f) for f in files))

@@ -98,8 +98,8 @@ class E2EResult:
 class Monitor(Node):
     """Subscribes to what the test observes: commands, task distance, diagnostics."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__("streamdp_e2e_monitor", **kwargs)
+    def __init__(self, node_name: str = "streamdp_e2e_monitor", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
         self.commands: list[tuple[float, float, int]] = []  # (receive time, header stamp, points)
         self.distances: list[tuple[float, float]] = []
         self.diag: dict[str, str] = {}
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     ckpt = a.checkpoint
     if ckpt is None:
-        from streamdp.sim.bench import bundled_checkpoint
+        from streamdp.sim import bundled_checkpoint
 
         ckpt = bundled_checkpoint("arm_reach_dynamic")
         if ckpt is None:

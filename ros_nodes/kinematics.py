@@ -69,8 +69,8 @@ class UrdfChain:
     chain must be among them, names off the chain are an error too (a typo would otherwise go unseen).
     """
 
-    def __init__(self, urdf: str | Path, tip_link: str, joint_names: Sequence[str], base_link: str | None = None,
-                 tip_offset: Sequence[float] = (0.0, 0.0, 0.0)) -> None:
+    def __init__(self, urdf: str | Path, tip_link: str, joint_names: Sequence[str], base_link: str | None = None
+                 ) -> None:
         src = str(urdf)
         text = Path(src).read_text() if not src.lstrip().startswith("<") and Path(src).exists() else src
         if not text.lstrip().startswith("<"):
@@ -124,7 +124,6 @@ class UrdfChain:
             raise KinematicsError(f"commanded joints {off} are not on the chain from {link!r} to {tip_link!r}")
         self.chain = chain[::-1]
         self.base_link, self.tip_link, self.joint_names = link, tip_link, names
-        self.tip_offset = np.asarray(tip_offset, dtype=np.float64).reshape(3)
 
     def fk(self, q: Sequence[float]) -> np.ndarray:
         """Tip position (x, y, z) in the base frame for joint positions ``q`` (joint_names order)."""
@@ -141,6 +140,6 @@ class UrdfChain:
                 else:
                     M[:3, :3] = _axis_angle(jt.axis, q[jt.index])
                 T = T @ M
-        return T[:3, :3] @ self.tip_offset + T[:3, 3]
+        return T[:3, 3].copy()
 
     __call__ = fk

@@ -40,7 +40,6 @@ and activates by itself), or manage it with the lifecycle services (``ros2 lifec
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import sys
@@ -99,6 +98,12 @@ LIMIT_PARAMS = (  # read by the safety filter (SafetyLimits) when any is given
 LIMIT_STRINGS = ("urdf", "tip_link", "base_link")  # robot description for URDF limits and the workspace FK
 
 CommandFilter = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _well_formed(points: np.ndarray, previous: np.ndarray) -> bool:
+    """(n >= 1, D) finite positions for the D joints of `previous`: the only shape a command may have."""
+    return points.ndim == 2 and points.shape[0] >= 1 and points.shape[1] == previous.shape[0] and \
+        bool(np.all(np.isfinite(points)))
 
 
 def identity_filter(points: np.ndarray, previous: np.ndarray) -> np.ndarray:
@@ -694,7 +699,7 @@ class PolicyNode(LifecycleNode):
             pts = np.vstack(rows)
             if not cmd.hold:  # the user's seam first; the safety filter has the last word
                 pts = np.asarray(self.command_filter(pts, prev.copy()), dtype=np.float64)
-                if pts.ndim != 2 or pts.shape[1] != prev.shape[0] or pts.shape[0] < 1 or not np.all(np.isfinite(pts)):
+                if not _well_formed(pts, prev):
                     self.nonfinite_outputs += 1
                     self.get_logger().error("command filter gave a non-finite or malformed command: holding",
                                             throttle_duration_sec=2.0)
@@ -706,7 +711,7 @@ class PolicyNode(LifecycleNode):
             self.get_logger().error(f"command filter failed ({e}); holding", throttle_duration_sec=2.0)
             pts = prev[None].copy()
             cmd.hold = True
-        if pts.ndim != 2 or pts.shape[1] != prev.shape[0] or pts.shape[0] < 1 or not np.all(np.isfinite(pts)):
+        if not _well_formed(pts, prev):
             self.nonfinite_outputs += 1
             self.get_logger().error("non-finite or malformed command: holding", throttle_duration_sec=2.0)
             pts = prev[None].copy()
@@ -743,7 +748,7 @@ class PolicyNode(LifecycleNode):
         q0, st = sf.hold() if hold else sf.filter(rows[0])
         if st is not SafetyStatus.OK or rows.shape[0] == 1:
             return q0[None], st.value
-        ahead = copy.deepcopy(sf)
+        ahead = sf.fork()
         out = [q0]
         for row in rows[1:]:
             q, s2 = ahead.filter(row)

@@ -18,6 +18,7 @@ come from YAML (`SafetyLimits.from_dict`) or from a URDF (`SafetyLimits.from_urd
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
@@ -197,6 +198,13 @@ class SafetyFilter:
         if self._last is None:
             raise RuntimeError("safety filter not seeded: call reset(measured_joint_positions) first")
         return self._last.copy()
+
+    def fork(self) -> SafetyFilter:
+        """A filter continuing from this one's state that leaves it untouched (to chain look-ahead points).
+
+        Limits and FK are shared, not copied: they never change, and this runs every control tick.
+        (The state arrays are replaced, never written in place, so sharing them is safe too.)"""
+        return dataclasses.replace(self, counts=dict(self.counts))
 
     def _bounded_step(self, want: np.ndarray, last: np.ndarray | None = None,
                       last_step: np.ndarray | None = None) -> np.ndarray:

@@ -102,6 +102,7 @@ class SimBridgeNode(Node):
         self.commands = {"trajectory": 0, "forward": 0, "rejected": 0}
         self._reset_value = int(p("reset"))
         self._since_reset = 0  # episodes since the last `reset` parameter change (auto resets, /task/reset)
+        self._cameras_enabled = bool(p("cameras_enabled"))  # kept by _on_params: no lookup per tick
         self._reset_requested = False
 
         sensor = qos_profile_sensor_data
@@ -146,8 +147,7 @@ class SimBridgeNode(Node):
     def _publish_episode(self, state: str) -> None:
         """One DiagnosticStatus per episode event, so a runner can score episodes over ROS alone."""
         values = {"episode": self.episode, "seed": self.episode_seed, "state": state, "steps": self.steps,
-                  "distance": float(self.info.get("distance", float("nan"))),
-                  "max_coverage": float(self.info.get("max_coverage", self.info.get("coverage", float("nan"))))}
+                  "distance": float(self.info.get("distance", float("nan")))}
         level = DiagnosticStatus.OK if state != "timeout" else DiagnosticStatus.WARN
         self.pub_episode.publish(DiagnosticStatus(
             level=level, name=f"{self.get_name()}: episode", message=state, hardware_id=self.spec.name,
@@ -158,6 +158,8 @@ class SimBridgeNode(Node):
 
     def _on_params(self, params: list[Any]) -> SetParametersResult:
         for prm in params:
+            if prm.name == "cameras_enabled":
+                self._cameras_enabled = bool(prm.value)
             if prm.name == "reset" and int(prm.value) != self._reset_value:
                 self._reset_value = int(prm.value)
                 self._since_reset = -1  # the reset below makes it 0: seed + reset exactly
@@ -257,7 +259,7 @@ class SimBridgeNode(Node):
         self.pub_success.publish(Bool(data=bool(self.success)))
         if "distance" in self.info:
             self.pub_dist.publish(Float64(data=float(self.info["distance"])))
-        if not self._param("cameras_enabled"):
+        if not self._cameras_enabled:
             return
         for cam, pub in self.pub_cams.items():
             img = self.obs.get("observation.images." + cam)

@@ -40,28 +40,24 @@ from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable, ros_env_problems
 
 ensure_rclpy_loadable()
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
-from std_msgs.msg import Float64  # noqa: E402
 
 from streamdp.ros_nodes import bringup  # noqa: E402
-from streamdp.ros_nodes.e2e_bench import _tail, node_processes  # noqa: E402
+from streamdp.ros_nodes.e2e_bench import Monitor, _tail, node_processes  # noqa: E402
 
-DIAG_FLOATS = (
+DIAG_KEYS = (  # what each episode keeps of the policy node's /diagnostics
     "obs_to_cmd_latency_ms_p50", "obs_to_cmd_latency_ms_p99", "inference_ms_p50", "inference_ms_p99",
-    "nfe_per_chunk_mean", "tick_jitter_ms_p99",
-)
-DIAG_COUNTS = (
-    "ticks", "chunks", "deadline_misses", "holds", "starved_holds", "late_actions_dropped", "actions_sent",
-    "safety_clamped", "safety_holding", "safety_fault", "nonfinite_outputs", "stale_ticks",
+    "nfe_per_chunk_mean", "tick_jitter_ms_p99", "ticks", "chunks", "deadline_misses", "holds",
+    "starved_holds", "late_actions_dropped", "actions_sent", "safety_clamped", "safety_holding",
+    "safety_fault", "nonfinite_outputs", "stale_ticks",
 )
 
 
@@ -128,8 +124,9 @@ class RosSamplerRun:
         return {**self.summary(), "per_episode": [asdict(e) for e in self.episodes], "logs": self.logs}
 
 
-class EpisodeDriver(Node):
-    """The runner's own node: lifecycle and parameter clients, episode / diagnostics / distance listeners."""
+class EpisodeDriver(Monitor):
+    """The runner's own node: the e2e Monitor's diagnostics / distance listeners, plus lifecycle and parameter
+    clients and the sim's episode events."""
 
     def __init__(self, policy: str = "policy_node", sim: str = "sim_bridge", **kwargs: Any) -> None:
         super().__init__("streamdp_episode_driver", **kwargs)
@@ -139,24 +136,12 @@ class EpisodeDriver(Node):
         latched = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              reliability=ReliabilityPolicy.RELIABLE)
         self.events: list[dict[str, str]] = []
-        self.diag: dict[str, str] = {}
-        self.diag_count = 0
-        self.distances: list[float] = []
         self.joint_states = 0
         self.create_subscription(DiagnosticStatus, "/task/episode", self._on_episode, latched)
-        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, QoSProfile(depth=10))
-        self.create_subscription(Float64, "/task/distance", lambda m: self.distances.append(float(m.data)),
-                                 QoSProfile(depth=100))
         self.create_subscription(JointState, "/joint_states", self._on_js, QoSProfile(depth=10))
 
     def _on_episode(self, m: DiagnosticStatus) -> None:
         self.events.append({kv.key: kv.value for kv in m.values})
-
-    def _on_diag(self, m: DiagnosticArray) -> None:
-        for s in m.status:
-            if "streaming policy" in s.name:
-                self.diag = {kv.key: kv.value for kv in s.values}
-                self.diag_count += 1
 
     def _on_js(self, _m: JointState) -> None:
         self.joint_states += 1
@@ -209,7 +194,7 @@ class _Session:
 
 def _diag_numbers(diag: dict[str, str]) -> dict[str, float]:
     out = {}
-    for k in (*DIAG_FLOATS, *DIAG_COUNTS):
+    for k in DIAG_KEYS:
         try:
             out[k] = float(diag.get(k, "nan"))
         except ValueError:
@@ -240,7 +225,8 @@ def _one_episode(s: _Session, index: int, seed: int, episode_s: float) -> RosEpi
     end = _event(d, n_events, seed, done)
     assert end is not None
     return RosEpisode(index, int(end["seed"]), end["state"] == "success", int(end["steps"]), float(end["distance"]),
-                      distance_trace=d.distances[d0:], diagnostics=_diag_numbers(s.fresh_diagnostics()))
+                      distance_trace=[x for _, x in d.distances[d0:]],
+                      diagnostics=_diag_numbers(s.fresh_diagnostics()))
 
 
 def run_sampler_episodes(
@@ -330,10 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     a = ap.parse_args(argv)
+    from streamdp.sim.evaluate import SamplerSpec
+
     runs = []
     for item in a.samplers:
-        name, _, k = item.partition(":")
-        r = run_sampler_episodes(a.checkpoint, name, int(k or 0), a.episodes, a.seed,
+        spec = SamplerSpec.parse(item)
+        r = run_sampler_episodes(a.checkpoint, spec.sampler, spec.num_inference_steps or 0, a.episodes, a.seed,
                                  policy_params={"num_threads": a.num_threads},
                                  on_episode=lambda e: print(f"  episode {e.index} seed {e.seed}: "
                                                             f"{'success' if e.success else 'timeout'} "

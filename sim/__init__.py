@@ -1,8 +1,12 @@
 """streamdp.sim: simulated tasks with scripted experts, LeRobot demo collection, measurements.
 
 Entry points: ``make_task(name, obs_mode, seed, **kw)``, ``task_spec(name, obs_mode, **kw)``,
-``make_expert(name, env)`` and ``list_tasks()``; ``streamdp.sim.collect.collect`` records datasets.
+``make_expert(name, env)`` and ``list_tasks()``; ``streamdp.sim.collect.collect`` records datasets;
+``bundled_checkpoint(task)`` finds the small policy shipped for a task.
 """
+
+from importlib import resources as _resources
+from pathlib import Path as _Path
 
 from .tasks import (
     ACTION_KEY,
@@ -18,6 +22,13 @@ from .tasks import (
     task_spec,
 )
 
+
+def bundled_checkpoint(task: str) -> _Path | None:
+    """The checkpoint shipped for `task` in ``assets/checkpoints`` (scripts/make_bundled_checkpoints.sh), if any."""
+    p = _Path(str(_resources.files(__name__).joinpath("assets", "checkpoints", task)))
+    return p if (p / "config.json").is_file() else None
+
+
 __all__ = [
     "ACTION_KEY",
     "IMAGE_KEY_PREFIX",
@@ -25,6 +36,7 @@ __all__ = [
     "STATE_KEY",
     "Expert",
     "TaskSpec",
+    "bundled_checkpoint",
     "list_tasks",
     "make_expert",
     "make_task",

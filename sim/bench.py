@@ -36,11 +36,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from streamdp.sim import bundled_checkpoint
 
 INNER_LOOPS: tuple[tuple[str, int | None], ...] = (
     ("ddpm", None), ("ddim", 10), ("sdp", None), ("rti", None), ("sdp_rti", None),
@@ -48,12 +49,6 @@ INNER_LOOPS: tuple[tuple[str, int | None], ...] = (
 DEFAULT_TASKS = ("arm_reach_dynamic", "pusht")
 QUICK = {"episodes": 4, "latency_obs": 12, "calib_obs": 6, "calib_episodes": 2}
 FULL = {"episodes": 50, "latency_obs": 50, "calib_obs": 24, "calib_episodes": 6}
-
-
-def bundled_checkpoint(task: str) -> Path | None:
-    """The checkpoint shipped for `task` (made by scripts/make_bundled_checkpoints.sh), if any."""
-    p = Path(str(resources.files("streamdp.sim").joinpath("assets", "checkpoints", task)))
-    return p if (p / "config.json").is_file() else None
 
 
 @dataclass(frozen=True)
@@ -66,14 +61,16 @@ class Mode:
     path: str  # eager | compile | cuda_graph
 
     def overrides(self) -> dict[str, Any]:
-        o: dict[str, Any] = {"sampler": self.sampler, "cache": self.cache}
+        """PolicyConfig overrides of this row."""
+        o: dict[str, Any] = {"sampler": self.sampler, **runtime_overrides(self.cache, self.path)}
         if self.k is not None:
             o["num_inference_steps"] = self.k
-        if self.path == "cuda_graph":
-            o["cuda_graph"] = True
-        if self.path == "compile":
-            o["compile"] = True
         return o
+
+
+def runtime_overrides(cache: str, path: str) -> dict[str, Any]:
+    """PolicyConfig overrides of a cache and an execution path (the same for every inner loop)."""
+    return {"cache": cache, **({path: True} if path in ("cuda_graph", "compile") else {})}
 
 
 @dataclass
@@ -88,7 +85,7 @@ class BenchRow:
     ms_p50: float
     ms_p99: float
     n_obs: int
-    ratio_ddpm: float = math.nan  # ms p50 / DDPM-100's (same cache and path)
+    ratio_ddpm: float = math.nan  # ms p50 / plain DDPM-100's (no cache, eager)
     ratio_ddim: float = math.nan
     calls_ratio_ddpm: float = math.nan
     calls_ratio_ddim: float = math.nan
@@ -99,7 +96,6 @@ class BenchRow:
     mean_max_coverage: float | None = None
     eval_calls_per_tick: float = math.nan
     eval_tick_ms_p99: float = math.nan
-    note: str = ""
 
 
 @dataclass
@@ -166,27 +162,12 @@ def calibrate_copy(ckpt: Path, episodes: list, modes: Sequence[Mode], calib_obs:
 
 def latency(ckpt: Path, mode: Mode, observations: list[dict], device: str, warmup: int = 3) -> dict[str, Any]:
     """ms and calls per observation (observe + denoise to the next Ta clean actions), branch computes."""
+    from streamdp.policy.bench import measure
     from streamdp.policy.policy import Policy
 
     pol = Policy.from_pretrained(ckpt, device=device, **mode.overrides())
-    ms, calls, branches = [], [], []
-    for i, obs in enumerate(observations):
-        # the policy's own call counter: a wrapper around the denoiser would be traced away by compile
-        c0, b0 = pol.nfe_total, (pol.cache.computed if pol.cache is not None else 0)
-        t0 = time.perf_counter()
-        pol.observe(obs)
-        pol.denoise(None)
-        pol.pop_ready()
-        if device.startswith("cuda"):
-            import torch
-
-            torch.cuda.synchronize()
-        dt = (time.perf_counter() - t0) * 1e3
-        if i >= warmup:
-            ms.append(dt)
-            calls.append(pol.nfe_total - c0)
-            if pol.cache is not None:
-                branches.append(pol.cache.computed - b0)
+    branches: list[int] = []
+    ms, calls = measure(pol, observations, warmup, branches)
     c = pol.config
     k = c.num_inference_steps
     label = {"ddpm": f"DDPM-{c.schedule.num_train_steps}", "ddim": f"DDIM-{k}", "sdp": f"SDP K={k}",
@@ -258,10 +239,9 @@ def bench_task(
             if not group:
                 continue
             specs = [SamplerSpec(m.sampler, m.k) for m in modes if m.path == p and m.cache == c]
-            extra = {k: v for k, v in Mode("sdp", None, c, p).overrides().items() if k not in ("sampler",)}
             t = time.perf_counter()
             res = evaluate(dst, task, sampler=specs, episodes=episodes, seed=seed, workers=workers,
-                           device=device, policy_overrides=extra,
+                           device=device, policy_overrides=runtime_overrides(c, p),
                            out=out / task / f"eval_{c}_{p}")
             for r, run in zip(group, res.runs):
                 r.episodes, r.successes = run.n, run.successes

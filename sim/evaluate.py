@@ -23,7 +23,8 @@ buffer primer). Every control tick the policy gets the newest observation throug
   full chunk computation on inference ticks, or only popping a queued action), p50/p95/p99 in ms,
   pooled over episodes, split into all ticks / inference ticks / pop-only ticks. The untimed
   warm-up is excluded. Env stepping and rendering are not timed.
-- network calls: denoiser forward calls counted on the network itself (``count_calls``), per tick
+- network calls: denoiser calls as the policy counts them (``nfe_total``: one per call, CUDA-graph
+  replays and compiled calls included), per tick
   and per inference (mean, min, max).
 - smoothness of the *commanded* action sequence (held steps included): mean absolute jerk
   ``|a[t+3] - 3a[t+2] + 3a[t+1] - a[t]| * fps^3`` over time and action dims, in action units / s^3
@@ -574,30 +575,16 @@ def load_policy(
     return Policy.from_pretrained(checkpoint, device=device, **kw)
 
 
-class _NfeCounter:
-    """``box[0]``: the policy's own network-call count. For compiled policies, where a Python wrapper around
-    the denoiser would be traced into the graph (and force a recompile per call) instead of counting."""
-
-    def __init__(self, policy: Any) -> None:
-        self.policy = policy
-
-    def __getitem__(self, i: int) -> int:
-        return int(self.policy.nfe_total)
-
-
-def _get_policy(job: _Job, env: Any) -> tuple[Any, Any]:
-    from streamdp.policy.bench import count_calls
-
+def _get_policy(job: _Job, env: Any) -> Any:
     key = ("policy", job.checkpoint, job.spec, job.policy_overrides, job.device)
     if key not in _CACHE:
         policy = load_policy(job.checkpoint, job.spec, job.device, dict(job.policy_overrides))
-        box = _NfeCounter(policy) if policy.config.compile else count_calls(policy)
         if job.warmup:  # first calls pay lazy initialisation (allocator, compile): keep them untimed
             obs, _ = env.reset(seed=job.seed)
             policy.reset(state=obs["observation.state"])
             for _ in range(policy.config.n_action_steps + 1):
                 policy.select_action(obs)
-        _CACHE[key] = (policy, box)
+        _CACHE[key] = policy
     return _CACHE[key]
 
 
@@ -611,7 +598,7 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
     t_start = time.perf_counter()
     spec = get_spec(job.task, job.obs_mode, **dict(job.task_kwargs))
     env = _get_env(job.task, job.obs_mode, job.task_kwargs, job.video_size if job.video_path else None)
-    policy, box = _get_policy(job, env)
+    policy = _get_policy(job, env)
     fps = float(spec.fps)
     torch.manual_seed(job.seed)
     policy.generator.manual_seed(job.seed)
@@ -649,7 +636,7 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
     error = None
     while not done:
         need = policy.num_ready == 0
-        before = box[0]
+        before = policy.nfe_total
         t0 = clock()
         try:
             a = policy.select_action(obs)
@@ -657,7 +644,7 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
             error = f"{type(e).__name__}: {e}"
             break
         dt = clock() - t0
-        calls = box[0] - before
+        calls = policy.nfe_total - before
         total_calls += calls
         tick_ms.append(dt * 1e3)
         new_chunk = need

@@ -12,6 +12,7 @@ accepts the options written there.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -21,6 +22,8 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+
+from streamdp.policy.config import PolicyConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -117,10 +120,6 @@ def test_readme_command_exists_and_accepts_its_options(cmd):
         load(overrides)  # unknown keys or bad groups raise here
         return
     text = help_text(module, script)
-    import dataclasses
-
-    from streamdp.policy.config import PolicyConfig
-
     config_fields = {f.name for f in dataclasses.fields(PolicyConfig)}  # load-time overrides of key=value tools
     for prev, a in zip([None, *args], args):
         if a.startswith("--"):

@@ -101,7 +101,7 @@ def untrained_image_ckpt(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bundled_ckpt() -> Path:
     """The arm policy shipped with the package (scripts/make_bundled_checkpoints.sh); part of the repo."""
-    from streamdp.sim.bench import bundled_checkpoint
+    from streamdp.sim import bundled_checkpoint
 
     found = bundled_checkpoint(TASK)
     assert found is not None, "sim/assets/checkpoints/arm_reach_dynamic is missing: scripts/make_bundled_checkpoints.sh"

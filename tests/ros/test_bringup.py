@@ -47,7 +47,7 @@ def test_command_lines_and_parameter_overrides(tmp_path):
     assert "__node:=policy_node" in cmd
     files = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--params-file"]
     # first the bundled policy as the default checkpoint, then sim.yaml, then the overrides: later wins
-    from streamdp.sim.bench import bundled_checkpoint
+    from streamdp.sim import bundled_checkpoint
 
     assert yaml.safe_load(Path(files[0]).read_text()) == {
         "policy_node": {"ros__parameters": {"checkpoint": str(bundled_checkpoint("arm_reach_dynamic"))}}}
