@@ -74,8 +74,9 @@ class SafetyLimits:
             raise SafetyConfigError("safety limits need at least one joint name")
         if self.dt <= 0 or not np.isfinite(self.dt):
             raise SafetyConfigError(f"control period dt must be > 0, got {self.dt}")
+        # Unset means unlimited: -inf for the lower position limit, +inf for everything else.
         for name in ("position_lower", "position_upper", "max_velocity", "max_acceleration", "max_delta"):
-            setattr(self, name, _vec(getattr(self, name), n, name, np.inf))
+            setattr(self, name, _vec(getattr(self, name), n, name, -np.inf if name == "position_lower" else np.inf))
         if np.any(self.position_lower > self.position_upper):
             raise SafetyConfigError("position_lower exceeds position_upper for some joint")
         for name in ("max_velocity", "max_acceleration", "max_delta"):

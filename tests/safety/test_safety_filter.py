@@ -244,3 +244,15 @@ def test_sim_params_limits_are_the_urdf_limits():
     np.testing.assert_allclose(lim["max_velocity"], urdf.max_velocity)
     # the expert moves at most 0.25 rad per tick: a policy that imitates it streams unclamped
     assert min(lim["max_delta"]) > 0.25 and min(lim["max_velocity"]) * 0.05 > 0.25
+
+
+def test_unset_position_limits_mean_unlimited():
+    """Only motion limits given (no position_min/max, no URDF): commands stay finite and move the arm.
+    An unset lower limit once defaulted to +inf, so every command came out as inf."""
+    lim = SafetyLimits.from_dict({"joint_names": NAMES, "control_rate_hz": 20, "max_delta": 0.1})
+    assert np.all(lim.position_lower == -np.inf) and np.all(lim.position_upper == np.inf)
+    f = SafetyFilter(lim)
+    f.reset([0.0, 0.0, 0.0])
+    outs, sts = run(f, [[1.0, -1.0, 0.05]] * 3)
+    np.testing.assert_allclose(outs[0], [0.1, -0.1, 0.05])
+    assert sts[0] is SafetyStatus.CLAMPED and np.all(np.isfinite(outs))
