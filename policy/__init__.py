@@ -3,7 +3,7 @@
 from streamdp.policy.checkpoint import CheckpointError, CheckpointMismatchError
 from streamdp.policy.config import ConfigError, PolicyConfig
 from streamdp.policy.policy import NonFiniteError, Policy
-from streamdp.policy.streaming import ladder
+from streamdp.policy.samplers.rolling_buffer import ladder
 
 __all__ = [
     "CheckpointError",

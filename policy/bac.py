@@ -24,11 +24,11 @@ made for that observation; the caches are emptied there (step 0 is an update ste
 Solve kinds are keyed (see ``Policy.solve_key``), e.g. ``full-ddpm-K100``, ``warm-ddpm-k29-S4``,
 ``sdp-ddpm-K16``; a checkpoint can hold schedules for several keys.
 
-Calibration (``streamdp-calibrate-bac``) runs the sampler that will really run on logged observations,
-records every branch's delta at every step, and per solve kind builds each branch's step x step
-cosine-similarity matrix (averaged over observations) and its volatility (mean L1 change between
-consecutive steps). The Adaptive Caching Scheduler (:func:`acs_schedule`) picks M update steps per
-branch by dynamic programming; Bubbling Union (:func:`bubbling_union`) then gives the n most volatile
+Calibration (``streamdp-calibrate-bac`` in :mod:`streamdp.policy.calibration`) runs the sampler that
+will really run on logged observations, records every branch's delta at every step, and per solve kind
+builds each branch's step x step cosine-similarity matrix (averaged over observations) and its
+volatility (mean L1 change between consecutive steps). The Adaptive Caching Scheduler
+(:func:`acs_schedule`) picks M update steps per branch by dynamic programming; Bubbling Union (:func:`bubbling_union`) then gives the n most volatile
 branches the update steps of every FFN at the same or a deeper layer, so that no FFN refreshes on
 stale upstream input. The schedules are stored in the checkpoint's ``extras["bac"]``.
 """
@@ -38,7 +38,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -415,87 +414,3 @@ def build_schedules(
             "steps_seen": {str(a): int(b) for a, b in sorted(r["steps"].items())},
         }
     return out
-
-
-def calibrate(
-    policy: Any,
-    episodes: list[list[dict[str, Any]]],
-    updates: int | None = None,
-    update_ratio: float = 0.5,
-    top_blocks: int = 2,
-    max_obs: int | None = 50,
-) -> dict[str, Any]:
-    """Run `policy` closed-loop style (select_action on every frame) over the episodes, recording branch
-    deltas, and return the ``extras["bac"]`` entry. The policy must be a transformer one, cache='none'."""
-    from streamdp.policy.calibration import run_select_action
-
-    if policy.config.denoiser != "transformer":
-        raise ValueError("BAC calibrates transformer denoisers only")
-    rec = BranchRecorder()
-    policy.attach_cache(rec)
-    try:
-        inferences = run_select_action(policy, episodes, max_obs)
-    finally:
-        policy.detach_cache()
-    results = rec.results()
-    c = policy.config
-    return {
-        "version": BAC_VERSION,
-        "sampler": c.sampler,
-        "num_inference_steps": c.num_inference_steps,
-        "updates": updates,
-        "update_ratio": update_ratio,
-        "top_blocks": top_blocks,
-        "calibration_observations": inferences,
-        "schedules": build_schedules(results, updates, update_ratio, top_blocks),
-    }
-
-
-def merge_extras(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
-    """Keep schedules of other solve kinds already in the checkpoint; replace the recalibrated ones."""
-    merged = dict(new)
-    if old and old.get("version") == BAC_VERSION:
-        merged["schedules"] = {**old.get("schedules", {}), **new["schedules"]}
-    return merged
-
-
-def calibrate_cli(argv: list[str] | None = None) -> dict[str, Any]:
-    """streamdp-calibrate-bac checkpoint=DIR dataset=OBS [sampler=...] [update_ratio=0.5|updates=M]
-    [top_blocks=2] [max_obs=50] [any PolicyConfig field=value, e.g. num_inference_steps=16]"""
-    from streamdp.policy.calibration import CliArg, load_episodes, parse_cli
-    from streamdp.policy.policy import Policy
-
-    args, overrides = parse_cli(
-        argv,
-        "Calibrate BAC block-caching schedules for a transformer checkpoint and store them in extras['bac'].",
-        [
-            CliArg("checkpoint", str, None, "checkpoint directory (rewritten atomically)"),
-            CliArg("dataset", str, None, ".npz of logged observations or a LeRobot dataset root"),
-            CliArg("updates", int, 0, "update steps M per branch (0: use update_ratio)"),
-            CliArg("update_ratio", float, 0.5, "M = round(ratio * steps) per solve kind"),
-            CliArg("top_blocks", int, 2, "n most volatile branches that get the Bubbling Union"),
-            CliArg("max_obs", int, 50, "inferences (observations that run the sampler) to record"),
-            CliArg("max_frames", int, 0, "dataset frames to read (0: all)"),
-            CliArg("seed", int, 0, "policy seed"),
-        ],
-    )
-    path = Path(args.checkpoint)
-    policy = Policy.from_pretrained(path, seed=args.seed, **{**overrides, "cache": "none", "cuda_graph": False})
-    episodes = load_episodes(args.dataset, max_frames=args.max_frames or None)
-    entry = calibrate(policy, episodes, args.updates or None, args.update_ratio, args.top_blocks, args.max_obs)
-    entry["dataset"] = str(args.dataset)
-    base = Policy.from_pretrained(path)
-    merged = merge_extras(base.extras.get("bac"), entry)
-    base.save_pretrained(path, extras={"bac": merged})
-    for key, s in entry["schedules"].items():
-        print(
-            f"[bac] {key}: {s['num_steps']} steps, M={s['num_updates']}, bubbled {s['bubbled']}, "
-            f"branch computes per solve {s['branch_computes_per_solve']} of {s['branch_computes_uncached']}"
-        )
-    print(f"[bac] wrote extras['bac'] ({len(merged['schedules'])} solve kinds) to {path}")
-    return entry
-
-
-def calibrate_main(argv: list[str] | None = None) -> None:
-    """Console entry point ``streamdp-calibrate-bac`` (see :func:`calibrate_cli`)."""
-    calibrate_cli(argv)

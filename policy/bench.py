@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from streamdp.policy.config import PolicyConfig, TransformerConfig, UnetConfig
+from streamdp.policy.config import PolicyConfig, TransformerConfig, UnetConfig, num_chunks
 from streamdp.policy.policy import Policy
-from streamdp.policy.streaming import num_chunks
 
 
 @dataclass
@@ -284,8 +283,7 @@ def run_accel(
     both stored in that checkpoint; every row then loads the same checkpoint and runs closed-loop rollouts.
     `checkpoint` reuses the weights of an earlier run (e.g. <out>/checkpoint) instead of training.
     """
-    from streamdp.policy import bac, rti
-    from streamdp.policy.calibration import save_observations
+    from streamdp.policy.calibration import calibrate_bac, calibrate_rti, merge_bac_extras, save_observations
     from streamdp.policy.synthetic import ArcTask, train_arc_policy
 
     cfg = accel_config(size, grid, rti_steps)
@@ -315,7 +313,7 @@ def run_accel(
     save_observations(root / "calibration_obs.npz", episodes)
     info: dict = {"checkpoint": str(ckpt), "calibration": {}}
     t1 = time.perf_counter()
-    entry = rti.calibrate(
+    entry = calibrate_rti(
         Policy.from_pretrained(ckpt, seed=seed, sampler="rti"), episodes, tol=rti_tol, max_obs=calib_obs
     )
     Policy.from_pretrained(ckpt).save_pretrained(ckpt, extras={"rti": entry})
@@ -328,9 +326,9 @@ def run_accel(
     for sampler in ACCEL_MODES:
         t1 = time.perf_counter()
         pol = Policy.from_pretrained(ckpt, seed=seed, **mode_overrides(sampler, grid))
-        b = bac.calibrate(pol, episodes, update_ratio=bac_ratio, top_blocks=bac_top, max_obs=calib_obs)
+        b = calibrate_bac(pol, episodes, update_ratio=bac_ratio, top_blocks=bac_top, max_obs=calib_obs)
         base = Policy.from_pretrained(ckpt)
-        base.save_pretrained(ckpt, extras={"bac": bac.merge_extras(base.extras.get("bac"), b)})
+        base.save_pretrained(ckpt, extras={"bac": merge_bac_extras(base.extras.get("bac"), b)})
         info["calibration"][f"bac/{sampler}"] = {
             k: {x: v[x] for x in ("num_steps", "num_updates", "bubbled", "branch_computes_per_solve")}
             for k, v in b["schedules"].items()

@@ -215,8 +215,8 @@ class PolicyConfig:
 
     @property
     def num_chunks(self) -> int:
-        """h = floor((Tp - To + 1) / Ta): chunks in the streaming buffer."""
-        return (self.horizon - self.n_obs_steps + 1) // self.n_action_steps
+        """h: chunks in the streaming buffer (see :func:`num_chunks`)."""
+        return num_chunks(self.horizon, self.n_obs_steps, self.n_action_steps)
 
     # -- (de)serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -230,9 +230,15 @@ class PolicyConfig:
         return dataclasses.replace(self, **changes)
 
 
+def num_chunks(tp: int, to: int, ta: int) -> int:
+    """h = floor((Tp - To + 1) / Ta): whole chunks of Ta actions from the current slot To-1 to the end
+    of the horizon. The only place h is computed."""
+    return (tp - to + 1) // ta
+
+
 def check_streaming_horizons(tp: int, to: int, ta: int) -> None:
     """Reject buffers with fewer than two chunks: with h = 1 streaming has no speed-up at all."""
-    h = (tp - to + 1) // ta
+    h = num_chunks(tp, to, ta)
     if h < 2:
         raise ConfigError(
             f"streaming needs at least 2 chunks, but Tp={tp}, To={to}, Ta={ta} give "

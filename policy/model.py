@@ -9,8 +9,8 @@ from torch import nn
 from streamdp.policy.config import PolicyConfig
 from streamdp.policy.encoders import ObservationEncoder
 from streamdp.policy.nets import ConditionalUnet1D, TransformerDenoiser
+from streamdp.policy.samplers.rolling_buffer import training_labels
 from streamdp.policy.schedule import NoiseSchedule
-from streamdp.policy.streaming import training_labels
 
 
 class DiffusionModel(nn.Module):

@@ -87,23 +87,55 @@ class NoiseSchedule:
             x0 = x0.clamp(-self.cfg.clip_range, self.cfg.clip_range)
         return x0
 
+    def step_coefficients(self, k: torch.Tensor, k_prev: torch.Tensor, mode: str = "ddpm") -> torch.Tensor:
+        """Per-slot coefficients (5, *k.shape) of one step k -> k_prev as an affine update, float64:
+
+            x0  = clip((x - s1 * eps) * s2)
+            out = c0 * x0 + ck * x + sigma * z
+
+        'ddpm' samples the posterior q(x_{k_prev} | x_k, x0) (with a = alpha_bar[k] / alpha_bar[k_prev]
+        the jump is one Gaussian step of variance 1 - a, so the one-step formula holds for any
+        k_prev < k); 'ddim' is the eta = 0 update. Clean slots (k == -1) get the identity. This is the
+        only place the DDPM/DDIM step maths lives: :meth:`step` and the fused SDP kernel
+        (streamdp.kernels.roll_step) both consume these coefficients.
+        """
+        k = torch.as_tensor(k)
+        k_prev = torch.as_tensor(k_prev, device=k.device).expand_as(k)
+        clean = k == CLEAN
+        k_safe = torch.where(clean, torch.zeros_like(k), k)
+        kp_safe = torch.where(clean, torch.full_like(k_prev, CLEAN), k_prev)
+        ab = self.alpha_bar(k_safe, torch.float64)
+        ab_prev = self.alpha_bar(kp_safe, torch.float64)
+        s1, s2 = (1 - ab).sqrt(), 1 / ab.sqrt()
+        if mode == "ddim":
+            ck = ((1 - ab_prev) / (1 - ab)).sqrt()
+            c0 = ab_prev.sqrt() - ck * ab.sqrt()
+            sigma = torch.zeros_like(ab)
+        elif mode == "ddpm":
+            a = ab / ab_prev
+            denom = (1 - ab).clamp_min(1e-20)
+            c0 = ab_prev.sqrt() * (1 - a) / denom
+            ck = a.sqrt() * (1 - ab_prev) / denom
+            sigma = ((1 - a) * (1 - ab_prev) / denom).sqrt()
+        else:
+            raise ValueError(f"step mode must be 'ddpm' or 'ddim', got {mode!r}")
+        one, zero = torch.ones_like(ab), torch.zeros_like(ab)
+        return torch.stack(
+            [
+                torch.where(clean, zero, s1),
+                torch.where(clean, one, s2),
+                torch.where(clean, zero, c0),
+                torch.where(clean, one, ck),
+                torch.where(clean, zero, sigma),
+            ]
+        )
+
     def posterior(
         self, x_k: torch.Tensor, x0: torch.Tensor, k: torch.Tensor, k_prev: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of q(x_{k_prev} | x_k, x0) for any k_prev < k (float64).
-
-        With a = alpha_bar[k] / alpha_bar[k_prev] the jump k_prev -> k is a single Gaussian step of
-        variance 1 - a, so the usual one-step posterior formula holds with beta replaced by 1 - a.
-        """
-        ab = self.alpha_bar(k, torch.float64)[..., None]
-        ab_prev = self.alpha_bar(k_prev, torch.float64)[..., None]
-        a = ab / ab_prev
-        denom = (1 - ab).clamp_min(1e-20)
-        c0 = ab_prev.sqrt() * (1 - a) / denom
-        ck = a.sqrt() * (1 - ab_prev) / denom
-        mean = c0 * x0.double() + ck * x_k.double()
-        var = (1 - a) * (1 - ab_prev) / denom
-        return mean, var
+        """Mean and variance of q(x_{k_prev} | x_k, x0) for any k_prev < k (float64)."""
+        _, _, c0, ck, sigma = self.step_coefficients(k, k_prev, "ddpm")[..., None]
+        return c0 * x0.double() + ck * x_k.double(), sigma**2
 
     def step(
         self,
@@ -124,21 +156,15 @@ class NoiseSchedule:
         clean = k == CLEAN
         if bool(((k_prev >= k) & ~clean).any()):
             raise ValueError("step needs k_prev < k for every noisy slot")
-        k_safe = torch.where(clean, torch.zeros_like(k), k)
-        kp_safe = torch.where(clean, torch.full_like(k_prev, CLEAN), k_prev)
-        x0 = self.predict_x0(x_k, eps, k_safe)
-        if mode == "ddim":
-            ab_prev = self.alpha_bar(kp_safe, torch.float64)[..., None]
-            ab = self.alpha_bar(k_safe, torch.float64)[..., None]
-            eps_eff = (x_k.double() - ab.sqrt() * x0) / (1 - ab).sqrt()  # consistent with the clipped x0
-            out = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps_eff
-        elif mode == "ddpm":
-            mean, var = self.posterior(x_k, x0, k_safe, kp_safe)
+        s1, s2, c0, ck, sigma = self.step_coefficients(k, k_prev, mode)[..., None]
+        x0 = (x_k.double() - s1 * eps.double()) * s2
+        if self.cfg.clip_sample:
+            x0 = x0.clamp(-self.cfg.clip_range, self.cfg.clip_range)
+        out = c0 * x0 + ck * x_k.double()
+        if mode == "ddpm":
             if noise is None:
                 noise = torch.randn(x_k.shape, generator=generator, device=x_k.device, dtype=x_k.dtype)
-            out = mean + var.sqrt() * noise.double()
-        else:
-            raise ValueError(f"step mode must be 'ddpm' or 'ddim', got {mode!r}")
+            out = out + sigma * noise.double()
         out = out.to(x_k.dtype)
         return torch.where(clean[..., None], x_k, out)
 

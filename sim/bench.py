@@ -136,14 +136,14 @@ def calibration_episodes(task: str, n: int, seed: int = 20000) -> list[list[dict
 
 def calibrate_copy(ckpt: Path, episodes: list, modes: Sequence[Mode], calib_obs: int, log: Callable) -> dict:
     """RTI k' and BAC schedules for every inner loop that needs them, written into the copy `ckpt`."""
-    from streamdp.policy import bac, rti
+    from streamdp.policy.calibration import calibrate_bac, calibrate_rti, merge_bac_extras
     from streamdp.policy.policy import Policy
 
     info: dict[str, Any] = {}
     base = Policy.from_pretrained(ckpt)
     if any(m.sampler in ("rti", "sdp_rti") for m in modes):
         t = time.perf_counter()
-        entry = rti.calibrate(Policy.from_pretrained(ckpt, sampler="rti"), episodes, max_obs=calib_obs)
+        entry = calibrate_rti(Policy.from_pretrained(ckpt, sampler="rti"), episodes, max_obs=calib_obs)
         base.save_pretrained(ckpt, extras={"rti": entry})
         info["rti"] = {k: entry[k] for k in ("start_level", "tolerance", "within_tolerance") if k in entry}
         log(f"[bench]   RTI k'={entry['start_level']} (tolerance {entry['tolerance']:.4f}) "
@@ -152,9 +152,9 @@ def calibrate_copy(ckpt: Path, episodes: list, modes: Sequence[Mode], calib_obs:
         for sampler, k in sorted({(m.sampler, m.k) for m in modes if m.cache == "bac"}, key=str):
             t = time.perf_counter()
             over = Mode(sampler, k, "none", "eager").overrides()
-            b = bac.calibrate(Policy.from_pretrained(ckpt, **over), episodes, max_obs=calib_obs)
+            b = calibrate_bac(Policy.from_pretrained(ckpt, **over), episodes, max_obs=calib_obs)
             cur = Policy.from_pretrained(ckpt)
-            cur.save_pretrained(ckpt, extras={"bac": bac.merge_extras(cur.extras.get("bac"), b)})
+            cur.save_pretrained(ckpt, extras={"bac": merge_bac_extras(cur.extras.get("bac"), b)})
             info[f"bac/{sampler}"] = {s: v["branch_computes_per_solve"] for s, v in b["schedules"].items()}
             log(f"[bench]   BAC schedules for {sampler}: {sorted(b['schedules'])} in {time.perf_counter() - t:.0f} s")
     return info

@@ -17,9 +17,8 @@ from streamdp.policy.bac import (
     acs_schedule,
     acs_value,
     bubbling_union,
-    calibrate_cli,
 )
-from streamdp.policy.calibration import save_observations
+from streamdp.policy.calibration import bac_cli, save_observations
 from streamdp.policy.schedule import ScheduleConfig
 
 from .util import KW, BranchCounter, CallCounter, obs_stream, perturb, run_stream, tiny_policy, twin, with_bac
@@ -145,8 +144,8 @@ def test_calibrate_bac_cli_writes_schedules_and_merges(tmp_path):
     pol = perturb(tiny_policy(seed=1, sampler="sdp", **KW))
     ckpt = pol.save_pretrained(tmp_path / "ckpt")
     data = save_observations(tmp_path / "obs.npz", [obs_stream(16, seed=0), obs_stream(16, seed=1)])
-    calibrate_cli([f"checkpoint={ckpt}", f"dataset={data}", "sampler=ddim", "update_ratio=0.5", "max_obs=4"])
-    calibrate_cli(["--checkpoint", str(ckpt), f"--dataset={data}", "sampler=sdp", "num_inference_steps=16"])
+    bac_cli([f"checkpoint={ckpt}", f"dataset={data}", "sampler=ddim", "update_ratio=0.5", "max_obs=4"])
+    bac_cli([f"checkpoint={ckpt}", f"dataset={data}", "sampler=sdp", "num_inference_steps=16"])
     loaded = Policy.from_pretrained(ckpt)
     assert loaded.config == pol.config  # overrides used for calibration are not written into the config
     keys = set(loaded.extras["bac"]["schedules"])
@@ -202,33 +201,34 @@ def test_graph_accounting_matches_eager_counting():
     cached = with_bac(base, ratio=0.4, top=1, n_obs=3)
     eager, graphlike = twin(cached, seed=1), twin(cached, seed=1)
     a_eager, _ = run_stream(eager, obs_stream(16))
-    orig = graphlike._call
 
-    def call(x, k, cond):
-        cache = graphlike.cache
-        pattern = cache.pattern()
-        seen = []
-        for b in graphlike.model.denoiser.branches():
-            f = b.forward
+    def fake_graph(fn):
+        """Stands in for a captured CUDA graph: the policy decides the variant up front, with counting
+        off; here the hooks run anyway, so what they really compute can be checked against it."""
 
-            def spy(*a, _f=f, _b=b, **kw):
-                seen.append(cache.names[id(_b)])
-                return _f(*a, **kw)
-
-            b.forward = spy
-        cache.counting = False
-        try:
-            out = orig(x, k, cond)
-        finally:
-            cache.counting = True
+        def replay(x, k, cond, variant=None):
+            cache = graphlike.cache
+            seen = []
             for b in graphlike.model.denoiser.branches():
-                del b.forward
-        computed_names = [n for n, u in zip(cache.order, pattern) if u]
-        assert seen == computed_names  # the predicted pattern is what the hooks really did
-        cache.account(pattern)
-        return out
+                f = b.forward
 
-    graphlike._call = call  # the cache is built (lazily, from extras) before the first call of a solve
+                def spy(*a, _f=f, _b=b, **kw):
+                    seen.append(cache.names[id(_b)])
+                    return _f(*a, **kw)
+
+                b.forward = spy
+            try:
+                out = fn(x, k, cond)
+            finally:
+                for b in graphlike.model.denoiser.branches():
+                    del b.forward
+            assert seen == [n for n, u in zip(cache.order, variant) if u]  # the predicted pattern ran
+            return out
+
+        return replay
+
+    graphlike.call._use_graph = lambda: True  # the CPU stands in for CUDA: same accounting path
+    graphlike.call._make_graph = fake_graph
     a_graph, _ = run_stream(graphlike, obs_stream(16))
     assert np.array_equal(a_graph, a_eager)
     assert (graphlike.cache.computed, graphlike.cache.reused) == (eager.cache.computed, eager.cache.reused)

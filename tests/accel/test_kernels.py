@@ -18,8 +18,8 @@ from streamdp.kernels import use_triton
 from streamdp.kernels.film_norm import film_group_norm, film_group_norm_reference
 from streamdp.kernels.residual_cache import cached_residual, cached_residual_reference
 from streamdp.kernels.roll_step import roll_step, roll_step_reference
+from streamdp.policy.samplers.rolling_buffer import RollingBuffer
 from streamdp.policy.schedule import NoiseSchedule
-from streamdp.policy.streaming import RollingBuffer, step_coefficients
 
 from .util import KW, obs_stream, perturb, tiny_policy, twin
 
@@ -121,7 +121,7 @@ def test_step_coefficients_reproduce_schedule_step():
     k_prev = torch.tensor([-1, -1, 2, 20, 90, 63, -1])
     x, eps, z = (_nonzero(7, 3, g=g) for _ in range(3))
     for mode in ("ddpm", "ddim"):
-        s1, s2, c0, ck, sig = step_coefficients(sched, k, k_prev, mode)[..., None]
+        s1, s2, c0, ck, sig = sched.step_coefficients(k, k_prev, mode)[..., None]
         x0 = ((x.double() - s1 * eps.double()) * s2).clamp(-1, 1)
         ours = c0 * x0 + ck * x.double() + sig * z.double()
         ref = sched.step(x[None], eps[None], k[None], k_prev[None], mode=mode, noise=z[None])[0]
@@ -184,9 +184,8 @@ def test_bac_runtime_with_fused_kernel_matches_reference_path():
     for fused in (False, True):
         pol = twin(cached, seed=1)
         pol.observe(obs_stream(1)[0])
-        pol._begin_solve("full")  # builds the cache from extras
+        pol.call.begin_solve(pol.solve_key("full"))  # builds the cache from extras
         pol.cache.fused = fused
-        pol._solve = None
         pol.denoise()
         outs.append(pol.pop_ready())
         assert pol.cache.reused > 0

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from streamdp.policy import Policy
-from streamdp.policy.calibration import load_episodes, save_observations
-from streamdp.policy.rti import calibrate_cli, rti_grid, warm_start
+from streamdp.policy.calibration import load_episodes, rti_cli, save_observations
+from streamdp.policy.samplers.rolling_buffer import shift_trajectory
+from streamdp.policy.samplers.rti import warm_start
+from streamdp.policy.samplers.settings import rti_grid
 from streamdp.policy.schedule import sampler_grid
-from streamdp.policy.streaming import shift_trajectory
 
 from .util import KW, CallCounter, obs_stream, perturb, run_stream, tiny_policy, twin
 
@@ -73,12 +74,12 @@ def test_warm_guess_is_solution_shifted_by_popped_actions():
     stream = obs_stream(3)
     p.observe(stream[0])
     p.denoise()
-    a = p._solution.clone()
+    a = p.sampler_impl.solution.clone()
     p.pop_ready(3)
     assert p.executed_since_solution == 3
     p.observe(stream[1])
     assert p.denoise(budget=1) == 1  # the warm solve is now in flight: inspect it
-    s = p._solve
+    s = p.sampler_impl.solve
     assert s.kind == "warm" and s.valid == 16 - 3
     assert torch.equal(s.guess, shift_trajectory(a, 3))
     assert torch.equal(s.guess[-4:], a[-1:].expand(4, -1))  # tail holds the last row
@@ -96,11 +97,11 @@ def test_select_action_shifts_by_ta():
     stream = obs_stream(9)
     for o in stream[:4]:
         p.select_action(o)
-    a = p._solution.clone()
+    a = p.sampler_impl.solution.clone()
     p.observe(stream[4])
     assert p.executed_since_solution == 4
     p.denoise(budget=1)
-    assert torch.equal(p._solve.guess, shift_trajectory(a, 4))
+    assert torch.equal(p.sampler_impl.solve.guess, shift_trajectory(a, 4))
 
 
 def test_predict_action_chunk_counts_the_whole_chunk_executed():
@@ -118,7 +119,7 @@ def test_discrete_dims_snapped_in_guess_and_thresholded_in_output():
     assert not set(np.round(acts[:, 0], 5)) <= {-1.0, 2.0}  # continuous dims are left alone
     p.observe(stream[8])
     p.denoise(budget=1)
-    assert set(p._solve.guess[:, 1].tolist()) <= {-1.0, 1.0}
+    assert set(p.sampler_impl.solve.guess[:, 1].tolist()) <= {-1.0, 1.0}
 
 
 def test_divergence_forces_full_resample_and_is_counted():
@@ -197,7 +198,7 @@ def test_calibrate_rti_cli_picks_smallest_within_tolerance(tmp_path):
     ckpt = pol.save_pretrained(tmp_path / "ckpt")
     data = save_observations(tmp_path / "obs.npz", [obs_stream(13, seed=0), obs_stream(9, seed=1)])
     assert [len(e) for e in load_episodes(data)] == [13, 9]
-    entry = calibrate_cli(
+    entry = rti_cli(
         [f"checkpoint={ckpt}", f"dataset={data}", "tol=1e9", "candidates=9,49,99", "steps=3", "max_obs=5"]
     )
     assert entry["start_level"] == 9 and entry["within_tolerance"] and entry["compared"] == 3
@@ -207,17 +208,17 @@ def test_calibrate_rti_cli_picks_smallest_within_tolerance(tmp_path):
     assert loaded.rti_start_level == 9 and loaded.rti_steps == 3  # k' was calibrated for 3 warm steps
     assert Policy.from_pretrained(ckpt, sampler="rti", rti_steps=5).rti_steps == 5
     assert Policy.from_pretrained(ckpt, sampler="rti", rti_start_level=40).rti_start_level == 40
-    entry = calibrate_cli(
-        ["--checkpoint", str(ckpt), "--dataset", str(data), "--tol", "0", "candidates=9,49,99", "max_obs=5"]
+    entry = rti_cli(
+        [f"checkpoint={ckpt}", f"dataset={data}", "tol=0", "candidates=9,49,99", "max_obs=5"]
     )
     errs = {int(k): v for k, v in entry["errors"].items()}
     assert not entry["within_tolerance"] and entry["start_level"] == min(errs, key=errs.get)
     # a tolerance between the errors selects the smallest level that meets it
     mid = sorted(errs.values())[1]
-    entry = calibrate_cli([f"checkpoint={ckpt}", f"dataset={data}", f"tol={mid}", "candidates=9,49,99", "max_obs=5"])
+    entry = rti_cli([f"checkpoint={ckpt}", f"dataset={data}", f"tol={mid}", "candidates=9,49,99", "max_obs=5"])
     assert entry["start_level"] == min(k for k, v in errs.items() if v <= mid)
     # default tolerance: the spread between two full samples
-    entry = calibrate_cli([f"checkpoint={ckpt}", f"dataset={data}", "candidates=9,49,99", "max_obs=5"])
+    entry = rti_cli([f"checkpoint={ckpt}", f"dataset={data}", "candidates=9,49,99", "max_obs=5"])
     assert entry["tolerance"] == entry["baseline_full_vs_full"] > 0
     within = [k for k, v in errs.items() if v <= entry["tolerance"]]
     assert entry["start_level"] == (min(within) if within else min(errs, key=errs.get))

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from streamdp.policy import Policy
-from streamdp.policy.bac import calibrate as calibrate_bac
+from streamdp.policy.calibration import calibrate_bac
 
 from ..policy.helpers import CallCounter
 from ..policy.helpers import tiny_policy as _tiny_policy

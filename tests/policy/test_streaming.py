@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from streamdp.policy.config import ConfigError
+from streamdp.policy.samplers.rolling_buffer import RollingBuffer, chunk_index, ladder, training_labels
 from streamdp.policy.schedule import NoiseSchedule
-from streamdp.policy.streaming import RollingBuffer, chunk_index, ladder, training_labels
 
 from .helpers import CallCounter, tiny_policy
 
@@ -93,9 +93,9 @@ def test_emitted_actions_are_clean_slots_unnormalised():
     buf = pol.buffer
     pol.observe({"observation.state": np.zeros(2)})
     # run the loop by hand to capture the buffer just before the roll
-    cond = pol._condition()
+    cond = pol.condition()
     while not buf.chunk0_clean():
-        buf.step(pol._call(buf.x[None], buf.labels()[None], cond)[0], generator=pol.generator)
+        buf.step(pol.call(buf.x[None], buf.labels()[None], cond)[0], generator=pol.generator)
     expect = pol.normalizer.unnormalize("action", buf.x[1:5]).numpy()
     assert (buf.labels()[1:5] == -1).all()
     assert pol.denoise() == 0  # chunk 0 already clean: emit and roll without another call

@@ -1,21 +1,17 @@
-"""Streaming Diffusion Policy (SDP) rolling buffer: pure tensor logic, no network inside.
+"""Streaming Diffusion Policy (SDP) rolling buffer and its training labels: pure tensor logic, no network.
 
 The buffer holds Tp action slots, each at its own position on a K-level sampler grid (-1 = clean).
 Near slots are cleaner than far ones (the "ladder"). Per observation the caller runs the denoiser and
 calls :meth:`RollingBuffer.step` until chunk 0 is clean (about ceil(K/h) calls), takes the Ta
-executable actions, and rolls the buffer forward by one chunk. See DESIGN.md §5.2.
+executable actions, and rolls the buffer forward by one chunk. See docs/algorithms.md (SDP).
 """
 
 from __future__ import annotations
 
 import torch
 
-from streamdp.policy.config import check_streaming_horizons
+from streamdp.policy.config import check_streaming_horizons, num_chunks
 from streamdp.policy.schedule import CLEAN, NoiseSchedule, sampler_grid
-
-
-def num_chunks(tp: int, to: int, ta: int) -> int:
-    return (tp - to + 1) // ta
 
 
 def chunk_index(tp: int, to: int, ta: int) -> list[int]:
@@ -59,49 +55,6 @@ def training_labels(
     lad_labels = (lad[None, :] - j).clamp_min(0)
     use_ladder = torch.rand(batch, 1, generator=generator) < ladder_prob
     return torch.where(use_ladder, lad_labels, uniform).to(device)
-
-
-def step_coefficients(
-    schedule: NoiseSchedule, k: torch.Tensor, k_prev: torch.Tensor, mode: str = "ddpm"
-) -> torch.Tensor:
-    """Per-slot coefficients (5, T) of NoiseSchedule.step written as one affine update, float64:
-
-        x0  = clip((x - s1 * eps) * s2)
-        out = c0 * x0 + ck * x + sigma * z
-
-    Clean slots (k == -1) get the identity (c0 = 0, ck = 1, sigma = 0). The fused roll/step kernel
-    (streamdp.kernels.roll_step) consumes these, so the schedule maths stays in one place.
-    """
-    k = torch.as_tensor(k)
-    k_prev = torch.as_tensor(k_prev, device=k.device).expand_as(k)
-    clean = k == CLEAN
-    k_safe = torch.where(clean, torch.zeros_like(k), k)
-    kp_safe = torch.where(clean, torch.full_like(k_prev, CLEAN), k_prev)
-    ab = schedule.alpha_bar(k_safe, torch.float64)
-    ab_prev = schedule.alpha_bar(kp_safe, torch.float64)
-    s1, s2 = (1 - ab).sqrt(), 1 / ab.sqrt()
-    if mode == "ddim":
-        ck = ((1 - ab_prev) / (1 - ab)).sqrt()
-        c0 = ab_prev.sqrt() - ck * ab.sqrt()
-        sigma = torch.zeros_like(ab)
-    elif mode == "ddpm":
-        a = ab / ab_prev
-        denom = (1 - ab).clamp_min(1e-20)
-        c0 = ab_prev.sqrt() * (1 - a) / denom
-        ck = a.sqrt() * (1 - ab_prev) / denom
-        sigma = ((1 - a) * (1 - ab_prev) / denom).sqrt()
-    else:
-        raise ValueError(f"step mode must be 'ddpm' or 'ddim', got {mode!r}")
-    one, zero = torch.ones_like(ab), torch.zeros_like(ab)
-    return torch.stack(
-        [
-            torch.where(clean, zero, s1),
-            torch.where(clean, one, s2),
-            torch.where(clean, zero, c0),
-            torch.where(clean, one, ck),
-            torch.where(clean, zero, sigma),
-        ]
-    )
 
 
 def shift_trajectory(traj: torch.Tensor, shift: int) -> torch.Tensor:
@@ -224,7 +177,7 @@ class RollingBuffer:
         new_pos, k_prev = self._next_labels()
         if not bool((new_pos[self.chunk == 0] < 0).all()):
             raise RuntimeError("step_and_roll needs chunk 0 to become clean with this step")
-        coef = step_coefficients(self.schedule, k, k_prev, mode).to(self.device, torch.float32)
+        coef = self.schedule.step_coefficients(k, k_prev, mode).to(self.device, torch.float32)
         z_step = torch.randn(self.tp, self.dim, generator=generator, device="cpu").to(self.device)
         keep_len = self.keep_end - self.ta
         n_fresh = self.tp - keep_len
