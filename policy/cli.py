@@ -126,7 +126,7 @@ def run_job(
     prog: str,
     job: str,
     schema: type[T],
-    fn: Callable[[T], int | None],
+    fn: Callable[[T], Any],
     argv: Sequence[str] | None = None,
     doc: str = "",
     groups: Sequence[str] = ("task",),
@@ -155,7 +155,7 @@ def run_job(
         msg = " ".join(str(e).split())  # hydra/omegaconf messages span lines: keep the one-line promise
         print(f"{prog}: {type(e).__name__}: {msg} (--debug for a traceback)", file=sys.stderr)
         return 2
-    return int(rc or 0)
+    return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0  # jobs may return their result
 
 
 def _as_list(arg: str, list_keys: Sequence[str]) -> str:
