@@ -77,8 +77,7 @@ class Policy:
         self.last_nfe = 0  # network calls spent on the most recent emitted chunk
         self.dropped_observations = 0
         self.call = DenoiserCall(self.model, config, self.device, cache_factory=self._block_cache)
-        self.extras = {}  # builds the sampler
-        self.reset()
+        self.extras = {}  # builds the sampler and resets
 
     @property
     def extras(self) -> dict[str, Any]:
@@ -87,9 +86,10 @@ class Policy:
 
     @extras.setter
     def extras(self, value: dict[str, Any]) -> None:
-        # Grids and RTI levels depend on the calibration: a new one means a new (reset) sampler.
+        # Grids and RTI levels depend on the calibration: a new one means a new sampler, and a reset.
         self._extras = dict(value)
         self.sampler_impl: Sampler = self._make_sampler()
+        self.reset()
 
     def _make_sampler(self) -> Sampler:
         settings = SolveSettings(self.config, self.extras)
@@ -140,8 +140,7 @@ class Policy:
         policy = cls(cfg, stats=norm, device=device, seed=seed)
         check_state_dict(path / WEIGHTS_FILE, policy.model.state_dict(), weights)
         policy.model.load_state_dict(weights)
-        policy.extras = extras
-        policy.reset()
+        policy.extras = extras  # rebuilds and resets the sampler for the calibrated grids
         policy.check_cache()
         return policy
 
