@@ -24,13 +24,13 @@ made for that observation; the caches are emptied there (step 0 is an update ste
 Solve kinds are keyed (see ``Policy.solve_key``), e.g. ``full-ddpm-K100``, ``warm-ddpm-k29-S4``,
 ``sdp-ddpm-K16``; a checkpoint can hold schedules for several keys.
 
-Calibration (``streamdp-calibrate-bac`` in :mod:`streamdp.policy.calibration`) runs the sampler that
-will really run on logged observations, records every branch's delta at every step, and per solve kind
-builds each branch's step x step cosine-similarity matrix (averaged over observations) and its
-volatility (mean L1 change between consecutive steps). The Adaptive Caching Scheduler
-(:func:`acs_schedule`) picks M update steps per branch by dynamic programming; Bubbling Union (:func:`bubbling_union`) then gives the n most volatile
-branches the update steps of every FFN at the same or a deeper layer, so that no FFN refreshes on
-stale upstream input. The schedules are stored in the checkpoint's ``extras["bac"]``.
+Calibration (``streamdp-calibrate-bac`` in :mod:`streamdp.policy.calibration`) runs the sampler that will
+really run on logged observations, records every branch's delta at every step, and per solve kind builds each
+branch's step x step cosine-similarity matrix (averaged over observations) and its volatility (mean L1 change
+between consecutive steps). The Adaptive Caching Scheduler (:func:`acs_schedule`) picks M update steps per
+branch by dynamic programming; Bubbling Union (:func:`bubbling_union`) then gives the n most volatile branches
+the update steps of every FFN at the same or a deeper layer, so that no FFN refreshes on stale upstream input.
+The schedules are stored in the checkpoint's ``extras["bac"]``.
 """
 
 from __future__ import annotations
