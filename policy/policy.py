@@ -152,6 +152,18 @@ class Policy:
         sd = state_dict if state_dict is not None else self.model.state_dict()
         return save_checkpoint(path, self.config, sd, self.normalizer.to_flat(), {**self.extras, **(extras or {})})
 
+    def twin(self, seed: int = 0, extras: dict[str, Any] | None = None, **overrides: Any) -> Policy:
+        """A policy with the same weights and stats, its own RNG and state, config fields changed as given
+        (validated), and `extras` (default: a copy of these). Used to compare settings on equal weights."""
+        try:
+            cfg = PolicyConfig.from_dict({**self.config.to_dict(), **overrides})
+        except ConfigError as e:
+            raise ConfigError(f"twin of a policy: {e}") from e
+        other = type(self)(cfg, stats=self.normalizer, device=self.device, seed=seed)
+        other.model.load_state_dict(self.model.state_dict())
+        other.extras = dict(self.extras if extras is None else extras)
+        return other
+
     def check_compatible(
         self,
         joint_names: list[str] | None = None,
