@@ -42,9 +42,9 @@ from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 
-from streamdp.ros_nodes.logic import split_seconds  # noqa: E402
 from streamdp.ros_nodes.policy_node import FaultHooks, PolicyNode  # noqa: E402
 from streamdp.ros_nodes.safety import SafetyFilter, SafetyLimits  # noqa: E402
+from streamdp.ros_nodes.trajectory import split_seconds  # noqa: E402
 
 INJECTOR_FRAME = "fault_injector"
 

@@ -14,9 +14,9 @@ Lifecycle (DESIGN.md 6):
   commanded position, disable the publisher.
 * **cleanup / shutdown**: drop everything configure made.
 
-Data flow and timing: see :mod:`streamdp.ros_nodes.logic`. Inference runs in its own thread; the
+Data flow and timing: see :mod:`streamdp.ros_nodes.streamer`. Inference runs in its own thread; the
 control-rate timer only samples sensors, hands the frame over and publishes what the
-:class:`~streamdp.ros_nodes.logic.ActionStreamer` has (a clean action or a hold), so it never waits
+:class:`~streamdp.ros_nodes.streamer.ActionStreamer` has (a clean action or a hold), so it never waits
 on the network. Every published command passes ``command_filter`` (a seam for the user's own
 shaping; identity by default), then, when any ``limits.*`` parameter is given, a
 :class:`~streamdp.ros_nodes.safety.SafetyFilter` (joint order = the checkpoint's, dt = 1/control rate,
@@ -66,24 +66,18 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
-from streamdp.ros_nodes.logic import (  # noqa: E402
-    ActionStreamer,
-    Chunk,
-    ClockJumpDetector,
-    Command,
+from streamdp.ros_nodes.inference import Chunk, Frame, InferenceWorker  # noqa: E402
+from streamdp.ros_nodes.observation import (  # noqa: E402
     ExtraState,
-    Frame,
-    InferenceWorker,
     ObservationSync,
-    RollingStats,
     StateLayout,
     SyncError,
-    TickStats,
     decode_image,
-    split_seconds,
-    trajectory_points,
 )
 from streamdp.ros_nodes.safety import SafetyFilter, SafetyLimits, SafetyStatus  # noqa: E402
+from streamdp.ros_nodes.stats import ClockJumpDetector, RollingStats, TickStats  # noqa: E402
+from streamdp.ros_nodes.streamer import ActionStreamer, Command  # noqa: E402
+from streamdp.ros_nodes.trajectory import split_seconds, trajectory_points  # noqa: E402
 
 OUTPUT_TYPES = ("joint_trajectory", "float64_multi_array")
 DEFAULT_COMMAND_TOPICS = {

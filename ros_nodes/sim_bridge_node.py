@@ -46,7 +46,8 @@ from sensor_msgs.msg import Image, JointState  # noqa: E402
 from std_msgs.msg import Bool, Empty, Float64, Float64MultiArray  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory  # noqa: E402
 
-from streamdp.ros_nodes.logic import TrajectorySampler, encode_rgb8, split_seconds  # noqa: E402
+from streamdp.ros_nodes.observation import encode_rgb8  # noqa: E402
+from streamdp.ros_nodes.trajectory import TrajectorySampler, split_seconds  # noqa: E402
 
 
 def _secs(t: Any) -> float:

@@ -10,14 +10,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamdp.ros_nodes.logic import (
-    ActionStreamer,
-    ObservationSync,
-    StateLayout,
-    SyncError,
-    decode_image,
-)
+from streamdp.ros_nodes.observation import ObservationSync, StateLayout, SyncError, decode_image
 from streamdp.ros_nodes.safety import SafetyFilter, SafetyLimits
+from streamdp.ros_nodes.streamer import ActionStreamer
 
 JOINTS = ("joint1", "joint2", "joint3")
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])

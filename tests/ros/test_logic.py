@@ -1,4 +1,5 @@
-"""Pure logic of the ROS nodes, without rclpy: sync by name, ordering, staleness, streamer, trajectories."""
+"""Pure logic of the ROS nodes, without rclpy (observation, streamer, trajectory, stats, inference modules):
+sync by name, ordering, staleness, streamer, trajectories."""
 
 from __future__ import annotations
 
@@ -8,24 +9,19 @@ import time
 import numpy as np
 import pytest
 
-from streamdp.ros_nodes.logic import (
-    ActionStreamer,
-    ClockJumpDetector,
+from streamdp.ros_nodes.inference import Frame, InferenceWorker
+from streamdp.ros_nodes.observation import (
     ExtraState,
-    Frame,
-    InferenceWorker,
     ObservationSync,
-    RollingStats,
     StateLayout,
     SyncError,
-    TickStats,
-    TrajectorySampler,
     decode_image,
     encode_rgb8,
     select_joints,
-    split_seconds,
-    trajectory_points,
 )
+from streamdp.ros_nodes.stats import ClockJumpDetector, RollingStats, TickStats
+from streamdp.ros_nodes.streamer import ActionStreamer
+from streamdp.ros_nodes.trajectory import TrajectorySampler, split_seconds, trajectory_points
 
 J = ("joint1", "joint2", "joint3")
 
