@@ -39,10 +39,10 @@ setup(
             "streamdp-eval = streamdp.sim.evaluate:main",
             "streamdp-bench = streamdp.sim.bench:main",
             "streamdp-demo = streamdp.ros_nodes.demo:main",
-            "streamdp-sim-episodes = streamdp.ros_nodes.sim_episodes:main",
+            "streamdp-sim-episodes = streamdp.ros_nodes.cli:sim_episodes",
             "streamdp-bringup = streamdp.ros_nodes.bringup:main",
-            "policy_node = streamdp.ros_nodes.policy_node:main",
-            "sim_bridge_node = streamdp.ros_nodes.sim_bridge_node:main",
+            "policy_node = streamdp.ros_nodes.cli:policy_node",
+            "sim_bridge_node = streamdp.ros_nodes.cli:sim_bridge_node",
         ],
     },
 )

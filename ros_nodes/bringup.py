@@ -200,9 +200,9 @@ def _run_composed(descs: Sequence[NodeDescription], duration: float | None) -> i
     """All nodes in this process on one MultiThreadedExecutor (needs rclpy loadable here)."""
     import importlib
 
-    from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable
+    from streamdp.ros_nodes.rosenv import ensure_ros_env
 
-    ensure_rclpy_loadable()
+    ensure_ros_env()  # first: a re-execution restarts this process from the top
     from streamdp.ros_nodes import runtime
 
     os.environ.update({k: v for d in descs for k, v in d.env.items()})

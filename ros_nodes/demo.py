@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=10000, help="first episode seed (held out from the demos)")
     ap.add_argument("--out", type=Path, default=Path("outputs/demo"))
     a = ap.parse_args(argv)
+    from streamdp.ros_nodes.rosenv import ensure_ros_env
+
+    ensure_ros_env()  # before any work: a re-execution would start the demo over
     t_all = time.perf_counter()
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -25,7 +25,7 @@ through ``hold()``, so they decelerate), the look-ahead points are chained throu
 after ``limits.max_consecutive_clamps`` clamps in a row the filter latches a hold until re-activation.
 Its status and counts are on ``/diagnostics``. A final finite check guards the wire.
 
-Fault-injection hooks (:class:`FaultHooks`, used by :mod:`streamdp.ros_nodes.faults`; inert by
+Fault-injection hooks (:class:`FaultHooks`, used by the fault-injection rig of tests/faults; inert by
 default): transform the policy output, delay the inference thread, offset the node's ROS clock, and
 ``command_log`` records every published command.
 
@@ -50,34 +50,29 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PointStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable
-
-ensure_rclpy_loadable()
-
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
-from geometry_msgs.msg import PointStamped  # noqa: E402
-from rcl_interfaces.msg import ParameterDescriptor  # noqa: E402
-from rclpy.exceptions import ParameterUninitializedException  # noqa: E402
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import Image, JointState  # noqa: E402
-from std_msgs.msg import Float64MultiArray, MultiArrayDimension  # noqa: E402
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
-
-from streamdp.ros_nodes.inference import Chunk, Frame, InferenceWorker  # noqa: E402
-from streamdp.ros_nodes.observation import (  # noqa: E402
+from streamdp.ros_nodes.inference import Chunk, Frame, InferenceWorker
+from streamdp.ros_nodes.observation import (
     ExtraState,
     ObservationSync,
     StateLayout,
     SyncError,
     decode_image,
 )
-from streamdp.ros_nodes.safety import SafetyFilter, SafetyLimits, SafetyStatus  # noqa: E402
-from streamdp.ros_nodes.stats import ClockJumpDetector, RollingStats, TickStats  # noqa: E402
-from streamdp.ros_nodes.streamer import ActionStreamer, Command  # noqa: E402
-from streamdp.ros_nodes.trajectory import split_seconds, trajectory_points  # noqa: E402
+from streamdp.ros_nodes.safety import SafetyFilter, SafetyLimits, SafetyStatus
+from streamdp.ros_nodes.stats import ClockJumpDetector, RollingStats, TickStats
+from streamdp.ros_nodes.streamer import ActionStreamer, Command
+from streamdp.ros_nodes.trajectory import split_seconds, trajectory_points
 
 OUTPUT_TYPES = ("joint_trajectory", "float64_multi_array")
 DEFAULT_COMMAND_TOPICS = {
@@ -811,7 +806,11 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console script: spin one PolicyNode (set ``autostart: true`` to run without a lifecycle manager).
+    """Spin one PolicyNode (set ``autostart: true`` to run without a lifecycle manager); rclpy must load.
+
+    The ``policy_node`` executable reaches this through :mod:`streamdp.ros_nodes.cli` (which makes rclpy
+    loadable first); ``python -m streamdp.ros_nodes.policy_node`` needs it loadable already (bring-up
+    children get the library path in their environment).
 
     SIGINT/SIGTERM end the spin; the node then publishes a final hold and shuts down."""
     from streamdp.ros_nodes import runtime

@@ -24,8 +24,11 @@ def test_descriptions_match_console_scripts_and_node_classes():
     sim = bringup.describe("sim")
     real = bringup.describe("real_arm")
     assert [d.name for d in sim] == ["sim_bridge", "policy_node"] and [d.name for d in real] == ["policy_node"]
+    cli = (ROOT / "ros_nodes" / "cli.py").read_text()
     for d in sim + real:
-        assert scripts[d.executable] == f"{d.module}:main", d  # launch_ros runs the same executable
+        # launch_ros runs the same executable: the cli wrapper that loads rclpy's libraries, then d.module's main
+        assert scripts[d.executable] == f"streamdp.ros_nodes.cli:{d.executable}", d
+        assert f"def {d.executable}() -> int:\n    \"\"\"" in cli and f"from {d.module} import main" in cli
         assert d.package == "streamdp" and d.env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
         assert all(Path(p).is_file() for p in d.parameters if isinstance(p, str))
         mod, cls = d.node_class.split(":")
