@@ -62,8 +62,6 @@ class InferenceWorker:
         self._reset_state: np.ndarray | None = None
         self._reset_pending = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.frames_observed = 0
-        self.chunks = 0
         self.errors = 0
 
     def start(self) -> InferenceWorker:
@@ -120,7 +118,6 @@ class InferenceWorker:
                     self.policy.reset(state=state)
                     continue
                 self.policy.observe(f.obs, f.slot_time)
-                self.frames_observed += 1
                 if f.want_chunk:
                     self._solve(f)
             except Exception as e:  # noqa: BLE001 - NaN outputs etc.: reported, the loop goes on
@@ -149,6 +146,5 @@ class InferenceWorker:
         if self._cancelled():
             return
         now = time.monotonic()
-        self.chunks += 1
         nfe = int(getattr(p, "last_nfe", calls) or calls)
         self.on_chunk(Chunk(actions, f, nfe, now - f.mono, now))

@@ -136,7 +136,6 @@ class Settings:
     sampler: str
     num_inference_steps: int
     cache: str
-    cache_options: str
     policy_overrides: dict[str, Any]
     device: str
     num_threads: int
@@ -180,7 +179,8 @@ class PolicyNode(LifecycleNode):
         self._reset_counters()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         rate = float(self.get_parameter("diagnostics_rate_hz").value)
-        self._diag_timer = self.create_timer(1.0 / rate, self.publish_diagnostics) if rate > 0 else None
+        if rate > 0:
+            self.create_timer(1.0 / rate, self.publish_diagnostics)
         self._autostart_timer = None
         self.autostart_failed = False
         if self.get_parameter("autostart").value:
@@ -211,7 +211,6 @@ class PolicyNode(LifecycleNode):
         d("sampler", "", "override the checkpoint's sampler (sdp | ddim | ddpm | rti | sdp_rti); empty: keep")
         d("num_inference_steps", 0, "override the sampler grid size K; 0: keep the checkpoint's")
         d("cache", "", "override the denoiser cache mode (none | bac); empty: keep")
-        d("cache_options", "", "pass-through options string for the cache (kept for the caching runtime)")
         d("policy_overrides", "", "JSON object of further PolicyConfig overrides, e.g. '{\"rti_steps\": 3}'")
         d("device", "auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
         d("num_threads", 1, "torch CPU threads (1 when sharing the CPU with a simulator)")
@@ -284,7 +283,6 @@ class PolicyNode(LifecycleNode):
             sampler=self._param("sampler"),
             num_inference_steps=int(self._param("num_inference_steps")),
             cache=self._param("cache"),
-            cache_options=self._param("cache_options"),
             policy_overrides=overrides,
             device=self._param("device"),
             num_threads=threads,
@@ -315,7 +313,6 @@ class PolicyNode(LifecycleNode):
         self._chunk_id = 0
         self._last_error = ""
         self._last_stale = ""
-        self.safety_latched_reported = False
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9 + self.hooks.clock_offset_s
@@ -659,7 +656,7 @@ class PolicyNode(LifecycleNode):
             elif res.reason != self._last_stale:
                 self._last_stale = res.reason
                 self.get_logger().warning(f"no new input: {res.reason}", throttle_duration_sec=2.0)
-        if self.safety is not None and self.safety._latched and not self.fault:
+        if self.safety is not None and self.safety.latched and not self.fault:
             self.fault = (f"safety filter: {self.safety.limits.escalate_after} consecutive clamped commands; "
                           "holding until re-activated")
             self.get_logger().error(self.fault)

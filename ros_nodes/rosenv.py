@@ -40,11 +40,6 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-REQUIRED_ENV = {
-    "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-    "ROS_DOMAIN_ID": None,  # any value in 0..101 (0..232 on Linux with default ports)
-    "ROS_LOG_DIR": None,  # a directory, ideally inside the build tree
-}
 _WHEELS_GUARD = "_ROS_WHEELS_BOOTSTRAP_COMPLETE"
 _REEXEC_GUARD = "_STREAMDP_ROS_LIBS_REEXEC"
 
