@@ -1,7 +1,7 @@
 """Node descriptions shared by the launch files and ``streamdp-bringup`` (which needs no ``ros2 launch``).
 
-``launch/sim.launch.py`` and ``launch/real_arm.launch.py`` turn :func:`describe` into
-``launch_ros.actions.Node`` actions on a real ROS install. Where ``launch``/``launch_ros`` are not
+``launch/sim.launch.py`` and ``launch/real_arm.launch.py`` are :func:`launch_description`: :func:`describe`
+as ``launch_ros.actions.Node`` actions on a real ROS install. Where ``launch``/``launch_ros`` are not
 installable (the pip ``ros-rclpy`` wheels), the same descriptions run as child processes::
 
     export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=42 ROS_LOG_DIR=$PWD/build/ros_log
@@ -112,8 +112,33 @@ def describe(
     return [sim, policy]
 
 
-def _yaml_value(v: Any) -> str:
-    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+def launch_description(config: str, params_help: str) -> Any:
+    """The ``LaunchDescription`` of ``launch/<config>.launch.py`` (needs ``launch``/``launch_ros``: a ROS install).
+
+    Arguments ``params_file`` (default config/ros/<config>.yaml) and ``checkpoint`` (overrides the policy
+    node's); the nodes are :func:`describe` (config) as ``launch_ros.actions.Node``, with discovery kept on
+    this machine (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, DESIGN.md 8)."""
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    from launch import LaunchDescription
+
+    def nodes(context: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        params = LaunchConfiguration("params_file").perform(context)
+        ckpt = LaunchConfiguration("checkpoint").perform(context)
+        overrides = {"policy_node": {"checkpoint": ckpt}} if ckpt else None
+        return [Node(package=d.package, executable=d.executable, name=d.name, parameters=list(d.parameters),
+                     remappings=list(d.remappings), additional_env=dict(d.env), arguments=list(d.arguments),
+                     output="screen")
+                for d in describe(config, [params], overrides)]
+
+    return LaunchDescription([
+        *(SetEnvironmentVariable(k, v) for k, v in ROS_ENV.items()),
+        DeclareLaunchArgument("params_file", default_value=str(default_params(config)), description=params_help),
+        DeclareLaunchArgument("checkpoint", default_value="", description="override the policy checkpoint directory"),
+        OpaqueFunction(function=nodes),
+    ])
 
 
 def ros_args(desc: NodeDescription, tmpdir: str | Path | None = None) -> list[str]:
@@ -261,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["NodeDescription", "describe", "command", "ros_args", "child_env", "parse_overrides", "main",
-           "config_dir", "default_params"]
+           "config_dir", "default_params", "launch_description"]
 
 
 if __name__ == "__main__":

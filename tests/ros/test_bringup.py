@@ -129,7 +129,7 @@ def test_bringup_composed_sim_streams_commands(ros_env, ros_context, untrained_c
 def test_launch_files_build_their_nodes_from_the_descriptions(name):
     src = (ROOT / "launch" / f"{name}.launch.py").read_text()
     tree = ast.parse(src)
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "describe"]
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "launch_description"]
     assert calls and ast.literal_eval(calls[0].args[0]) == name
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
 
@@ -156,3 +156,41 @@ def test_launch_description_with_launch_ros(name):
     want = bringup.describe(name)
     assert [type(n) for n in nodes] == [Node] * len(want)
     assert ctx.environment["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+
+
+def test_launch_files_share_one_launch_description(monkeypatch):
+    """Both launch files are bringup.launch_description(config): checked here with stand-ins for launch and
+    launch_ros (not installable from PyPI), recording what each action is built with."""
+    import runpy
+    import types
+
+    class Action:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    class LaunchConfiguration(Action):
+        values: dict[str, str] = {}
+
+        def perform(self, context):
+            return self.values[self.args[0]]
+
+    fakes = {
+        "launch": types.SimpleNamespace(LaunchDescription=Action),
+        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=Action, OpaqueFunction=Action,
+                                                SetEnvironmentVariable=Action),
+        "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=LaunchConfiguration),
+        "launch_ros.actions": types.SimpleNamespace(Node=Action),
+    }
+    for k, v in fakes.items():
+        monkeypatch.setitem(sys.modules, k, v)
+    for name in ("sim", "real_arm"):
+        ld = runpy.run_path(str(ROOT / "launch" / f"{name}.launch.py"))["generate_launch_description"]()
+        env, params, ckpt, opaque = ld.args[0]
+        assert env.args == ("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        assert params.args[0] == "params_file" and params.kwargs["default_value"] == str(bringup.default_params(name))
+        assert ckpt.args[0] == "checkpoint"
+        LaunchConfiguration.values = {"params_file": "/p.yaml", "checkpoint": "/ck"}
+        nodes = opaque.kwargs["function"](None)
+        want = bringup.describe(name, ["/p.yaml"], {"policy_node": {"checkpoint": "/ck"}})
+        assert [n.kwargs["executable"] for n in nodes] == [d.executable for d in want]
+        assert [n.kwargs["parameters"] for n in nodes] == [list(d.parameters) for d in want]
