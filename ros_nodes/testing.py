@@ -73,7 +73,7 @@ def node_processes(descs: list[Any], log_dir: Path, watcher_cls: type, **watcher
         for d in descs:
             out = open(log_dir / f"{d.name}.log", "w")  # noqa: SIM115 - closed with the process
             logs.append(out)
-            procs.append(subprocess.Popen(bringup.command(d, tmpdir=log_dir), env=bringup.child_env(d),
+            procs.append(subprocess.Popen(bringup.command(d, log_dir), env=bringup.child_env(d),
                                           stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
         yield watcher, ex, procs
     finally:

@@ -45,7 +45,7 @@ def test_command_lines_and_parameter_overrides(tmp_path):
     with pytest.raises(ValueError):
         bringup.parse_overrides(["checkpoint=/ck"])
     sim, pol = bringup.describe("sim", overrides=ov)
-    cmd = bringup.command(pol, python="py", tmpdir=tmp_path)
+    cmd = bringup.command(pol, tmp_path, python="py")
     assert cmd[:5] == ["py", "-m", "streamdp.ros_nodes.policy_node", "--ros-args", "-r"]
     assert "__node:=policy_node" in cmd
     files = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--params-file"]
@@ -86,17 +86,40 @@ def test_bringup_refuses_without_ros_environment(missing, ros_env):
     assert r.returncode == 2
 
 
-def test_bringup_dry_run_prints_the_node_commands(ros_env):
-    r = _bringup(["sim", "--dry-run", "-p", "policy_node.checkpoint:=/ck"], dict(os.environ))
-    assert r.returncode == 0, r.stderr
+def test_bringup_dry_run_prints_the_node_commands(ros_env, tmp_path):
+    """The printed commands name parameter files in the build tree (rewritten per dry run), none in the system
+    temp folder."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    for _ in range(2):
+        r = _bringup(["sim", "--dry-run", "-p", "policy_node.checkpoint:=/ck"], env)
+        assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 2 and "sim_bridge_node" in lines[0] and "policy_node" in lines[1]
+    files = [Path(a) for line in lines for a in line.split() if a.endswith(".yaml")]
+    params = Path(ros_env["ROS_LOG_DIR"]).resolve().parent / "bringup_params"
+    assert files and all(f.is_file() for f in files if f.parent == params)
+    assert sorted(p.name for p in params.iterdir()) == sorted(f.name for f in files if f.parent == params)
+    assert yaml.safe_load((params / "policy_node_2.yaml").read_text())["policy_node"]["ros__parameters"] == {
+        "checkpoint": "/ck"}
+    assert list(tmp.iterdir()) == []
     r = _bringup(["sim", "--params", "/no/such.yaml", "--dry-run"], dict(os.environ))
     assert r.returncode == 2 and "not found" in r.stderr
 
 
-def test_bringup_composed_sim_streams_commands(ros_env, ros_context, untrained_ckpt):
-    """`streamdp-bringup sim --compose` runs both nodes in one process; commands reach this process."""
+def test_bringup_processes_remove_their_parameter_files(ros_env, tmp_path, monkeypatch):
+    """A real (non-dry) run writes its parameter files to a temporary folder and removes it on exit."""
+    monkeypatch.setattr(bringup.tempfile, "tempdir", str(tmp_path))
+    fake = bringup.NodeDescription(executable="x", name="quick", module="json.tool", node_class="x:X",
+                                   parameters=({"a": 1},))  # exits at once (json.tool rejects --ros-args)
+    assert bringup._run_processes([fake], duration=30.0) != 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bringup_composed_sim_streams_commands(ros_env, ros_context, untrained_ckpt, tmp_path):
+    """`streamdp-bringup sim --compose` runs both nodes in one process; commands reach this process; its
+    temporary parameter files are gone afterwards."""
     from rclpy.executors import SingleThreadedExecutor
 
     from .helpers import CommandRecorder, spin_until
@@ -108,7 +131,7 @@ def test_bringup_composed_sim_streams_commands(ros_env, ros_context, untrained_c
         [sys.executable, "-m", "streamdp.ros_nodes.bringup", "sim", "--compose", "--duration", "60",
          "-p", f"policy_node.checkpoint:={untrained_ckpt}", "-p", "policy_node.warmup_chunks:=1",
          "-p", "sim_bridge.max_episode_steps:=100000"],
-        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         ok = spin_until(ex, lambda: len(rec.trajectories) >= 20 or proc.poll() is not None, 90.0)
         assert ok and len(rec.trajectories) >= 20, proc.poll()
@@ -122,6 +145,7 @@ def test_bringup_composed_sim_streams_commands(ros_env, ros_context, untrained_c
         ex.shutdown()
         rec.destroy_node()
     assert proc.returncode == 0, out[-3000:]
+    assert not list(tmp_path.glob("streamdp-*")), list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------ launch files
