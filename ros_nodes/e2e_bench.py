@@ -41,6 +41,7 @@ class E2EResult:
     num_inference_steps: int
     ticks: int  # commands received in the measured window
     expected_ticks: int  # control periods elapsed in that window (by command stamps)
+    stamps_not_increasing: int  # commands whose stamp is not after the one before (reordered or repeated)
     stamp_gap_ms_p50: float
     stamp_gap_ms_p99: float
     dds_latency_ms_p50: float
@@ -132,7 +133,7 @@ def run_e2e(
     dist = [d for _, d in mon.distances[max(0, n0 - 1):]]
     return E2EResult(
         sampler=diag.get("sampler", sampler), num_inference_steps=int(diag.get("num_inference_steps", 0) or 0),
-        ticks=len(cmds), expected_ticks=expected,
+        ticks=len(cmds), expected_ticks=expected, stamps_not_increasing=int(np.sum(gaps <= 0)),
         stamp_gap_ms_p50=1e3 * float(np.percentile(gaps, 50)), stamp_gap_ms_p99=1e3 * float(np.percentile(gaps, 99)),
         dds_latency_ms_p50=1e3 * float(np.percentile(dds, 50)), dds_latency_ms_p99=1e3 * float(np.percentile(dds, 99)),
         distance_start=float(dist[0]) if dist else math.nan,
