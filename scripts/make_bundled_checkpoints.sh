@@ -7,6 +7,11 @@
 # Seeds are fixed; training runs at about 5-8 steps/s on one CPU core (arm: 20k steps, PushT: 12k).
 #   bash scripts/make_bundled_checkpoints.sh                 # both tasks
 #   TASKS=arm_reach_dynamic STEPS=8000 bash scripts/make_bundled_checkpoints.sh
+#   CALIBRATE_ONLY=1 EPISODES=40 bash scripts/make_bundled_checkpoints.sh   # keep the weights, redo RTI/BAC
+#   CALIBRATE_ONLY=1 CALIBRATE=bac EPISODES=40 bash scripts/make_bundled_checkpoints.sh   # BAC only
+# A BAC schedule whose open-loop action error exceeds the spread of two independent samples is refused
+# by streamdp-calibrate-bac; the bundle then has no schedule for that sampler (and says so here). The
+# first stored schedule replaces those of an older extras['bac'] version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -20,14 +25,24 @@ for task in ${TASKS:-arm_reach_dynamic pusht}; do
   steps=${STEPS:-$default_steps}
   rm -rf "$data" "$run"
   "$bin/streamdp-collect" task="$task" episodes="$episodes" seed=0 root="$data" progress=false
-  "$bin/streamdp-train" task="$task" policy=sdp_transformer policy.transformer.d_model=128 \
-    policy.transformer.n_layers=4 dataset.root="$data" train.steps="$steps" train.lr=3e-4 train.seed=0 \
-    train.num_threads="${THREADS:-1}" train.checkpoint_every="$steps" train.progress=false train.output_dir="$run"
   ckpt=$run/checkpoints/last/pretrained
-  "$bin/streamdp-calibrate-rti" checkpoint="$ckpt" dataset="$data" max_obs=40
-  for s in sampler=sdp sampler=rti sampler=sdp_rti "sampler=ddim num_inference_steps=10" sampler=ddpm; do
+  if [[ -n ${CALIBRATE_ONLY:-} ]]; then
+    mkdir -p "$(dirname "$ckpt")"
+    cp -r "$dst" "$ckpt"
+  else
+    "$bin/streamdp-train" task="$task" policy=sdp_transformer policy.transformer.d_model=128 \
+      policy.transformer.n_layers=4 dataset.root="$data" train.steps="$steps" train.lr=3e-4 train.seed=0 \
+      train.num_threads="${THREADS:-1}" train.checkpoint_every="$steps" train.progress=false train.output_dir="$run"
+  fi
+  if [[ " ${CALIBRATE:-rti bac} " == *" rti "* ]]; then
+    "$bin/streamdp-calibrate-rti" checkpoint="$ckpt" dataset="$data" max_obs=40
+  fi
+  bac_runs=(sampler=sdp sampler=rti sampler=sdp_rti "sampler=ddim num_inference_steps=10" sampler=ddpm)
+  [[ " ${CALIBRATE:-rti bac} " == *" bac "* ]] || bac_runs=()
+  for s in "${bac_runs[@]}"; do
     # shellcheck disable=SC2086 # $s is one or two key=value words on purpose
-    "$bin/streamdp-calibrate-bac" checkpoint="$ckpt" dataset="$data" $s max_obs=20 max_frames=2000
+    "$bin/streamdp-calibrate-bac" checkpoint="$ckpt" dataset="$data" $s max_obs=20 max_frames=2000 ||
+      echo "[bundle] $task: no BAC schedule stored for $s (see the line above)"
   done
   rm -rf "$dst"
   mkdir -p "$(dirname "$dst")"
