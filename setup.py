@@ -31,7 +31,7 @@ setup(
         "console_scripts": [
             "streamdp-bench-policy = streamdp.policy.bench:main",
             "streamdp-demo-arc = streamdp.policy.demo:main",
-            "streamdp-train = streamdp.policy.train:main",
+            "streamdp-train = streamdp.policy.train.cli:main",
             "streamdp-calibrate-rti = streamdp.policy.rti:calibrate_main",
             "streamdp-calibrate-bac = streamdp.policy.bac:calibrate_main",
             "streamdp-collect = streamdp.sim.collect:main",

@@ -15,8 +15,8 @@ import torch
 
 from streamdp.policy.config import PolicyConfig
 from streamdp.policy.policy import Policy
-from streamdp.policy.training import fit
-from streamdp.policy.windows import episode_windows
+from streamdp.policy.train.trainer import fit
+from streamdp.policy.train.windows import episode_windows
 
 
 @dataclass(frozen=True)

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = a.checkpoint
         how = f"given checkpoint {ckpt}"
     elif a.train_steps > 0:
-        from streamdp.policy.train import load_config, train
+        from streamdp.policy.train.cli import load_config, train
 
         run_dir = a.out / "train"
         cfg = load_config([f"task={TASK}", "policy=sdp_transformer", "policy.transformer.d_model=128",

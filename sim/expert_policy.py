@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from streamdp.policy.config import PolicyConfig, UnetConfig
 from streamdp.policy.policy import Policy
-from streamdp.policy.training import fit
-from streamdp.policy.windows import episode_windows
+from streamdp.policy.train.trainer import fit
+from streamdp.policy.train.windows import episode_windows
 from streamdp.sim.collect import rollout
 from streamdp.sim.tasks import make_expert, make_task, task_spec
 

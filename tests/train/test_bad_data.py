@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from streamdp.policy.config import ConfigError
-from streamdp.policy.data import DataError, FeatureMap, LeRobotWindows, Window, ZarrWindows
-from streamdp.policy.train_config import DatasetConfig, load_dataset
+from streamdp.policy.train.config import DatasetConfig, load_dataset
+from streamdp.policy.train.data import DataError, FeatureMap, LeRobotWindows, Window, ZarrWindows
 
 from .helpers import make_lerobot, train_inprocess, write_zarr
 

@@ -4,7 +4,14 @@ zarr replay buffers windowed identically, statistics, and the resumable distribu
 import numpy as np
 import torch
 
-from streamdp.policy.data import FeatureMap, LeRobotWindows, ResumableSampler, Window, ZarrWindows, joint_names_from
+from streamdp.policy.train.data import (
+    FeatureMap,
+    LeRobotWindows,
+    ResumableSampler,
+    Window,
+    ZarrWindows,
+    joint_names_from,
+)
 
 from .helpers import write_zarr
 

@@ -10,7 +10,7 @@
 (``python -m streamdp.policy.train`` is the same.) Each run directory (``train.output_dir``, else
 hydra's ``hydra.run.dir``) holds ``config.yaml`` (resolved), ``dataset.json``, ``.hydra/``, the log,
 ``tb/`` (TensorBoard), ``metrics.jsonl`` (loss per step) and ``checkpoints/step_<N>/`` (see
-``streamdp.policy.train_state``) with ``checkpoints/last`` pointing at the newest;
+``streamdp.policy.train.checkpoints``) with ``checkpoints/last`` pointing at the newest;
 ``Policy.from_pretrained("<run>/checkpoints/last/pretrained")`` loads the trained (EMA) policy.
 
 Data-parallel training (DDP: NCCL on GPUs, gloo on CPU) under torchrun; ``train.batch_size`` is the
@@ -49,20 +49,10 @@ from torch import nn
 
 from streamdp.policy.checkpoint import CheckpointError, read_config
 from streamdp.policy.config import ConfigError, PolicyConfig
-from streamdp.policy.data import DataError, ResumableSampler, Window, make_loader, prefork
 from streamdp.policy.model import DiffusionModel
 from streamdp.policy.normalize import Normalizer
 from streamdp.policy.policy import Policy
-from streamdp.policy.train_config import (
-    DatasetConfig,
-    TrainConfig,
-    config_diff,
-    load_dataset,
-    override_value,
-    policy_config,
-    to_dataclass,
-)
-from streamdp.policy.train_state import (
+from streamdp.policy.train.checkpoints import (
     PRETRAINED,
     TrainerState,
     capture_rng,
@@ -71,7 +61,17 @@ from streamdp.policy.train_state import (
     restore_rng,
     save_training_checkpoint,
 )
-from streamdp.policy.training import EMA, lr_lambda, normalize_batch
+from streamdp.policy.train.config import (
+    DatasetConfig,
+    TrainConfig,
+    config_diff,
+    load_dataset,
+    override_value,
+    policy_config,
+    to_dataclass,
+)
+from streamdp.policy.train.data import DataError, ResumableSampler, Window, make_loader, prefork
+from streamdp.policy.train.trainer import EMA, lr_lambda, normalize_batch
 
 log = logging.getLogger("streamdp.train")
 USER_ERRORS = (DataError, ConfigError, CheckpointError)
@@ -505,6 +505,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.argv = [sys.argv[0], *args]
     hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(_task)()
 
-
-if __name__ == "__main__":
-    main()

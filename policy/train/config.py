@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamdp.policy.config import ConfigError, PolicyConfig
-from streamdp.policy.data import (
+from streamdp.policy.train.data import (
     SHORT_EPISODE_MODES,
     DataError,
     DatasetInfo,
