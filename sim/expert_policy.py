@@ -16,8 +16,8 @@ from tqdm.auto import tqdm
 
 from streamdp.policy.config import PolicyConfig, UnetConfig
 from streamdp.policy.policy import Policy
+from streamdp.policy.train.data import EpisodeWindows, Window
 from streamdp.policy.train.trainer import fit
-from streamdp.policy.train.windows import episode_windows
 from streamdp.sim.collect import rollout
 from streamdp.sim.tasks import make_expert, make_task, task_spec
 
@@ -92,11 +92,9 @@ def train_expert_policy(
     """Expert demos -> windows -> fit -> Policy (EMA weights); saved to `out` when given."""
     cfg = policy_config_for(task, obs_mode, **policy_overrides)
     eps, _ = expert_episodes(task, episodes, seed=seed, obs_mode=obs_mode, progress=progress)
-    keys = ["observation.state", *[f"observation.images.{c}" for c in cfg.camera_names]]
-    data, stats = episode_windows(eps, cfg.n_obs_steps, cfg.horizon, obs_keys=keys)
-    for k in keys[1:]:  # uint8 HWC frames -> float CHW in [0, 1], as the encoder expects
-        data[k] = data[k].permute(0, 1, 4, 2, 3).float() / 255.0
-    policy = Policy(cfg, stats=stats, seed=seed)
+    cameras = [f"observation.images.{c}" for c in cfg.camera_names]
+    data = EpisodeWindows(eps, Window(cfg.n_obs_steps, cfg.horizon), cameras, fps=cfg.fps, source=f"{task} expert")
+    policy = Policy(cfg, stats=data.stats, seed=seed)
     losses, trained = fit(policy.model, policy.normalizer, data, steps=steps, batch_size=batch_size, lr=lr,
                           seed=seed, progress=progress)
     policy.model.load_state_dict(trained.state_dict())

@@ -65,12 +65,12 @@ from streamdp.policy.train.config import (
     DatasetConfig,
     TrainConfig,
     config_diff,
-    load_dataset,
     override_value,
     policy_config,
     to_dataclass,
 )
 from streamdp.policy.train.data import DataError, ResumableSampler, Window, make_loader, prefork
+from streamdp.policy.train.sources import load_dataset
 from streamdp.policy.train.trainer import EMA, lr_lambda, normalize_batch
 
 log = logging.getLogger("streamdp.train")

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from streamdp.policy.encoders import IMAGE_PREFIX, STATE_KEY
 from streamdp.policy.model import DiffusionModel
 from streamdp.policy.normalize import Normalizer
+from streamdp.policy.train.data import EpisodeWindows
 
 
 class EMA:
@@ -97,7 +98,7 @@ def train_step(
 def fit(
     model: DiffusionModel,
     norm: Normalizer,
-    data: Mapping[str, torch.Tensor],
+    data: EpisodeWindows,
     steps: int,
     batch_size: int = 64,
     lr: float = 1e-3,
@@ -107,17 +108,17 @@ def fit(
     use_ema: bool = True,
     progress: bool = False,
 ) -> tuple[list[float], nn.Module]:
-    """Train on an in-memory dataset of equal-length tensors; returns (losses, EMA or trained model)."""
+    """Train on windows of in-memory episodes; returns (losses, EMA or trained model)."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    n = len(data["action"])
+    n = len(data)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, steps))
     ema = EMA(model) if use_ema else None
     losses = []
     for _ in tqdm(range(steps), disable=not progress, desc="train"):
         idx = torch.randint(0, n, (batch_size,), generator=g)
-        batch = {k: v[idx] for k, v in data.items()}
+        batch = data.batch(idx)
         losses.append(train_step(model, norm, batch, opt, generator=g))
         sched.step()
         if ema is not None:
