@@ -14,8 +14,9 @@ import numpy as np
 
 from streamdp.policy.config import PolicyConfig
 from streamdp.policy.policy import Policy
+from streamdp.policy.train.config import TrainConfig
 from streamdp.policy.train.data import EpisodeWindows, Window
-from streamdp.policy.train.trainer import fit
+from streamdp.policy.train.trainer import train_in_memory
 
 
 @dataclass(frozen=True)
@@ -58,11 +59,7 @@ def train_arc_policy(
     """Train a policy on ArcTask demonstrations; returns the policy (EMA weights) and the loss curve."""
     task = ArcTask()
     data = make_dataset(task, episodes, cfg.n_obs_steps, cfg.horizon, seed=seed)
-    policy = Policy(cfg, stats=data.stats, seed=seed)
-    losses, trained = fit(policy.model, policy.normalizer, data, steps=steps, seed=seed, progress=progress)
-    policy.model.load_state_dict(trained.state_dict())
-    policy.model.eval()
-    return policy, losses
+    return train_in_memory(cfg, data, TrainConfig.in_memory(steps=steps, seed=seed, progress=progress))
 
 
 def arc_rollouts(policy: Policy, n: int, steps: int = 28, seed: int = 0) -> np.ndarray:

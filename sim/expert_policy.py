@@ -16,8 +16,9 @@ from tqdm.auto import tqdm
 
 from streamdp.policy.config import PolicyConfig, UnetConfig
 from streamdp.policy.policy import Policy
+from streamdp.policy.train.config import TrainConfig
 from streamdp.policy.train.data import EpisodeWindows, Window
-from streamdp.policy.train.trainer import fit
+from streamdp.policy.train.trainer import train_in_memory
 from streamdp.sim.collect import rollout
 from streamdp.sim.tasks import make_expert, make_task, task_spec
 
@@ -89,16 +90,13 @@ def train_expert_policy(
     progress: bool = False,
     **policy_overrides: Any,
 ) -> Policy:
-    """Expert demos -> windows -> fit -> Policy (EMA weights); saved to `out` when given."""
+    """Expert demos -> windows -> the shared trainer -> Policy (EMA weights); saved to `out` when given."""
     cfg = policy_config_for(task, obs_mode, **policy_overrides)
     eps, _ = expert_episodes(task, episodes, seed=seed, obs_mode=obs_mode, progress=progress)
     cameras = [f"observation.images.{c}" for c in cfg.camera_names]
     data = EpisodeWindows(eps, Window(cfg.n_obs_steps, cfg.horizon), cameras, fps=cfg.fps, source=f"{task} expert")
-    policy = Policy(cfg, stats=data.stats, seed=seed)
-    losses, trained = fit(policy.model, policy.normalizer, data, steps=steps, batch_size=batch_size, lr=lr,
-                          seed=seed, progress=progress)
-    policy.model.load_state_dict(trained.state_dict())
-    policy.model.eval()
+    tcfg = TrainConfig.in_memory(steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
+    policy, losses = train_in_memory(cfg, data, tcfg)
     policy.extras["training"] = {"task": task, "episodes": len(eps), "steps": steps, "seed": seed,
                                  "final_loss": float(np.mean(losses[-50:]))}
     if out is not None:

@@ -30,14 +30,12 @@ checkpoint follows the uninterrupted run exactly (on the same hardware), and N r
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import random
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,17 +43,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from streamdp.policy.checkpoint import CheckpointError, read_config
 from streamdp.policy.config import ConfigError, PolicyConfig
-from streamdp.policy.model import DiffusionModel
-from streamdp.policy.normalize import Normalizer
 from streamdp.policy.policy import Policy
 from streamdp.policy.train.checkpoints import (
     PRETRAINED,
     TrainerState,
-    capture_rng,
     latest_checkpoint,
     load_training_state,
     restore_rng,
@@ -69,94 +63,20 @@ from streamdp.policy.train.config import (
     policy_config,
     to_dataclass,
 )
-from streamdp.policy.train.data import DataError, ResumableSampler, Window, make_loader, prefork
+from streamdp.policy.train.data import DataError, ResumableSampler, Window, WindowedDataset, make_loader, prefork
 from streamdp.policy.train.sources import load_dataset
-from streamdp.policy.train.trainer import EMA, lr_lambda, normalize_batch
+from streamdp.policy.train.trainer import (
+    DistInfo,
+    StepResult,
+    Trainer,
+    broadcast,
+    gather_rng,
+    init_distributed,
+    seed_everything,
+)
 
 log = logging.getLogger("streamdp.train")
 USER_ERRORS = (DataError, ConfigError, CheckpointError)
-
-
-# ---------------------------------------------------------------------------------------- plumbing
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device_pref: str) -> tuple[DistInfo, torch.device]:
-    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU); pick the device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_pref == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    elif device_pref == "cuda":
-        device = torch.device(f"cuda:{local_rank}")
-    else:
-        device = torch.device(device_pref)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    info = DistInfo(dist.get_rank(), dist.get_world_size(), local_rank) if dist.is_initialized() else DistInfo()
-    return info, device
-
-
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """CPU generator for step `step`'s diffusion labels and noise: a pure function of (seed, step)."""
-    s = int(np.random.SeedSequence([seed, step]).generate_state(1, dtype=np.uint64)[0]) & ((1 << 63) - 1)
-    return torch.Generator().manual_seed(s)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (1 << 32))
-    torch.manual_seed(seed)
-
-
-def autocast_for(precision: str, device: torch.device) -> tuple[str, contextlib.AbstractContextManager]:
-    """('bf16' | 'fp32', context): auto picks bf16 only on CUDA devices that support it."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if use_bf16:
-        return "bf16", torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return "fp32", contextlib.nullcontext()
-
-
-class _LossModule(nn.Module):
-    """forward() = DiffusionModel.loss_terms, so DistributedDataParallel sees (and syncs) the call."""
-
-    def __init__(self, model: DiffusionModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, obs, actions, pad, k, noise):  # noqa: ANN001, ANN201
-        return self.model.loss_terms(obs, actions, pad, k=k, noise=noise)
-
-
-def _broadcast(obj: Any, d: DistInfo) -> Any:
-    if d.world == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _gather_rng(d: DistInfo) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
-    mine = capture_rng()
-    if d.world == 1:
-        return [mine]
-    out: list[Any] = [None] * d.world
-    dist.all_gather_object(out, mine)
-    return out
-
-
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
 
 
 # -------------------------------------------------------------------------------------------- config
@@ -213,7 +133,7 @@ def _run_dir(tcfg: TrainConfig, output_dir: str | Path | None, d: DistInfo) -> P
         if not HydraConfig.initialized():
             raise ConfigError("no run directory: set train.output_dir (or run through the streamdp-train CLI)")
         run = HydraConfig.get().runtime.output_dir
-    return Path(_broadcast(str(Path(run).resolve()), d))
+    return Path(broadcast(str(Path(run).resolve()), d))
 
 
 def _train(
@@ -227,23 +147,61 @@ def _train(
     device: torch.device,
     output_dir: str | Path | None,
 ) -> TrainResult:
-    from omegaconf import OmegaConf
-
     if tcfg.batch_size % d.world:
         raise ConfigError(f"train.batch_size={tcfg.batch_size} (global) is not divisible by {d.world} ranks")
     run_dir = _run_dir(tcfg, output_dir, d)
     ckpt_root = run_dir / "checkpoints"
     seed_everything(tcfg.seed)
 
-    # -- data and policy ---------------------------------------------------------------------------
     window = Window(int(policy_node.get("n_obs_steps") or 2), int(policy_node.get("horizon") or 16))
     ds = load_dataset(task, dcfg, window)
     pcfg = policy_config(policy_node, ds.info)
     policy = Policy(pcfg, stats=ds.stats, device=device, seed=tcfg.seed)
-    model, norm = policy.model, policy.normalizer
-    assert norm is not None
-    model.train()
-    extras = {
+    assert policy.normalizer is not None
+    trainer = Trainer(policy.model, policy.normalizer, tcfg, device, d)
+    sampler = ResumableSampler(ds, tcfg.batch_size, num_replicas=d.world, rank=d.rank, seed=tcfg.seed)
+    loader = make_loader(ds, sampler, dcfg.num_workers, pin_memory=device.type == "cuda", seed=tcfg.seed)
+    batches = EpochBatches(loader, sampler, prefork_workers=dcfg.num_workers > 0)
+
+    ckpt = latest_checkpoint(ckpt_root) if resume else None
+    if resume and ckpt is None and d.main:
+        log.warning("resume=true but %s holds no checkpoint: starting from scratch", ckpt_root)
+    if ckpt is not None:
+        _resume(ckpt, pcfg, tcfg, trainer, batches, d)
+        if d.main:
+            log.info("resumed from %s: step %d, epoch %d, batch %d", ckpt, trainer.step, batches.epoch, batches.pos)
+    if d.main:
+        _write_run_files(run_dir, cfg, ds, resumed=ckpt is not None, step=trainer.step)
+        n_params = sum(p.numel() for p in policy.model.parameters())
+        log.info(
+            "run %s | %s: %d episodes, %d frames | policy %s/%s, %.2fM parameters | global batch %d on %d rank(s), %s",
+            run_dir, ds.info.source, ds.info.num_episodes, ds.info.num_frames, pcfg.denoiser, pcfg.sampler,
+            n_params / 1e6, tcfg.batch_size, d.world, device,
+        )  # fmt: skip
+
+    eval_batches = _eval_batches(ds, tcfg.batch_size // d.world, tcfg) if d.main and tcfg.ema else []
+    run_log = RunLog(run_dir, tcfg, trainer.step, batches) if d.main else None
+    saver = Checkpointer(ckpt_root, policy, trainer, batches, _extras(task, dcfg, ds), eval_batches, ckpt)
+
+    def on_step(r: StepResult) -> None:
+        if run_log is not None:
+            run_log.record(r)
+        saver.maybe_save(r.step, run_log)
+
+    try:
+        trainer.run(batches, on_step)
+    finally:
+        if run_log is not None:
+            run_log.close()
+    if d.main and trainer.step >= tcfg.steps:
+        last = (saver.last / PRETRAINED) if saver.last else None
+        log.info("done: step %d, final checkpoint %s", trainer.step, last)
+    return TrainResult(run_dir, saver.last, trainer.step, run_log.last_loss if run_log else None)
+
+
+def _extras(task: dict[str, Any], dcfg: DatasetConfig, ds: WindowedDataset) -> dict[str, Any]:
+    """What a checkpoint's ``config.json`` records about the task and the data it was trained on."""
+    return {
         "task": task.get("name"),
         "obs_mode": task.get("obs_mode"),
         "dataset": {
@@ -255,161 +213,144 @@ def _train(
         },
     }
 
-    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tuple(tcfg.betas), weight_decay=tcfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tcfg.warmup_steps, tcfg.steps))
-    ema = EMA(model, power=tcfg.ema_power, max_decay=tcfg.ema_max_decay) if tcfg.ema else None
-    B, b = tcfg.batch_size, tcfg.batch_size // d.world
-    step, epoch, pos = 0, 0, 0
 
-    # -- resume ------------------------------------------------------------------------------------
-    ckpt = latest_checkpoint(ckpt_root) if resume else None
-    if resume and ckpt is None and d.main:
-        log.warning("resume=true but %s holds no checkpoint: starting from scratch", ckpt_root)
-    if ckpt is not None:
-        step, epoch, pos = _resume(ckpt, pcfg, tcfg, model, opt, sched, ema, d)
-        if d.main:
-            log.info("resumed from %s: step %d, epoch %d, batch %d", ckpt, step, epoch, pos)
+def _write_run_files(run_dir: Path, cfg: Any, ds: WindowedDataset, resumed: bool, step: int) -> None:
+    from omegaconf import OmegaConf
 
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if ckpt is not None:
-            _truncate_metrics(run_dir / "metrics.jsonl", step)  # drop steps the interrupted run did past it
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        (run_dir / "dataset.json").write_text(json.dumps(asdict(ds.info), indent=2))
-        n_params = sum(p.numel() for p in model.parameters())
-        log.info(
-            "run %s | %s: %d episodes, %d frames | policy %s/%s, %.2fM parameters | global batch %d on %d rank(s), %s",
-            run_dir, ds.info.source, ds.info.num_episodes, ds.info.num_frames, pcfg.denoiser, pcfg.sampler,
-            n_params / 1e6, B, d.world, device,
-        )  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resumed:
+        _truncate_metrics(run_dir / "metrics.jsonl", step)  # drop steps the interrupted run did past it
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (run_dir / "dataset.json").write_text(json.dumps(asdict(ds.info), indent=2))
 
-    precision, autocast = autocast_for(tcfg.precision, device)
-    loss_module: nn.Module = _LossModule(model)
-    if d.world > 1:
-        loss_module = nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    sampler = ResumableSampler(ds, B, num_replicas=d.world, rank=d.rank, seed=tcfg.seed)
-    loader = make_loader(ds, sampler, dcfg.num_workers, pin_memory=device.type == "cuda", seed=tcfg.seed)
-    eval_batches = _eval_batches(ds, b, tcfg) if d.main and ema is not None and tcfg.eval_batches else []
 
-    writer = metrics = bar = None
-    if d.main:
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm.auto import tqdm
+# -------------------------------------------------------------------------------------------- batches
+class EpochBatches:
+    """The loader's batches epoch after epoch from a position (epoch, batch in the epoch) that a
+    checkpoint records; counts the time spent waiting for data."""
 
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=step + 1 if step else None)
-        metrics = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in finally
-        bar = tqdm(total=tcfg.steps, initial=step, desc="train", unit="step", disable=not tcfg.progress,
-                   dynamic_ncols=True)  # fmt: skip
-    pending: list[tuple[int, torch.Tensor, float]] = []  # (step, loss on device, lr): fetched at log time
-    last_loss: float | None = None
-    last_ckpt = ckpt
-    t_log, data_time = time.perf_counter(), 0.0
-    steps_since_log = 0
-    try:
-        sampler.set_position(epoch, pos)
-        if dcfg.num_workers:
+    def __init__(self, loader: torch.utils.data.DataLoader, sampler: ResumableSampler, prefork_workers: bool) -> None:
+        self.loader, self.sampler, self.prefork_workers = loader, sampler, prefork_workers
+        self.epoch, self.pos, self.data_time = 0, 0, 0.0
+
+    @property
+    def progress(self) -> float:
+        """Epochs done, fractional."""
+        return self.epoch + self.pos / self.sampler.batches_per_epoch
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self.sampler.set_position(self.epoch, self.pos)
+        if self.prefork_workers:
             prefork()
-        it = iter(loader)
-        while step < tcfg.steps:
+        it = iter(self.loader)
+        while True:
             t0 = time.perf_counter()
             try:
                 batch = next(it)
             except StopIteration:
-                epoch, pos = epoch + 1, 0
-                sampler.set_position(epoch, 0)
-                it = iter(loader)
+                self.epoch, self.pos = self.epoch + 1, 0
+                self.sampler.set_position(self.epoch, 0)
+                it = iter(self.loader)
                 continue
-            data_time += time.perf_counter() - t0
-            pos += 1
-            batch = _to_device(batch, device)
-            k_all, noise_all = model.sample_labels_and_noise(B, step_generator(tcfg.seed, step))
-            mine = slice(d.rank * b, (d.rank + 1) * b)
-            obs, actions = normalize_batch(norm, batch)
-            with autocast:
-                total, count = loss_module(
-                    obs, actions, batch.get("action_is_pad"), k_all[mine].to(device), noise_all[mine].to(device)
-                )
-            if d.world > 1:
-                sc = torch.stack([total.detach().float(), count.detach().float()])
-                dist.all_reduce(sc)
-                loss = total * d.world / sc[1]
-                loss_value = sc[0] / sc[1]
-            else:
-                loss = total / count
-                loss_value = loss.detach()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = (
-                nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip) if tcfg.grad_clip > 0 else torch.zeros(())
+            self.data_time += time.perf_counter() - t0
+            self.pos += 1
+            yield batch
+
+
+# --------------------------------------------------------------------------------- logs, checkpoints
+class RunLog:
+    """Rank 0's record of a run: ``metrics.jsonl`` (every step), TensorBoard scalars and the tqdm bar
+    (every ``train.log_every`` steps). Losses stay on the device until then (reading one is a sync)."""
+
+    def __init__(self, run_dir: Path, tcfg: TrainConfig, step: int, batches: EpochBatches) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm.auto import tqdm
+
+        self.tcfg, self.batches = tcfg, batches
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=step + 1 if step else None)
+        self.metrics = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        self.bar = tqdm(total=tcfg.steps, initial=step, desc="train", unit="step", disable=not tcfg.progress,
+                        dynamic_ncols=True)  # fmt: skip
+        self.pending: list[StepResult] = []
+        self.last_loss: float | None = None
+        self.t_log = time.perf_counter()
+
+    def record(self, r: StepResult) -> None:
+        self.pending.append(r)
+        self.bar.update(1)
+        if r.step % self.tcfg.log_every == 0 or r.step == self.tcfg.steps:
+            self._flush_pending(r)
+
+    def _flush_pending(self, r: StepResult) -> None:
+        now = time.perf_counter()
+        elapsed = max(now - self.t_log, 1e-9)
+        losses = torch.stack([p.loss for p in self.pending]).float().cpu().tolist()
+        for p, value in zip(self.pending, losses):
+            self.metrics.write(json.dumps({"step": p.step, "loss": value, "lr": p.lr}) + "\n")
+        self.metrics.flush()
+        self.last_loss = losses[-1]
+        mean_loss = float(np.mean(losses))
+        sps = len(self.pending) * self.tcfg.batch_size / elapsed
+        w = self.writer
+        w.add_scalar("train/loss", mean_loss, r.step)
+        w.add_scalar("train/lr", r.lr, r.step)
+        w.add_scalar("train/grad_norm", float(r.grad_norm), r.step)
+        w.add_scalar("train/epoch", self.batches.progress, r.step)
+        w.add_scalar("perf/samples_per_s", sps, r.step)
+        w.add_scalar("perf/data_wait_fraction", self.batches.data_time / elapsed, r.step)
+        self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{r.lr:.2e}", samples_s=f"{sps:.0f}", refresh=False)
+        self.pending.clear()
+        self.t_log, self.batches.data_time = now, 0.0
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+        self.metrics.close()
+
+
+class Checkpointer:
+    """Every ``train.checkpoint_every`` steps and at the end: rank 0 writes a training checkpoint (all
+    ranks' RNG states gathered) and the EMA loss on fixed batches; the ranks then wait for each other."""
+
+    def __init__(
+        self,
+        root: Path,
+        policy: Policy,
+        trainer: Trainer,
+        batches: EpochBatches,
+        extras: dict[str, Any],
+        eval_batches: list[dict[str, torch.Tensor]],
+        last: Path | None,
+    ) -> None:
+        self.root, self.policy, self.trainer, self.batches = root, policy, trainer, batches
+        self.extras, self.eval_batches, self.last = extras, eval_batches, last
+
+    def maybe_save(self, step: int, run_log: RunLog | None) -> None:
+        t, tcfg, d = self.trainer, self.trainer.cfg, self.trainer.dist
+        if step % tcfg.checkpoint_every and step != tcfg.steps:
+            return
+        rng = gather_rng(d)
+        if d.main:
+            state = TrainerState(step, self.batches.epoch, self.batches.pos, tcfg.seed, tcfg.batch_size, d.world)
+            self.extras["train"] = {"step": step, "seed": tcfg.seed, "precision": t.precision}
+            self.last = save_training_checkpoint(
+                self.root, state, self.policy, t.opt, t.sched, t.ema, rng, self.extras, tcfg.keep_last
             )
-            opt.step()
-            lr = sched.get_last_lr()[0]
-            sched.step()
-            if ema is not None:
-                ema.update(model)
-            step += 1
-            steps_since_log += 1
-            if d.main:
-                pending.append((step, loss_value, lr))
-                bar.update(1)
-            if d.main and (step % tcfg.log_every == 0 or step == tcfg.steps):
-                now = time.perf_counter()
-                elapsed = max(now - t_log, 1e-9)
-                losses = torch.stack([p[1] for p in pending]).float().cpu().tolist()
-                for (s, _, lr_s), value in zip(pending, losses):
-                    metrics.write(json.dumps({"step": s, "loss": value, "lr": lr_s}) + "\n")
-                metrics.flush()
-                last_loss = losses[-1]
-                mean_loss = float(np.mean(losses))
-                sps = steps_since_log * B / elapsed
-                writer.add_scalar("train/loss", mean_loss, step)
-                writer.add_scalar("train/lr", lr, step)
-                writer.add_scalar("train/grad_norm", float(grad_norm), step)
-                writer.add_scalar("train/epoch", epoch + pos / sampler.batches_per_epoch, step)
-                writer.add_scalar("perf/samples_per_s", sps, step)
-                writer.add_scalar("perf/data_wait_fraction", data_time / elapsed, step)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{sps:.0f}", refresh=False)
-                pending.clear()
-                t_log, data_time, steps_since_log = now, 0.0, 0
-            if step % tcfg.checkpoint_every == 0 or step == tcfg.steps:
-                rng = _gather_rng(d)
-                if d.main:
-                    trainer = TrainerState(step, epoch, pos, tcfg.seed, B, d.world)
-                    extras["train"] = {"step": step, "seed": tcfg.seed, "precision": precision}
-                    last_ckpt = save_training_checkpoint(
-                        ckpt_root, trainer, policy, opt, sched, ema, rng, extras, tcfg.keep_last
-                    )
-                    if eval_batches:
-                        ev = _eval_loss(ema.shadow, norm, eval_batches, tcfg.seed, device)
-                        writer.add_scalar("eval/ema_loss", ev, step)
-                        log.info("step %d: checkpoint %s, EMA loss on fixed batches %.4f", step, last_ckpt.name, ev)
-                    writer.flush()
-                if d.world > 1:
-                    dist.barrier()
-    finally:
-        if bar is not None:
-            bar.close()
-        if writer is not None:
-            writer.close()
-        if metrics is not None:
-            metrics.close()
-    if d.main and step >= tcfg.steps:
-        log.info("done: step %d, final checkpoint %s", step, (last_ckpt / PRETRAINED) if last_ckpt else None)
-    return TrainResult(run_dir, last_ckpt, step, last_loss)
+            if self.eval_batches:
+                ev = t.ema_loss(self.eval_batches, tcfg.seed)
+                assert run_log is not None
+                run_log.writer.add_scalar("eval/ema_loss", ev, step)
+                log.info("step %d: checkpoint %s, EMA loss on fixed batches %.4f", step, self.last.name, ev)
+            if run_log is not None:
+                run_log.writer.flush()
+        if d.world > 1:
+            dist.barrier()
 
 
 def _resume(
-    ckpt: Path,
-    pcfg: PolicyConfig,
-    tcfg: TrainConfig,
-    model: DiffusionModel,
-    opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler,
-    ema: EMA | None,
-    d: DistInfo,
-) -> tuple[int, int, int]:
+    ckpt: Path, pcfg: PolicyConfig, tcfg: TrainConfig, trainer: Trainer, batches: EpochBatches, d: DistInfo
+) -> None:
+    """Continue from `ckpt`: its model, optimiser, scheduler, EMA, RNG states and data position."""
     saved_cfg, _ = read_config(ckpt / PRETRAINED)
     diff = config_diff(saved_cfg, pcfg)
     if diff:
@@ -421,14 +362,7 @@ def _resume(
             f"cannot resume from {ckpt}: it was trained with train.batch_size={tr.global_batch}, "
             f"train.seed={tr.seed} (now {tcfg.batch_size}, {tcfg.seed}); keep them to continue the same run"
         )
-    model.load_state_dict(st["model"])
-    opt.load_state_dict(st["optimizer"])
-    sched.load_state_dict(st["scheduler"])
-    if ema is not None:
-        if "ema" in st:
-            ema.load_state_dict(st["ema"])
-        else:
-            ema.shadow.load_state_dict(model.state_dict())
+    trainer.load_state(st)
     rng = st["rng"].get(d.rank) if tr.world_size == d.world else None
     if rng is None:
         rng = st["rng"][0]
@@ -438,7 +372,7 @@ def _resume(
             rng = None
     if rng is not None:
         restore_rng(*rng)
-    return tr.step, tr.epoch, tr.batch_in_epoch
+    trainer.step, batches.epoch, batches.pos = tr.step, tr.epoch, tr.batch_in_epoch
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -454,8 +388,10 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(f"{line}\n" for line in keep))
 
 
-def _eval_batches(ds: Any, batch: int, tcfg: TrainConfig) -> list[dict[str, torch.Tensor]]:
+def _eval_batches(ds: WindowedDataset, batch: int, tcfg: TrainConfig) -> list[dict[str, torch.Tensor]]:
     """A few fixed batches (fixed seed) on which the EMA model's loss is tracked at each checkpoint."""
+    if not tcfg.eval_batches:
+        return []
     s = ResumableSampler(ds, batch, seed=tcfg.seed + 7919)
     idx = list(iter(s))[: tcfg.eval_batches * batch]
     out = []
@@ -463,21 +399,6 @@ def _eval_batches(ds: Any, batch: int, tcfg: TrainConfig) -> list[dict[str, torc
         items = [ds[i] for i in idx[j : j + batch]]
         out.append({k: torch.stack([it[k] for it in items]) for k in items[0]})
     return out
-
-
-@torch.no_grad()
-def _eval_loss(
-    model: DiffusionModel, norm: Normalizer, batches: list[dict[str, torch.Tensor]], seed: int, device: torch.device
-) -> float:
-    model.eval()
-    g = torch.Generator().manual_seed(seed + 104729)
-    tot = cnt = 0.0
-    for batch in batches:
-        batch = _to_device(batch, device)
-        obs, actions = normalize_batch(norm, batch)
-        s, c = model.loss_terms(obs, actions, batch.get("action_is_pad"), generator=g)
-        tot, cnt = tot + float(s), cnt + float(c)
-    return tot / max(cnt, 1.0)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -504,4 +425,3 @@ def main(argv: Sequence[str] | None = None) -> None:
                  "hydra.run.dir=."]  # fmt: skip
     sys.argv = [sys.argv[0], *args]
     hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(_task)()
-

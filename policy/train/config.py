@@ -96,6 +96,13 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
 
+    @classmethod
+    def in_memory(cls, **overrides: Any) -> TrainConfig:
+        """Defaults of in-memory training (small tasks, a few thousand steps on the CPU): a higher
+        learning rate and a short warm-up, AdamW's default betas, fp32 on the CPU, no bar."""
+        fields = dict(lr=1e-3, betas=[0.9, 0.999], warmup_steps=50, precision="fp32", device="cpu", progress=False)
+        return cls(**{**fields, **overrides})
+
 
 def to_dataclass(cls: type, node: Any, where: str) -> Any:
     """Validate a config node against a dataclass (unknown keys, types) and build it."""
