@@ -1,15 +1,17 @@
-"""Configuration of dataset-backed training: dataclasses behind the hydra groups, and the glue that fills
-the policy's data-dependent fields (dimensions, names, cameras, image shape, fps) from the dataset.
+"""Configuration of training: the dataclasses behind the hydra groups, kept together in this module (so
+they can be registered in hydra's ConfigStore), and the glue that fills the policy's data-dependent
+fields (dimensions, names, cameras, image shape, fps) from the dataset.
 
 Hydra layout (``config/``)::
 
-    train.yaml           primary config: defaults list + ``dataset`` block + ``resume``
+    train.yaml           primary config: defaults list + ``dataset`` block (DatasetConfig) + ``resume``
     train/default.yaml   TrainConfig (optimiser, schedule, EMA, precision, logging, checkpoints)
     policy/*.yaml        PolicyConfig fields (sdp_unet, sdp_transformer, sdp_unet_tiny); data-derived ones null
     task/*.yaml          task cards (shared with streamdp-collect): feature keys and expected dims
 
 The ``train`` and ``dataset`` nodes are validated by merging them into these dataclasses (unknown keys
-and wrong types fail with OmegaConf's message); the ``policy`` node is validated by PolicyConfig.
+and wrong types fail with OmegaConf's message), and each dataclass checks its values on construction;
+the ``policy`` node is validated by PolicyConfig. In-memory training uses ``TrainConfig.in_memory()``.
 """
 
 from __future__ import annotations

@@ -80,14 +80,9 @@ class LeRobotWindows(WindowedDataset):
             raise DataError(f"{where} has no meta/info.json: not a LeRobot v3 dataset (or a wrong dataset.root)")
         self._check_layout(where)
         self.repo_id = repo_id or f"local/{self.root.name}"
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-        try:
-            meta = LeRobotDatasetMetadata(self.repo_id, root=self.root)
-        except Exception as e:  # noqa: BLE001 - anything lerobot raises means "cannot read it"
-            raise DataError(f"{where}: cannot read its metadata: {type(e).__name__}: {e}") from e
-        if meta.total_episodes == 0 or meta.total_frames == 0 or meta.episodes is None or len(meta.episodes) == 0:
-            raise DataError(f"{where} is empty ({meta.total_episodes} episodes, {meta.total_frames} frames)")
+        meta = self._metadata(where)
         feats = meta.features
         self._check_features(where, feats)
         fps = float(meta.fps)
@@ -96,14 +91,7 @@ class LeRobotWindows(WindowedDataset):
         image_shape = self._image_shape(where, feats)
         self.video_keys = [k for k in fmap.cameras.values() if feats[k]["dtype"] == "video"]
 
-        eps = meta.episodes
-        starts = np.asarray(eps["dataset_from_index"], dtype=np.int64)
-        ends = np.asarray(eps["dataset_to_index"], dtype=np.int64)
-        ep_ids = np.asarray(eps["episode_index"], dtype=np.int64)
-        order = np.argsort(starts)
-        starts, ends, ep_ids = starts[order], ends[order], ep_ids[order]
-        if starts[0] != 0 or np.any(starts[1:] != ends[:-1]) or np.any(ends <= starts):
-            raise DataError(f"{where}: episode index ranges are not contiguous: {list(zip(starts, ends))[:5]}...")
+        starts, ends, ep_ids = self._episode_ranges(where, meta)
         check_lengths(where, list(ends - starts), list(ep_ids), window_, short_episodes)
         if check_videos and self.video_keys:
             self._check_videos(where, meta, ep_ids)
@@ -120,16 +108,7 @@ class LeRobotWindows(WindowedDataset):
         if len(self.dataset) != len(self):
             raise DataError(f"{where}: {len(self.dataset)} frames in data/ but the episodes cover {len(self)}")
 
-        # One pass over the low-dimensional columns: finiteness scan, statistics fallback, fast path.
-        table = self.dataset.hf_dataset.data
-        ep_col = table.column("episode_index").to_numpy()
-        fr_col = table.column("frame_index").to_numpy()
-        for pkey, dkey, dim in ((STATE_KEY, fmap.state, state_dim), (ACTION_KEY, fmap.action, action_dim)):
-            if dkey is None:
-                continue
-            arr = _column(table, dkey, dim, where)
-            check_finite(where, dkey, arr, ep_col, fr_col, _names(feats[dkey], dim))
-            self._lowdim[pkey] = arr
+        self._load_lowdim(where, feats, state_dim, action_dim)
         self.fast = cache_lowdim and not fmap.cameras
         self.stats = self._stats(where, meta)
         self.info = DatasetInfo(
@@ -147,6 +126,42 @@ class LeRobotWindows(WindowedDataset):
         )
 
     # -- load-time checks ----------------------------------------------------------------------------
+    def _metadata(self, where: str) -> Any:
+        from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
+
+        try:
+            meta = LeRobotDatasetMetadata(self.repo_id, root=self.root)
+        except Exception as e:  # noqa: BLE001 - anything lerobot raises means "cannot read it"
+            raise DataError(f"{where}: cannot read its metadata: {type(e).__name__}: {e}") from e
+        if meta.total_episodes == 0 or meta.total_frames == 0 or meta.episodes is None or len(meta.episodes) == 0:
+            raise DataError(f"{where} is empty ({meta.total_episodes} episodes, {meta.total_frames} frames)")
+        return meta
+
+    @staticmethod
+    def _episode_ranges(where: str, meta: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Episodes' [start, end) frame ranges and indices, in frame order, checked to tile the data."""
+        eps = meta.episodes
+        starts = np.asarray(eps["dataset_from_index"], dtype=np.int64)
+        ends = np.asarray(eps["dataset_to_index"], dtype=np.int64)
+        ep_ids = np.asarray(eps["episode_index"], dtype=np.int64)
+        order = np.argsort(starts)
+        starts, ends, ep_ids = starts[order], ends[order], ep_ids[order]
+        if starts[0] != 0 or np.any(starts[1:] != ends[:-1]) or np.any(ends <= starts):
+            raise DataError(f"{where}: episode index ranges are not contiguous: {list(zip(starts, ends))[:5]}...")
+        return starts, ends, ep_ids
+
+    def _load_lowdim(self, where: str, feats: Mapping[str, Any], state_dim: int, action_dim: int) -> None:
+        """One pass over the low-dimensional columns: finiteness scan, statistics fallback, fast path."""
+        table = self.dataset.hf_dataset.data
+        ep_col = table.column("episode_index").to_numpy()
+        fr_col = table.column("frame_index").to_numpy()
+        for pkey, dkey, dim in ((STATE_KEY, self.fmap.state, state_dim), (ACTION_KEY, self.fmap.action, action_dim)):
+            if dkey is None:
+                continue
+            arr = _column(table, dkey, dim, where)
+            check_finite(where, dkey, arr, ep_col, fr_col, _names(feats[dkey], dim))
+            self._lowdim[pkey] = arr
+
     def _check_layout(self, where: str) -> None:
         """Files a local v3 dataset needs, checked here because lerobot would try the Hub for them."""
         try:
