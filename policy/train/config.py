@@ -41,6 +41,14 @@ class ZarrConfig:
     action_names: list[str] | None = None
     fps: float | None = None  # a replay buffer stores no fps: this, else task.fps
 
+    def __post_init__(self) -> None:
+        if not self.action:
+            raise ConfigError("dataset.zarr.action must name the action array")
+        if self.fps is not None and self.fps <= 0:
+            raise ConfigError(f"dataset.zarr.fps must be > 0 (or null), got {self.fps}")
+        if self.images and len(set(self.images.values())) != len(self.images):
+            raise ConfigError(f"dataset.zarr.images maps two cameras to one array: {dict(self.images)}")
+
 
 @dataclass
 class DatasetConfig:
@@ -97,6 +105,10 @@ class TrainConfig:
             raise ConfigError(f"train.betas must hold two numbers, got {self.betas}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.weight_decay < 0 or not 0 <= self.ema_max_decay <= 1 or self.ema_power <= 0:
+            raise ConfigError("train.weight_decay must be >= 0, ema_max_decay in [0, 1] and ema_power > 0")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1 (or null), got {self.num_threads}")
 
     @classmethod
     def in_memory(cls, **overrides: Any) -> TrainConfig:
