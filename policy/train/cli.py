@@ -394,11 +394,7 @@ def _eval_batches(ds: WindowedDataset, batch: int, tcfg: TrainConfig) -> list[di
         return []
     s = ResumableSampler(ds, batch, seed=tcfg.seed + 7919)
     idx = list(iter(s))[: tcfg.eval_batches * batch]
-    out = []
-    for j in range(0, len(idx), batch):
-        items = [ds[i] for i in idx[j : j + batch]]
-        out.append({k: torch.stack([it[k] for it in items]) for k in items[0]})
-    return out
+    return [ds.batch(idx[j : j + batch]) for j in range(0, len(idx), batch)]
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -39,6 +39,7 @@ from streamdp.policy.train.config import SHORT_EPISODE_MODES
 
 ACTION_KEY = "action"
 PAD_KEY = "action_is_pad"
+STAMP_KEYS = ("episode_index", "frame_index")  # where a sample comes from (not a model input)
 BOOKKEEPING = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 SCALE_SAMPLE_FRAMES = 64  # frames inspected to tell a float camera's 0-255 range from 0-1
 log = logging.getLogger(__name__)
@@ -255,9 +256,14 @@ class WindowedDataset(Dataset):
 
     def _stamp(self, item: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
         ep, frame = self.locate(i)
-        item["episode_index"] = torch.tensor(ep)
-        item["frame_index"] = torch.tensor(frame)
+        item[STAMP_KEYS[0]] = torch.tensor(ep)
+        item[STAMP_KEYS[1]] = torch.tensor(frame)
         return item
+
+    def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """The samples `indices` stacked, training inputs only (no episode/frame bookkeeping)."""
+        items = [self[int(i)] for i in np.asarray(indices)]
+        return {k: torch.stack([it[k] for it in items]) for k in items[0] if k not in STAMP_KEYS}
 
     def lowdim_arrays(self) -> dict[str, np.ndarray]:
         """Every frame's state and action (N, D), as loaded (for tests and statistics)."""
@@ -319,7 +325,7 @@ class EpisodeWindows(WindowedDataset):
         return self._stamp(self._windows(i), i)
 
     def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
-        """The windows of samples `indices` stacked (no bookkeeping keys): one training batch."""
+        """The samples `indices` stacked, training inputs only: cut in one go, not sample by sample."""
         return self._windows(np.asarray(indices, dtype=np.int64))
 
 

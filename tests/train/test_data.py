@@ -156,7 +156,9 @@ def test_episode_windows_batch_equals_samples_and_zarr(tmp_path):
     )
     assert len(mem) == len(z) == 52 and mem.info.episode_lengths == [5, 17, 30]
     idx = np.array([0, 4, 5, 21, 51, 3])
-    batch = mem.batch(idx)
+    batch, zbatch = mem.batch(idx), z.batch(idx)
+    assert batch.keys() == zbatch.keys() == {"observation.state", "action", "action_is_pad"}
+    assert all(torch.equal(batch[k], zbatch[k]) for k in batch)
     for j, i in enumerate(idx):
         a, b = mem[i], z[i]
         for k in ("observation.state", "action", "action_is_pad"):
