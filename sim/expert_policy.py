@@ -3,7 +3,8 @@
 The fast path for tests, the first-run demo and benchmarks: roll out the expert (only successful
 episodes are kept, as in collection), cut training windows, fit, and save a checkpoint that
 `Policy.from_pretrained` loads. Datasets on disk and long runs go through `streamdp-collect` and
-`streamdp-train` instead; this shares their rollout and window code.
+`streamdp-train` instead; this shares their rollout, windowing and training loop
+(`streamdp.policy.train.trainer.train_in_memory`).
 """
 
 from __future__ import annotations

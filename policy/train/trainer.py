@@ -36,6 +36,8 @@ from streamdp.policy.train.data import ACTION_KEY, PAD_KEY, EpisodeWindows
 # ---------------------------------------------------------------------------------------- plumbing
 @dataclass
 class DistInfo:
+    """This process's place in a data-parallel run (one process: rank 0 of 1)."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
@@ -89,6 +91,7 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and CUDA) global generators: the network's initialisation."""
     random.seed(seed)
     np.random.seed(seed % (1 << 32))
     torch.manual_seed(seed)
@@ -103,6 +106,7 @@ def autocast_for(precision: str, device: torch.device) -> tuple[str, contextlib.
 
 
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's tensors on `device` (non-tensor entries dropped)."""
     return {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
 
 
