@@ -188,16 +188,19 @@ def image_scale(frames: Any, where: str) -> float:
     return 255.0 if peak > 1.0 + 1e-6 else 1.0
 
 
+def _channels_last(shape: Sequence[int]) -> bool:
+    return shape[-1] in (1, 3, 4) and shape[-3] not in (1, 3, 4)
+
+
 def chw_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     """(C, H, W) of one stored frame, (H, W, C) or (C, H, W)."""
-    h_w_c = shape[-1] in (1, 3, 4) and shape[-3] not in (1, 3, 4)
-    return (shape[-1], shape[-3], shape[-2]) if h_w_c else (shape[-3], shape[-2], shape[-1])
+    return (shape[-1], shape[-3], shape[-2]) if _channels_last(shape) else (shape[-3], shape[-2], shape[-1])
 
 
 def to_chw_float(img: np.ndarray | torch.Tensor, scale: float, where: str) -> torch.Tensor:
     """(..., H, W, C) or (..., C, H, W) frames -> float CHW in [0, 1], divided by the camera's `scale`."""
     t = torch.as_tensor(np.asarray(img))
-    if t.shape[-1] in (1, 3, 4) and t.shape[-3] not in (1, 3, 4):
+    if _channels_last(t.shape):
         t = t.movedim(-1, -3)
     if t.dtype == torch.uint8:
         return t.float() / scale
@@ -209,7 +212,7 @@ def to_chw_float(img: np.ndarray | torch.Tensor, scale: float, where: str) -> to
 
 # ------------------------------------------------------------------------------------------ base class
 class WindowedDataset(Dataset):
-    """Shared part of both formats: episode bounds, in-memory low-dimensional arrays, windowing, stats."""
+    """Shared part of every source: episode bounds, in-memory low-dimensional arrays, windowing, stats."""
 
     info: DatasetInfo
     stats: dict[str, dict[str, np.ndarray]]
