@@ -53,7 +53,7 @@ setup(
         "console_scripts": [
             "streamdp-bench-policy = streamdp.policy.bench:main",
             "streamdp-demo-arc = streamdp.policy.demo:main",
-            "streamdp-train = streamdp.policy.train:main",
+            "streamdp-train = streamdp.policy.train.cli:main",
             "streamdp-calibrate-rti = streamdp.policy.calibration:rti_main",
             "streamdp-calibrate-bac = streamdp.policy.calibration:bac_main",
             "streamdp-collect = streamdp.sim.collect:main",

@@ -301,7 +301,7 @@ def run_accel(
     else:
         from streamdp.policy.synthetic import make_dataset
 
-        _, stats = make_dataset(ArcTask(), 8, cfg.n_obs_steps, cfg.horizon, seed=seed)
+        stats = make_dataset(ArcTask(), 8, cfg.n_obs_steps, cfg.horizon, seed=seed).stats
         policy = Policy(cfg, stats=stats, seed=seed)
     tmp = tempfile.TemporaryDirectory()
     root = Path(out) if out is not None else Path(tmp.name)

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from streamdp.policy.config import PolicyConfig
 from streamdp.policy.policy import Policy
-from streamdp.policy.training import fit
-from streamdp.policy.windows import episode_windows
+from streamdp.policy.train.config import TrainConfig
+from streamdp.policy.train.data import EpisodeWindows, Window
+from streamdp.policy.train.trainer import train_in_memory
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,14 @@ class ArcTask:
         return np.asarray(ys)
 
 
-def make_dataset(
-    task: ArcTask, episodes: int, to: int, tp: int, seed: int = 0
-) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, np.ndarray]]]:
-    """Training windows (To observations, Tp actions) over `episodes` demonstrations, plus stats."""
+def make_dataset(task: ArcTask, episodes: int, to: int, tp: int, seed: int = 0) -> EpisodeWindows:
+    """Training windows (To observations, Tp actions) over `episodes` demonstrations, with their stats."""
     rng = np.random.default_rng(seed)
     eps = []
     for _ in range(episodes):
         s, a = task.demo(rng)
         eps.append({"observation.state": s, "action": a})
-    return episode_windows(eps, to, tp)
+    return EpisodeWindows(eps, Window(to, tp), source="arc task")
 
 
 def train_arc_policy(
@@ -60,12 +58,8 @@ def train_arc_policy(
 ) -> tuple[Policy, list[float]]:
     """Train a policy on ArcTask demonstrations; returns the policy (EMA weights) and the loss curve."""
     task = ArcTask()
-    data, stats = make_dataset(task, episodes, cfg.n_obs_steps, cfg.horizon, seed=seed)
-    policy = Policy(cfg, stats=stats, seed=seed)
-    losses, trained = fit(policy.model, policy.normalizer, data, steps=steps, seed=seed, progress=progress)
-    policy.model.load_state_dict(trained.state_dict())
-    policy.model.eval()
-    return policy, losses
+    data = make_dataset(task, episodes, cfg.n_obs_steps, cfg.horizon, seed=seed)
+    return train_in_memory(cfg, data, TrainConfig.in_memory(steps=steps, seed=seed, progress=progress))
 
 
 def arc_rollouts(policy: Policy, n: int, steps: int = 28, seed: int = 0) -> np.ndarray:

@@ -114,7 +114,7 @@ def _policy(a: argparse.Namespace, data: Path) -> tuple[Path, str]:
     if a.checkpoint is not None:
         return a.checkpoint, f"given checkpoint {a.checkpoint}"
     if a.train_steps > 0:
-        from streamdp.policy.train import load_config, train
+        from streamdp.policy.train.cli import load_config, train
 
         t = time.perf_counter()
         run_dir = a.out / "train"

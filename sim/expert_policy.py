@@ -3,7 +3,8 @@
 The fast path for tests, the first-run demo and benchmarks: roll out the expert (only successful
 episodes are kept, as in collection), cut training windows, fit, and save a checkpoint that
 `Policy.from_pretrained` loads. Datasets on disk and long runs go through `streamdp-collect` and
-`streamdp-train` instead; this shares their rollout and window code.
+`streamdp-train` instead; this shares their rollout, windowing and training loop
+(`streamdp.policy.train.trainer.train_in_memory`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from tqdm.auto import tqdm
 
 from streamdp.policy.config import PolicyConfig, UnetConfig
 from streamdp.policy.policy import Policy
-from streamdp.policy.training import fit
-from streamdp.policy.windows import episode_windows
+from streamdp.policy.train.config import TrainConfig
+from streamdp.policy.train.data import EpisodeWindows, Window
+from streamdp.policy.train.trainer import train_in_memory
 from streamdp.sim.collect import rollout
 from streamdp.sim.tasks import make_expert, make_task, task_spec
 
@@ -89,18 +91,13 @@ def train_expert_policy(
     progress: bool = False,
     **policy_overrides: Any,
 ) -> Policy:
-    """Expert demos -> windows -> fit -> Policy (EMA weights); saved to `out` when given."""
+    """Expert demos -> windows -> the shared trainer -> Policy (EMA weights); saved to `out` when given."""
     cfg = policy_config_for(task, obs_mode, **policy_overrides)
     eps, _ = expert_episodes(task, episodes, seed=seed, obs_mode=obs_mode, progress=progress)
-    keys = ["observation.state", *[f"observation.images.{c}" for c in cfg.camera_names]]
-    data, stats = episode_windows(eps, cfg.n_obs_steps, cfg.horizon, obs_keys=keys)
-    for k in keys[1:]:  # uint8 HWC frames -> float CHW in [0, 1], as the encoder expects
-        data[k] = data[k].permute(0, 1, 4, 2, 3).float() / 255.0
-    policy = Policy(cfg, stats=stats, seed=seed)
-    losses, trained = fit(policy.model, policy.normalizer, data, steps=steps, batch_size=batch_size, lr=lr,
-                          seed=seed, progress=progress)
-    policy.model.load_state_dict(trained.state_dict())
-    policy.model.eval()
+    cameras = [f"observation.images.{c}" for c in cfg.camera_names]
+    data = EpisodeWindows(eps, Window(cfg.n_obs_steps, cfg.horizon), cameras, fps=cfg.fps, source=f"{task} expert")
+    tcfg = TrainConfig.in_memory(steps=steps, batch_size=batch_size, lr=lr, seed=seed, progress=progress)
+    policy, losses = train_in_memory(cfg, data, tcfg)
     policy.extras["training"] = {"task": task, "episodes": len(eps), "steps": steps, "seed": seed,
                                  "final_loss": float(np.mean(losses[-50:]))}
     if out is not None:

@@ -27,7 +27,7 @@ from streamdp.policy.config import PolicyConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
-HYDRA_TOOLS = {"streamdp.sim.collect", "streamdp.policy.train", "streamdp.sim.evaluate"}
+HYDRA_TOOLS = {"streamdp.sim.collect", "streamdp.policy.train", "streamdp.policy.train.cli", "streamdp.sim.evaluate"}
 
 
 def blocks(lang: str) -> list[str]:

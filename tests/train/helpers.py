@@ -40,7 +40,7 @@ def tiny_overrides(root: Path | str, run: Path | str, steps: int, batch: int = 1
 
 
 def train_inprocess(overrides: Sequence[str]):
-    from streamdp.policy.train import load_config, train
+    from streamdp.policy.train.cli import load_config, train
 
     return train(load_config(list(overrides)))
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from streamdp.policy.config import ConfigError
-from streamdp.policy.data import DataError, FeatureMap, LeRobotWindows, Window, ZarrWindows
-from streamdp.policy.train_config import DatasetConfig, load_dataset
+from streamdp.policy.train.config import DatasetConfig
+from streamdp.policy.train.data import DataError, FeatureMap, Window
+from streamdp.policy.train.sources import LeRobotWindows, ZarrWindows, load_dataset
 
 from .helpers import make_lerobot, train_inprocess, write_zarr
 

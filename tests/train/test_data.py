@@ -4,7 +4,8 @@ zarr replay buffers windowed identically, statistics, and the resumable distribu
 import numpy as np
 import torch
 
-from streamdp.policy.data import FeatureMap, LeRobotWindows, ResumableSampler, Window, ZarrWindows, joint_names_from
+from streamdp.policy.train.data import EpisodeWindows, FeatureMap, ResumableSampler, Window, joint_names_from
+from streamdp.policy.train.sources import LeRobotWindows, ZarrWindows
 
 from .helpers import write_zarr
 
@@ -108,6 +109,63 @@ def test_zarr_images_hwc_uint8(tmp_path):
     assert torch.equal(item["observation.images.top"], expect)
     state = np.concatenate([eps[1]["keypoint"].reshape(20, -1), eps[1]["agent_pos"]], axis=1)
     np.testing.assert_array_equal(item["observation.state"].numpy(), state[[0, 1]])
+
+
+def test_float_images_scaled_once_per_camera(tmp_path):
+    """A dark window of a 0-255 float camera (every value below 1) is divided by 255 like a bright one:
+    the divisor is decided per camera at load time, not from each window's maximum."""
+    rng = np.random.default_rng(1)
+    dark = rng.uniform(0, 0.9, (12, 8, 8, 3)).astype(np.float32)  # 0-255 units, a nearly black scene
+    bright = rng.uniform(0, 255, (12, 8, 8, 3)).astype(np.float32)
+    eps = [
+        {"state": rng.normal(size=(12, 2)).astype(np.float32), "action": rng.normal(size=(12, 2)).astype(np.float32),
+         "img": img}
+        for img in (dark, bright)
+    ]  # fmt: skip
+    z = ZarrWindows(write_zarr(tmp_path / "f.zarr", eps), W, fps=10, cameras={"top": "img"})
+    mem = EpisodeWindows(
+        [{"observation.state": e["state"], "action": e["action"], "observation.images.top": e["img"]} for e in eps],
+        W,
+        ["observation.images.top"],
+    )
+    for ds in (z, mem):
+        for ep, frames, i in ((0, dark, 5), (1, bright, 12 + 5)):
+            got = ds[i]["observation.images.top"]
+            expect = torch.from_numpy(frames[[4, 5]]).permute(0, 3, 1, 2) / 255
+            assert int(ds[i]["episode_index"]) == ep
+            torch.testing.assert_close(got, expect, rtol=0, atol=0)
+    # a camera stored as floats in [0, 1] is left as it is
+    unit = [{**e, "img": e["img"] / 255.0} for e in eps]
+    zu = ZarrWindows(write_zarr(tmp_path / "u.zarr", unit), W, fps=10, cameras={"top": "img"})
+    torch.testing.assert_close(zu[5]["observation.images.top"], z[5]["observation.images.top"])
+
+
+def test_episode_windows_batch_equals_samples_and_zarr(tmp_path):
+    """In-memory episodes are windowed by the same code as the datasets on disk; a batch is its samples."""
+    rng = np.random.default_rng(2)
+    eps = [
+        {"observation.state": rng.normal(size=(n, 3)).astype(np.float32),
+         "action": rng.normal(size=(n, 2)).astype(np.float32)}
+        for n in (5, 17, 30)
+    ]  # fmt: skip
+    mem = EpisodeWindows(eps, W)
+    z = ZarrWindows(
+        write_zarr(tmp_path / "m.zarr", [{"state": e["observation.state"], "action": e["action"]} for e in eps]),
+        W,
+        fps=10,
+    )
+    assert len(mem) == len(z) == 52 and mem.info.episode_lengths == [5, 17, 30]
+    idx = np.array([0, 4, 5, 21, 51, 3])
+    batch, zbatch = mem.batch(idx), z.batch(idx)
+    assert batch.keys() == zbatch.keys() == {"observation.state", "action", "action_is_pad"}
+    assert all(torch.equal(batch[k], zbatch[k]) for k in batch)
+    for j, i in enumerate(idx):
+        a, b = mem[i], z[i]
+        for k in ("observation.state", "action", "action_is_pad"):
+            assert torch.equal(a[k], b[k]) and torch.equal(batch[k][j], a[k]), (i, k)
+    for key in ("observation.state", "action"):
+        for stat in ("min", "max", "mean", "std"):
+            np.testing.assert_allclose(mem.stats[key][stat], z.stats[key][stat], rtol=1e-6)
 
 
 class _Len:

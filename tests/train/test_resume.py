@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from streamdp.policy import Policy
-from streamdp.policy.train_state import list_checkpoints, verify_checkpoint
+from streamdp.policy.train.checkpoints import list_checkpoints, verify_checkpoint
 
 from .helpers import python, read_metrics, subprocess_env, tiny_overrides, train_inprocess
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from streamdp.policy import Policy
 from streamdp.policy.config import ConfigError
-from streamdp.policy.train_state import verify_checkpoint
+from streamdp.policy.train.checkpoints import verify_checkpoint
 
 from .helpers import python, read_metrics, subprocess_env, tiny_overrides, train_inprocess, write_zarr
 

@@ -1,15 +1,17 @@
-"""Configuration of dataset-backed training: dataclasses behind the hydra groups, and the glue that fills
-the policy's data-dependent fields (dimensions, names, cameras, image shape, fps) from the dataset.
+"""Configuration of training: the dataclasses behind the hydra groups, kept together in this module (so
+they can be registered in hydra's ConfigStore), and the glue that fills the policy's data-dependent
+fields (dimensions, names, cameras, image shape, fps) from the dataset.
 
 Hydra layout (``config/``)::
 
-    train.yaml           primary config: defaults list + ``dataset`` block + ``resume``
+    train.yaml           primary config: defaults list + ``dataset`` block (DatasetConfig) + ``resume``
     train/default.yaml   TrainConfig (optimiser, schedule, EMA, precision, logging, checkpoints)
     policy/*.yaml        PolicyConfig fields (sdp_unet, sdp_transformer, sdp_unet_tiny); data-derived ones null
     task/*.yaml          task cards (shared with streamdp-collect): feature keys and expected dims
 
 The ``train`` and ``dataset`` nodes are validated by merging them into these dataclasses (unknown keys
-and wrong types fail with OmegaConf's message); the ``policy`` node is validated by PolicyConfig.
+and wrong types fail with OmegaConf's message), and each dataclass checks its values on construction;
+the ``policy`` node is validated by PolicyConfig. In-memory training uses ``TrainConfig.in_memory()``.
 """
 
 from __future__ import annotations
@@ -17,21 +19,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamdp.policy.config import ConfigError, PolicyConfig
-from streamdp.policy.data import (
-    SHORT_EPISODE_MODES,
-    DataError,
-    DatasetInfo,
-    FeatureMap,
-    LeRobotWindows,
-    Window,
-    WindowedDataset,
-    ZarrWindows,
-)
+
+if TYPE_CHECKING:
+    from streamdp.policy.train.data import DatasetInfo
 
 PRECISIONS = ("auto", "bf16", "fp32")
+SHORT_EPISODE_MODES = ("pad", "error")
 
 
 @dataclass
@@ -44,6 +40,14 @@ class ZarrConfig:
     state_names: list[str] | None = None
     action_names: list[str] | None = None
     fps: float | None = None  # a replay buffer stores no fps: this, else task.fps
+
+    def __post_init__(self) -> None:
+        if not self.action:
+            raise ConfigError("dataset.zarr.action must name the action array")
+        if self.fps is not None and self.fps <= 0:
+            raise ConfigError(f"dataset.zarr.fps must be > 0 (or null), got {self.fps}")
+        if self.images and len(set(self.images.values())) != len(self.images):
+            raise ConfigError(f"dataset.zarr.images maps two cameras to one array: {dict(self.images)}")
 
 
 @dataclass
@@ -101,6 +105,17 @@ class TrainConfig:
             raise ConfigError(f"train.betas must hold two numbers, got {self.betas}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.weight_decay < 0 or not 0 <= self.ema_max_decay <= 1 or self.ema_power <= 0:
+            raise ConfigError("train.weight_decay must be >= 0, ema_max_decay in [0, 1] and ema_power > 0")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"train.num_threads must be >= 1 (or null), got {self.num_threads}")
+
+    @classmethod
+    def in_memory(cls, **overrides: Any) -> TrainConfig:
+        """Defaults of in-memory training (small tasks, a few thousand steps on the CPU): a higher
+        learning rate and a short warm-up, AdamW's default betas, fp32 on the CPU, no bar."""
+        fields = dict(lr=1e-3, betas=[0.9, 0.999], warmup_steps=50, precision="fp32", device="cpu", progress=False)
+        return cls(**{**fields, **overrides})
 
 
 def to_dataclass(cls: type, node: Any, where: str) -> Any:
@@ -113,88 +128,6 @@ def to_dataclass(cls: type, node: Any, where: str) -> Any:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{where}: {e}") from e
-
-
-# ----------------------------------------------------------------------------------------- task card
-def _per_mode(value: Any, obs_mode: str) -> Any:
-    """A task-card entry that is either one value or {state: ..., image: ...} keyed by obs_mode."""
-    if isinstance(value, Mapping):
-        if obs_mode not in value:
-            raise ConfigError(f"task card has no entry for obs_mode={obs_mode!r} in {dict(value)}")
-        return value[obs_mode]
-    return value
-
-
-def card_features(task: Mapping[str, Any]) -> tuple[FeatureMap, dict[str, Any]]:
-    """Feature keys and the expected values (dims, image shape, fps) a task card states for its obs_mode."""
-    feats = task.get("features") or {}
-    obs_mode = task.get("obs_mode") or "state"
-    images = _per_mode(feats.get("images") or [], obs_mode) or []
-    fmap = FeatureMap.from_keys(feats.get("state", "observation.state"), feats.get("action", "action"), list(images))
-    expect = {
-        "state_dim": _per_mode(feats.get("state_dim"), obs_mode),
-        "action_dim": feats.get("action_dim"),
-        "image_shape": tuple(feats["image_shape"]) if images and feats.get("image_shape") else None,  # HWC
-        "fps": task.get("fps"),
-    }
-    return fmap, expect
-
-
-def check_card(name: str, obs_mode: str, expect: Mapping[str, Any], info: DatasetInfo) -> None:
-    """The dataset must be what the task card says (dimensions, image shape, fps)."""
-    problems = []
-    if expect.get("state_dim") is not None and int(expect["state_dim"]) != info.state_dim:
-        problems.append(f"observation.state has {info.state_dim} dims, the card says {expect['state_dim']}")
-    if expect.get("action_dim") is not None and int(expect["action_dim"]) != info.action_dim:
-        problems.append(f"action has {info.action_dim} dims, the card says action_dim={expect['action_dim']}")
-    if expect.get("image_shape") is not None and info.image_shape is not None:
-        c, h, w = info.image_shape
-        if tuple(int(x) for x in expect["image_shape"]) != (h, w, c):
-            problems.append(
-                f"images are {(h, w, c)} (H, W, C), the card says image_shape={list(expect['image_shape'])}"
-            )
-    if expect.get("fps") is not None and abs(float(expect["fps"]) - info.fps) > 1e-6:
-        problems.append(f"the dataset runs at {info.fps:g} fps, the card says fps={expect['fps']}")
-    if problems:
-        raise DataError(
-            f"dataset {info.source} does not match task card {name!r} (obs_mode={obs_mode}): "
-            + "; ".join(problems)
-            + ". Use the right dataset, task or task.obs_mode, or override the card (task.features.*)."
-        )
-
-
-def load_dataset(task: Mapping[str, Any], dcfg: DatasetConfig, window: Window) -> WindowedDataset:
-    """Open the dataset described by the task card and the dataset config, checked against the card."""
-    if not dcfg.root:
-        raise ConfigError("dataset.root is not set: pass dataset.root=/path/to/dataset")
-    fmap, expect = card_features(task)
-    name, obs_mode = str(task.get("name", "?")), str(task.get("obs_mode") or "state")
-    if dcfg.format == "lerobot":
-        ds: WindowedDataset = LeRobotWindows(
-            dcfg.root,
-            fmap,
-            window,
-            repo_id=dcfg.repo_id,
-            short_episodes=dcfg.short_episodes,
-            cache_lowdim=dcfg.cache_lowdim,
-            video_backend=dcfg.video_backend,
-        )
-    else:
-        z = dcfg.zarr
-        ds = ZarrWindows(
-            dcfg.root,
-            window,
-            fps=float(z.fps or task.get("fps") or 0),
-            state_keys=list(z.state),
-            action_key=z.action,
-            cameras=dict(z.images or {}),
-            state_names=z.state_names,
-            action_names=z.action_names,
-            short_episodes=dcfg.short_episodes,
-        )
-        expect = {**expect, "image_shape": None if not z.images else expect.get("image_shape")}
-    check_card(name, obs_mode, expect, ds.info)
-    return ds
 
 
 # --------------------------------------------------------------------------------------- policy config
