@@ -152,10 +152,19 @@ def run_job(
     except user_errors() as e:
         if debug:
             raise
-        msg = " ".join(str(e).split())  # hydra/omegaconf messages span lines: keep the one-line promise
-        print(f"{prog}: {type(e).__name__}: {msg} (--debug for a traceback)", file=sys.stderr)
+        print(one_line(prog, e), file=sys.stderr)
         return 2
     return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0  # jobs may return their result
+
+
+def one_line(prog: str, e: BaseException) -> str:
+    """``<prog>: <Error>: <what>`` on one line (hydra and omegaconf messages span lines and hide the
+    reason in their cause, e.g. which value failed to convert to which type)."""
+    msg = " ".join(str(e).split())
+    cause = e.__cause__
+    if cause is not None and str(cause) and str(cause).split()[0] not in msg:
+        msg += " (" + " ".join(str(cause).split()) + ")"
+    return f"{prog}: {type(e).__name__}: {msg} (--debug for a traceback)"
 
 
 def _as_list(arg: str, list_keys: Sequence[str]) -> str:

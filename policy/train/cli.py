@@ -38,13 +38,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from streamdp.policy.checkpoint import CheckpointError, read_config
+from streamdp.policy.cli import config_dir, help_text, one_line, presets, register, user_errors
 from streamdp.policy.config import ConfigError, PolicyConfig
 from streamdp.policy.policy import Policy
 from streamdp.policy.train.checkpoints import (
@@ -58,6 +59,7 @@ from streamdp.policy.train.checkpoints import (
 from streamdp.policy.train.config import (
     DatasetConfig,
     TrainConfig,
+    TrainJobConfig,
     config_diff,
     override_value,
     policy_config,
@@ -80,17 +82,12 @@ USER_ERRORS = (DataError, ConfigError, CheckpointError)
 
 
 # -------------------------------------------------------------------------------------------- config
-def config_dir() -> Path:
-    from streamdp.sim.collect import config_dir as _config_dir
-
-    return _config_dir()
-
-
 def load_config(overrides: Sequence[str] = ()) -> Any:
     """Compose ``config/train.yaml`` with hydra overrides (programmatic use; the CLI uses hydra.main)."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+    register("train", TrainJobConfig)
+    with initialize_config_dir(config_dir=str(config_dir("train.yaml")), version_base="1.3"):
         return compose(config_name="train", overrides=list(overrides))
 
 
@@ -398,21 +395,52 @@ def _eval_batches(ds: WindowedDataset, batch: int, tcfg: TrainConfig) -> list[di
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-def _task(cfg: Any) -> None:
+PROG = "streamdp-train"
+
+
+def _fail(e: BaseException) -> NoReturn:
+    """The one-line error of the job convention (streamdp.policy.cli), exit code 2; also in train.log
+    once the run has one."""
+    if logging.getLogger().handlers:
+        log.error("%s: %s", type(e).__name__, e)
+    print(one_line(PROG, e), file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+def _task(cfg: Any, debug: bool = False) -> None:
     try:
         train(cfg)
     except USER_ERRORS as e:
-        log.error("%s: %s", type(e).__name__, e)
-        print(f"streamdp-train: {type(e).__name__}: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        if debug:
+            raise
+        _fail(e)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point (hydra): ``streamdp-train [--cfg job] key=value ...``."""
+    """Console entry point (hydra): ``streamdp-train [--cfg job] [--debug] key=value ...``.
+
+    The job convention of every streamdp job (see streamdp.policy.cli): ``--help`` lists the keys, a
+    wrong key or value is one line and exit code 2. Hydra's own runner still drives the run, so the run
+    directory, ``.hydra/`` and ``--cfg job`` behave as hydra users expect.
+    """
+    import functools
+
     import hydra
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local datasets only: never reach for the Hub
     args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("STREAMDP_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    if any(a in ("-h", "--help") for a in args):
+        groups = {g: presets("train.yaml", g) for g in ("task", "policy")}
+        print(help_text(PROG, __doc__.split("\n\n")[0], TrainJobConfig, groups))
+        return
+    try:  # compose once up front: a wrong key or value fails here, in one line, before any run dir exists
+        load_config([a for a in args if "=" in a and not a.startswith("-")])
+    except user_errors() as e:
+        if debug:
+            raise
+        _fail(e)
     out = override_value(args, "train.output_dir")
     if out and override_value(args, "hydra.run.dir") is None:
         args.append(f"hydra.run.dir={out}")  # one run directory for hydra's files and ours
@@ -420,4 +448,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         args += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
                  "hydra.run.dir=."]  # fmt: skip
     sys.argv = [sys.argv[0], *args]
-    hydra.main(config_path=str(config_dir()), config_name="train", version_base="1.3")(_task)()
+    register("train", TrainJobConfig)
+    task = functools.wraps(_task)(functools.partial(_task, debug=debug))
+    hydra.main(config_path=str(config_dir("train.yaml")), config_name="train", version_base="1.3")(task)()

@@ -2,11 +2,11 @@
 they can be registered in hydra's ConfigStore), and the glue that fills the policy's data-dependent
 fields (dimensions, names, cameras, image shape, fps) from the dataset.
 
-Hydra layout (``config/``)::
+Every default lives here: :class:`TrainJobConfig` is registered in hydra's ConfigStore as
+``train_schema`` (see :mod:`streamdp.policy.cli`); the YAML files hold presets only::
 
-    train.yaml           primary config: defaults list + ``dataset`` block (DatasetConfig) + ``resume``
-    train/default.yaml   TrainConfig (optimiser, schedule, EMA, precision, logging, checkpoints)
-    policy/*.yaml        PolicyConfig fields (sdp_unet, sdp_transformer, sdp_unet_tiny); data-derived ones null
+    train.yaml           defaults list (the schema, then the task and policy presets) + hydra's run dir
+    policy/*.yaml        PolicyConfig presets (sdp_unet, sdp_transformer, sdp_unet_tiny); data-derived ones null
     task/*.yaml          task cards (shared with streamdp-collect): feature keys and expected dims
 
 The ``train`` and ``dataset`` nodes are validated by merging them into these dataclasses (unknown keys
@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from streamdp.policy.cli import opt
 from streamdp.policy.config import ConfigError, PolicyConfig
 
 if TYPE_CHECKING:
@@ -34,14 +35,20 @@ SHORT_EPISODE_MODES = ("pad", "error")
 class ZarrConfig:
     """How a diffusion_policy replay buffer's ``data/<key>`` arrays map to the policy inputs."""
 
-    state: list[str] = field(default_factory=lambda: ["state"])  # concatenated into observation.state
-    action: str = "action"
-    images: dict[str, str] | None = None  # camera name -> data/<key>
-    state_names: list[str] | None = None
-    action_names: list[str] | None = None
-    fps: float | None = None  # a replay buffer stores no fps: this, else task.fps
+    state: list[str] = opt(help="arrays concatenated into observation.state", factory=lambda: ["state"])
+    action: str = opt("action", "the action array")
+    # Any, not dict[str, str] | None: omegaconf 2.3 cannot override a typed null mapping with {top: img}
+    # (and a typed {} refuses new keys in struct mode); __post_init__ checks what arrives.
+    images: Any = opt(None, "camera name -> array, e.g. {top: img}")
+    state_names: list[str] | None = opt(None, "names of the state entries (null: state_0, ...)")
+    action_names: list[str] | None = opt(None, "names of the action entries (null: action_0, ...)")
+    fps: float | None = opt(None, "a replay buffer stores no fps: this, else task.fps")
 
     def __post_init__(self) -> None:
+        if self.images is not None and not (
+            isinstance(self.images, Mapping) and all(isinstance(v, str) for v in self.images.values())
+        ):
+            raise ConfigError(f"dataset.zarr.images must map camera names to array names, got {self.images!r}")
         if not self.action:
             raise ConfigError("dataset.zarr.action must name the action array")
         if self.fps is not None and self.fps <= 0:
@@ -52,14 +59,14 @@ class ZarrConfig:
 
 @dataclass
 class DatasetConfig:
-    format: str = "lerobot"  # lerobot | zarr
-    root: str | None = None  # LeRobot dataset folder or .zarr directory
-    repo_id: str | None = None  # LeRobot repo id (a label for a local root; nothing is downloaded)
-    short_episodes: str = "pad"  # episodes shorter than Tp: pad (LeRobot convention) | error
-    cache_lowdim: bool = True  # datasets without cameras: windows from memory (same result, ~100x faster)
-    num_workers: int = 0
-    video_backend: str | None = None  # lerobot default: torchcodec
-    zarr: ZarrConfig = field(default_factory=ZarrConfig)
+    format: str = opt("lerobot", "lerobot (v3, local root) | zarr (diffusion_policy replay buffer)")
+    root: str | None = opt(None, "dataset folder (LeRobot root or .zarr directory): required")
+    repo_id: str | None = opt(None, "LeRobot repo id; only a label for a local root (nothing is downloaded)")
+    short_episodes: str = opt("pad", "episodes shorter than the horizon: pad (LeRobot convention) | error")
+    cache_lowdim: bool = opt(True, "datasets without cameras: windows from memory (same values, faster)")
+    num_workers: int = opt(0, "DataLoader worker processes per rank")
+    video_backend: str | None = opt(None, "LeRobot video decoder; null: torchcodec")
+    zarr: ZarrConfig = opt(help="only for format=zarr: data/<key> arrays -> policy inputs", factory=ZarrConfig)
 
     def __post_init__(self) -> None:
         if self.format not in ("lerobot", "zarr"):
@@ -74,26 +81,26 @@ class DatasetConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 100_000
-    batch_size: int = 64  # global batch: split evenly across data-parallel ranks
-    lr: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.95, 0.999])
-    weight_decay: float = 1e-6
-    warmup_steps: int = 500  # linear warm-up, then cosine decay to 0 at `steps`
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    ema: bool = True  # keep EMA weights: exported checkpoints and evaluation use them
-    ema_power: float = 0.75
-    ema_max_decay: float = 0.9999
-    seed: int = 0
-    precision: str = "auto"  # auto: bf16 autocast on CUDA GPUs that support it, else fp32 | bf16 | fp32
-    device: str = "auto"  # auto: cuda:<LOCAL_RANK> when CUDA is available, else cpu
-    num_threads: int | None = None  # torch CPU threads (set 1 when sharing the CPU with a simulator)
-    log_every: int = 50  # steps between TensorBoard / metrics.jsonl scalars
-    checkpoint_every: int = 5000
-    keep_last: int = 3  # training checkpoints kept (older ones are deleted)
-    eval_batches: int = 2  # EMA-model loss on this many fixed batches at each checkpoint (0: off)
-    output_dir: str | None = None  # run directory; null: hydra's run dir (hydra.run.dir)
-    progress: bool = True  # tqdm bar on rank 0
+    steps: int = opt(100_000, "optimiser steps")
+    batch_size: int = opt(64, "GLOBAL batch, split evenly across data-parallel ranks")
+    lr: float = opt(1e-4, "peak learning rate (AdamW)")
+    betas: list[float] = opt(help="AdamW betas", factory=lambda: [0.95, 0.999])
+    weight_decay: float = opt(1e-6, "AdamW weight decay")
+    warmup_steps: int = opt(500, "linear warm-up, then cosine decay to 0 at `steps`")
+    grad_clip: float = opt(1.0, "max global gradient norm (0: off)")
+    ema: bool = opt(True, "keep EMA weights: exported checkpoints and evaluation use them")
+    ema_power: float = opt(0.75, "EMA warm-up power")
+    ema_max_decay: float = opt(0.9999, "EMA decay cap")
+    seed: int = opt(0, "seed of weights, data order, labels and noise")
+    precision: str = opt("auto", "auto: bf16 autocast on CUDA GPUs that support it, else fp32 | bf16 | fp32")
+    device: str = opt("auto", "auto: cuda:<LOCAL_RANK> when CUDA is available, else cpu")
+    num_threads: int | None = opt(None, "torch CPU threads (1 when sharing the CPU with a simulator)")
+    log_every: int = opt(50, "steps between TensorBoard / metrics.jsonl scalars")
+    checkpoint_every: int = opt(5000, "steps between training checkpoints")
+    keep_last: int = opt(3, "training checkpoints kept (older ones are deleted)")
+    eval_batches: int = opt(2, "EMA-model loss on this many fixed batches at each checkpoint (0: off)")
+    output_dir: str | None = opt(None, "run directory; null: hydra's run dir (hydra.run.dir)")
+    progress: bool = opt(True, "tqdm progress bar on rank 0")
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_last"):
@@ -116,6 +123,18 @@ class TrainConfig:
         learning rate and a short warm-up, AdamW's default betas, fp32 on the CPU, no bar."""
         fields = dict(lr=1e-3, betas=[0.9, 0.999], warmup_steps=50, precision="fp32", device="cpu", progress=False)
         return cls(**{**fields, **overrides})
+
+
+@dataclass
+class TrainJobConfig:
+    """``streamdp-train``: everything a run reads. `task` and `policy` come from presets (config/task/,
+    config/policy/) and are checked against the dataset and by PolicyConfig."""
+
+    task: Any = opt(help="task card preset: task=NAME, then task.KEY=VALUE", factory=dict)
+    policy: Any = opt(help="policy preset: policy=NAME, then policy.KEY=VALUE (PolicyConfig fields)", factory=dict)
+    train: TrainConfig = opt(help="optimisation, EMA, logging, checkpoints", factory=TrainConfig)
+    dataset: DatasetConfig = opt(help="what to train from", factory=DatasetConfig)
+    resume: bool = opt(False, "continue from the newest checkpoint in the run dir (train.output_dir)")
 
 
 def to_dataclass(cls: type, node: Any, where: str) -> Any:

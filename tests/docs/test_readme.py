@@ -122,6 +122,13 @@ def test_readme_command_exists_and_accepts_its_options(cmd):
         load(overrides)  # unknown keys or bad groups raise here
         return
     text = help_text(module, script)
+    if "keys (default, meaning):" in text:  # the job convention (streamdp.policy.cli): --help lists every key
+        listed = {m.group(1) for m in re.finditer(r"^  ([\w.]+)=", text, flags=re.M)}
+        for a in args:
+            assert "=" in a and not a.startswith("-"), f"{cmd!r}: {a!r} is not a key=value override"
+            key = a.split("=")[0].lstrip("+")
+            assert key in listed or key.split(".")[0] in listed, f"{cmd!r}: {key} not in the tool's --help"
+        return
     config_fields = {f.name for f in dataclasses.fields(PolicyConfig)}  # load-time overrides of key=value tools
     for prev, a in zip([None, *args], args):
         if a.startswith("--"):
