@@ -3,7 +3,7 @@
 The rolling buffer's last network call of an observation is followed by three passes over the buffer
 (step every noisy slot one grid position down, copy out the Ta clean actions, shift by Ta with a fresh
 tail and re-noised past slots). Here one kernel does all three: every destination row reads its source
-row once. Semantics are those of ``RollingBuffer.step`` + ``ready_actions`` + ``roll`` (DESIGN.md 5.2);
+row once. Semantics are those of ``RollingBuffer.step`` + ``ready_actions`` + ``roll`` (docs/algorithms.md, SDP);
 the schedule maths arrives as per-slot coefficients (``NoiseSchedule.step_coefficients``)::
 
     stepped[i] = c0[i] * clip((x[i] - s1[i] * eps[i]) * s2[i]) + ck[i] * x[i] + sigma[i] * z_step[i]

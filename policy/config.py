@@ -90,13 +90,13 @@ class PolicyConfig:
     sampler: str = "sdp"
     num_inference_steps: int = 10  # grid size K for ddim, sdp and rti's full solves; ddpm always uses N
     step_mode: str = "auto"  # per-step update: ddpm posterior | ddim (eta=0); auto: ddim for 'ddim', else ddpm
-    # RTI warm start ('rti', 'sdp_rti'; DESIGN.md 5.3). Levels are train timesteps.
+    # RTI warm start ('rti', 'sdp_rti'; docs/algorithms.md, RTI). Levels are train timesteps.
     rti_start_level: int | None = None  # k'; None: the calibrated extras["rti"]["start_level"], else ceil(0.3N)-1
     rti_steps: int | None = None  # calls of one warm solve on [k' ... clean]; None: calibrated steps, else 4
     rti_full_every: int = 50  # full resample every this many observations (0: never periodically)
     rti_divergence: float = 0.5  # full resample when mean |solution - guess| (normalised) exceeds this; 0: off
     discrete_action_dims: list[int] = field(default_factory=list)  # gripper dims: snapped guess, thresholded output
-    # Block caching of transformer residual branches (DESIGN.md 5.4); schedules live in extras["bac"].
+    # Block caching of transformer residual branches (docs/algorithms.md, BAC); schedules live in extras["bac"].
     cache: str = "none"  # none | bac
     cuda_graph: bool = False  # on CUDA, replay the denoiser call from captured CUDA graphs
     compile: bool = False  # torch.compile the denoiser call (first call compiles: do it in warm-up)

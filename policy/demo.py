@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/demo"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    # One thread: two collapse by ~10x whenever anything else shares the 2 cores (DESIGN.md §8).
+    # One thread: two collapse by ~10x whenever anything else shares the 2 cores (docs/architecture.md).
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
 

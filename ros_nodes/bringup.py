@@ -118,7 +118,7 @@ def launch_description(config: str, params_help: str) -> Any:
 
     Arguments ``params_file`` (default config/ros/<config>.yaml) and ``checkpoint`` (overrides the policy
     node's); the nodes are :func:`describe` (config) as ``launch_ros.actions.Node``, with discovery kept on
-    this machine (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, DESIGN.md 8)."""
+    this machine (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, docs/architecture.md, Environment rules)."""
     from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node

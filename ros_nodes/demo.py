@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    torch.set_num_threads(1)  # the simulator and DDS share 2 cores with the policy (DESIGN.md 8)
+    torch.set_num_threads(1)  # the simulator and DDS share 2 cores with the policy (docs/architecture.md)
     from streamdp.ros_nodes.sim_episodes import markdown
     from streamdp.sim.collect import collect
     from streamdp.sim.evaluate import SamplerSpec

@@ -1,6 +1,6 @@
 """``policy_node``: a managed (lifecycle) ROS 2 node that streams a diffusion policy to an arm.
 
-Lifecycle (DESIGN.md 6):
+Lifecycle (docs/architecture.md):
 
 * **configure**: read parameters, load the checkpoint (sampler / step overrides applied), validate
   it against the robot described by the parameters (joint names and order, state layout -> state

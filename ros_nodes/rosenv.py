@@ -26,7 +26,7 @@ the ``main()`` of ``streamdp-demo``, ``streamdp-bringup --compose`` and ``e2e_be
 ``tests/conftest.py``), before anything imports rclpy. :func:`with_ros_library_path` gives child
 processes the path directly.
 
-ROS network hygiene (DESIGN.md 8): ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (without it Fast DDS
+ROS network hygiene (docs/architecture.md): ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (without it Fast DDS
 multicasts discovery off the machine; ``ROS_LOCALHOST_ONLY=1`` is not enough), a distinct
 ``ROS_DOMAIN_ID`` per run, and ``ROS_LOG_DIR`` inside the build tree. :func:`ros_env_problems` says
 what is missing; ``streamdp-bringup`` refuses to start without them.

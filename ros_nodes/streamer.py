@@ -1,6 +1,6 @@
 """Action streamer (no rclpy): the time-indexed queue of clean actions read once per control tick.
 
-Timing model of ``policy_node`` (DESIGN.md 3). A control timer ticks at the checkpoint's fps with
+Timing model of ``policy_node`` (docs/timing.md). A control timer ticks at the checkpoint's fps with
 tick times tau_k. At each tick:
 
 1. :class:`~streamdp.ros_nodes.observation.ObservationSync` samples the newest sensor data

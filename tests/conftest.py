@@ -20,7 +20,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 # One thread: on 2 cores any concurrent process (a simulator, a ROS node, a test subprocess) makes two
-# torch threads collapse by an order of magnitude (DESIGN.md §8).
+# torch threads collapse by an order of magnitude (docs/architecture.md, Environment rules).
 torch.set_num_threads(1)
 
 

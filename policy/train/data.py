@@ -16,7 +16,7 @@ LeRobot's own reader is windowed by the one function :func:`window`. Data are ch
 unreadable videos); every problem is a :class:`DataError` whose message says what is wrong and where.
 Stored images are mapped to [0, 1] by one divisor per camera, decided at load time (:func:`image_scale`).
 
-lerobot 0.4.4 traps handled here (DESIGN.md section 8): the module-level torchcodec decoder cache must
+lerobot 0.4.4 traps handled here (docs/architecture.md): the module-level torchcodec decoder cache must
 not be shared with forked DataLoader workers (cleared before forking, replaced in each worker), and
 decoding in the main process runs with ``torch.set_num_threads(1)``.
 """

@@ -304,7 +304,7 @@ class ZarrWindows(WindowedDataset):
     The state is the concatenation of ``state_keys`` (e.g. ``[agent_pos]`` or ``[keypoint, agent_pos]``),
     cameras map names to image arrays (N, H, W, C) or (N, C, H, W), uint8 or float (0-255 or 0-1, told
     apart once per camera at load time). Low-dimensional arrays are loaded into memory; images are read
-    lazily (zarr v2, DESIGN.md section 8).
+    lazily (zarr v2, docs/architecture.md, Environment rules).
     """
 
     def __init__(

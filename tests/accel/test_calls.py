@@ -20,7 +20,7 @@ KW5 = dict(
 EXPECTED = {
     "ddpm": [100] * 3,  # DDPM-N: every train level (3 observations: it is the slow one)
     "ddim": [16] * 6,  # the K-level grid
-    "sdp": [5, 5, 6, 5, 5, 6],  # ceil(K/h) with h = 3, K = 16 (DESIGN.md 5.2 worked example)
+    "sdp": [5, 5, 6, 5, 5, 6],  # ceil(K/h) with h = 3, K = 16 (docs/timing.md worked example)
     "rti": [16, 3, 3, 3, 3, 16],  # full, warm x (full_every - 1), periodic full
     # full solve, then SDP on the 5-level grid [29 ... 0] (k' = 29, K = 16 spacing): 1, 2, 2 repeating
     "sdp_rti": [16, 1, 2, 2, 1, 16],
