@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,28 @@ class CheckpointMismatchError(CheckpointError):
     """The checkpoint is valid but does not fit the robot or model it is loaded for."""
 
 
+def _umask() -> int:
+    """The process umask (read back by setting it: Python has no getter before 3.13)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_dir(target: str | Path, write: Any) -> Path:
-    """Call write(tmpdir) then swap tmpdir into place at target (atomic rename on one filesystem)."""
+    """Call write(tmpdir) then swap tmpdir into place at target (atomic rename on one filesystem).
+
+    Everything written honours the umask like any other file the user writes (mkdtemp makes folders
+    0700 and safetensors files 0600): a checkpoint is readable by the ROS node's user too.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
     try:
         write(tmp)
-        for f in tmp.iterdir():
+        mask = _umask()
+        for f in (tmp, *tmp.rglob("*")):
+            f.chmod((0o777 if f.is_dir() else 0o666) & ~mask)
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())

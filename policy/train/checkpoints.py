@@ -178,20 +178,12 @@ def save_training_checkpoint(
 
     def write(tmp: Path) -> None:
         policy.save_pretrained(tmp / PRETRAINED, state_dict=_tensors(export), extras=dict(extras or {}))
-        atomic_write_dir(tmp / STATE_DIR, write_state)
-        for p in (tmp, tmp / PRETRAINED, tmp / STATE_DIR, *tmp.rglob("*.*")):
-            _honour_umask(p)  # temporary directories and files are created private (0700 / 0600)
+        atomic_write_dir(tmp / STATE_DIR, write_state)  # (atomic_write_dir applies the umask to all of it)
 
     target = atomic_write_dir(ckpt_root / step_dir_name(trainer.step), write)
     _point_last(ckpt_root, target.name)
     prune(ckpt_root, keep_last)
     return target
-
-
-def _honour_umask(path: Path) -> None:
-    mask = os.umask(0)
-    os.umask(mask)
-    path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _jsonable(obj: Any) -> Any:

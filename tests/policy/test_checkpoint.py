@@ -94,3 +94,29 @@ def test_bad_override_and_robot_mismatch(tmp_path):
         pol.check_compatible(joint_names=["j2", "j1"])
     with pytest.raises(CheckpointMismatchError, match="fps 30"):
         pol.check_compatible(fps=30.0)
+
+
+def _modes(root):
+    return {p.relative_to(root).as_posix(): p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize("umask,dir_mode,file_mode", [(0o022, 0o755, 0o644), (0o027, 0o750, 0o640)])
+def test_checkpoints_honour_the_umask(tmp_path, umask, dir_mode, file_mode):
+    """A ROS node running as another user must be able to read a saved or recalibrated checkpoint."""
+    import os
+
+    from streamdp.policy.calibration import rti_cli, save_observations
+
+    from ..accel.util import KW, obs_stream, perturb
+    from ..accel.util import tiny_policy as tiny_tf
+
+    old = os.umask(umask)
+    try:
+        ckpt = perturb(tiny_tf(seed=1, sampler="sdp", **KW)).save_pretrained(tmp_path / "ckpt")
+        assert set(_modes(ckpt).values()) <= {dir_mode, file_mode} and _modes(ckpt)["."] == dir_mode
+        data = save_observations(tmp_path / "obs.npz", [obs_stream(13)])
+        rti_cli([f"checkpoint={ckpt}", f"dataset={data}", "candidates=9,99", "max_obs=3"])  # rewrites it
+        modes = _modes(ckpt)
+        assert modes["."] == dir_mode and all(m == file_mode for k, m in modes.items() if k != ".")
+    finally:
+        os.umask(old)
