@@ -107,7 +107,19 @@ def load_episodes(spec: str | Path, max_frames: int | None = None) -> list[list[
         )
     if not eps:
         raise UserError(f"dataset {spec!r} holds no frames")
+    _check_finite(str(spec), eps)
     return eps
+
+
+def _check_finite(where: str, episodes: list[list[dict[str, Any]]]) -> None:
+    """Refuse NaN/inf in logged observations with the message training gives (episode, frame, dim)."""
+    from streamdp.policy.train.data import check_finite
+
+    ep_idx = np.array([e for e, ep in enumerate(episodes) for _ in ep])
+    frame_idx = np.array([t for ep in episodes for t in range(len(ep))])
+    for key in episodes[0][0]:
+        arr = np.stack([np.asarray(f[key], dtype=np.float64) for ep in episodes for f in ep])
+        check_finite(where, key, arr, ep_idx, frame_idx, [])
 
 
 def run_select_action(

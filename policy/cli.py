@@ -118,8 +118,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     from streamdp.policy.checkpoint import CheckpointError
     from streamdp.policy.config import ConfigError
+    from streamdp.policy.train.data import DataError
 
-    return (UserError, ConfigError, CheckpointError, HydraException, OmegaConfBaseException, FileNotFoundError)
+    return (
+        UserError, ConfigError, CheckpointError, DataError, HydraException, OmegaConfBaseException, FileNotFoundError
+    )
 
 
 def run_job(

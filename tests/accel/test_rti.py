@@ -245,3 +245,19 @@ def test_lerobot_dataset_source(tmp_path):
     eps = load_episodes(root)
     assert [len(e) for e in eps] == [5, 5]
     np.testing.assert_allclose(eps[1][2]["observation.state"], obs_stream(5, seed=1)[2]["observation.state"])
+
+
+def test_calibration_refuses_a_dataset_with_nan_like_training(tmp_path, capsys):
+    from streamdp.policy.calibration import rti_main
+
+    pol = perturb(tiny_policy(seed=1, sampler="sdp", **KW))
+    ckpt = pol.save_pretrained(tmp_path / "ckpt")
+    frames = [obs_stream(9, seed=0), obs_stream(9, seed=1)]
+    frames[1][4]["observation.state"] = np.array([0.1, np.nan], dtype=np.float32)
+    data = save_observations(tmp_path / "obs.npz", frames)
+    before = (ckpt / "config.json").read_text()
+    assert rti_main([f"checkpoint={ckpt}", f"dataset={data}", "max_obs=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "DataError" in err
+    assert "'observation.state' has a non-finite value (nan) at episode 1, frame 4, dim 1" in err
+    assert (ckpt / "config.json").read_text() == before  # nothing written
