@@ -18,9 +18,35 @@ the same order as the unfused one. Arithmetic is float32 whatever the storage dt
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 
 from streamdp.kernels._dispatch import next_pow2, use_triton
+
+
+@dataclass(frozen=True)
+class RollPlan:
+    """The shape of one roll: which rows move where, and the scalar coefficients (see the module doc)."""
+
+    shift: int  # Ta: rows dropped from the front
+    keep_len: int  # rows kept after the shift
+    n_past: int  # To-1 kept rows re-noised to the level of slot To-1
+    emit_start: int  # first emitted row (To-1)
+    n_emit: int  # rows emitted (Ta)
+    past_coef: tuple[float, float]  # (pa, pb) of the past re-noise
+    fresh_coef: tuple[float, float]  # (fa, fb) of the fresh tail
+    clip: float | None  # x0 clip range (None: no clipping)
+
+
+class RollNoise(NamedTuple):
+    """Pre-drawn noise and the fresh tail's guess: z_step (T, D), z_fresh and g (n_fresh, D), z_past (n_past, D)."""
+
+    z_step: torch.Tensor
+    z_fresh: torch.Tensor
+    z_past: torch.Tensor
+    g: torch.Tensor
 
 try:
     import triton
@@ -33,32 +59,23 @@ def roll_step_reference(
     x: torch.Tensor,
     eps: torch.Tensor,
     coef: torch.Tensor,
-    z_step: torch.Tensor,
-    z_fresh: torch.Tensor,
-    z_past: torch.Tensor,
-    g: torch.Tensor,
-    shift: int,
-    keep_len: int,
-    n_past: int,
-    emit_start: int,
-    n_emit: int,
-    past_coef: tuple[float, float],
-    fresh_coef: tuple[float, float],
-    clip: float | None,
+    noise: RollNoise,
+    plan: RollPlan,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch reference (and CPU path): returns (rolled buffer (T, D), ready actions (n_emit, D))."""
+    p = plan
     xf, ef = x.float(), eps.float()
     s1, s2, c0, ck, sig = (c.float()[:, None] for c in coef)
     x0 = (xf - s1 * ef) * s2
-    if clip is not None:
-        x0 = x0.clamp(-clip, clip)
-    stepped = c0 * x0 + ck * xf + sig * z_step.float()
-    kept = stepped[shift : shift + keep_len].clone()
-    if n_past:
-        kept[:n_past] = past_coef[0] * kept[:n_past] + past_coef[1] * z_past.float()
-    fresh = fresh_coef[0] * g.float() + fresh_coef[1] * z_fresh.float()
+    if p.clip is not None:
+        x0 = x0.clamp(-p.clip, p.clip)
+    stepped = c0 * x0 + ck * xf + sig * noise.z_step.float()
+    kept = stepped[p.shift : p.shift + p.keep_len].clone()
+    if p.n_past:
+        kept[: p.n_past] = p.past_coef[0] * kept[: p.n_past] + p.past_coef[1] * noise.z_past.float()
+    fresh = p.fresh_coef[0] * noise.g.float() + p.fresh_coef[1] * noise.z_fresh.float()
     out = torch.cat([kept, fresh], dim=0).to(x.dtype)
-    return out, stepped[emit_start : emit_start + n_emit].to(x.dtype)
+    return out, stepped[p.emit_start : p.emit_start + p.n_emit].to(x.dtype)
 
 
 if triton is not None:
@@ -128,33 +145,25 @@ def roll_step_triton(
     x: torch.Tensor,
     eps: torch.Tensor,
     coef: torch.Tensor,
-    z_step: torch.Tensor,
-    z_fresh: torch.Tensor,
-    z_past: torch.Tensor,
-    g: torch.Tensor,
-    shift: int,
-    keep_len: int,
-    n_past: int,
-    emit_start: int,
-    n_emit: int,
-    past_coef: tuple[float, float],
-    fresh_coef: tuple[float, float],
-    clip: float | None,
+    noise: RollNoise,
+    plan: RollPlan,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher: one program per destination row (T buffer rows + n_emit emitted rows)."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     t, d = x.shape
     dev = x.device
+    p = plan
+
+    def f32(v: torch.Tensor) -> torch.Tensor:
+        return v.to(device=dev, dtype=torch.float32).contiguous()
+
     x, eps = x.contiguous(), eps.to(x.dtype).contiguous()
-    coef = coef.to(device=dev, dtype=torch.float32).contiguous()
-    z_step = z_step.to(device=dev, dtype=torch.float32).contiguous()
-    z_fresh = z_fresh.to(device=dev, dtype=torch.float32).contiguous()
-    z_past = z_past.to(device=dev, dtype=torch.float32).contiguous() if n_past else z_step
-    g = g.to(device=dev, dtype=torch.float32).contiguous()
+    coef, z_step, z_fresh, g = f32(coef), f32(noise.z_step), f32(noise.z_fresh), f32(noise.g)
+    z_past = f32(noise.z_past) if p.n_past else z_step
     out = torch.empty_like(x)
-    ready = torch.empty(n_emit, d, device=dev, dtype=x.dtype)
-    _roll_step_kernel[(t + n_emit,)](
+    ready = torch.empty(p.n_emit, d, device=dev, dtype=x.dtype)
+    _roll_step_kernel[(t + p.n_emit,)](
         x,
         eps,
         coef,
@@ -166,24 +175,24 @@ def roll_step_triton(
         ready,
         t,
         d,
-        shift,
-        keep_len,
-        n_past,
-        emit_start,
-        float(past_coef[0]),
-        float(past_coef[1]),
-        float(fresh_coef[0]),
-        float(fresh_coef[1]),
-        float(clip) if clip is not None else 0.0,
-        HAS_CLIP=clip is not None,
+        p.shift,
+        p.keep_len,
+        p.n_past,
+        p.emit_start,
+        float(p.past_coef[0]),
+        float(p.past_coef[1]),
+        float(p.fresh_coef[0]),
+        float(p.fresh_coef[1]),
+        float(p.clip) if p.clip is not None else 0.0,
+        HAS_CLIP=p.clip is not None,
         BLOCK_D=next_pow2(d),
     )
     return out, ready
 
 
-def roll_step(*args, force: bool | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dispatch: Triton on CUDA (or when forced), the reference otherwise. Same arguments as the reference."""
-    x = args[0] if args else kwargs["x"]
-    if use_triton(x, force=force):
-        return roll_step_triton(*args, **kwargs)
-    return roll_step_reference(*args, **kwargs)
+def roll_step(
+    x: torch.Tensor, eps: torch.Tensor, coef: torch.Tensor, noise: RollNoise, plan: RollPlan, force: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch: Triton on CUDA (or when forced), the reference otherwise."""
+    impl = roll_step_triton if use_triton(x, force=force) else roll_step_reference
+    return impl(x, eps, coef, noise, plan)

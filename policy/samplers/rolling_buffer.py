@@ -206,7 +206,7 @@ class RollingBuffer:
             ready = self.ready_actions()
             self.roll(generator=generator, fresh=fresh)
             return ready
-        from streamdp.kernels.roll_step import roll_step  # lazy: importing triton is not free
+        from streamdp.kernels.roll_step import RollNoise, RollPlan, roll_step  # lazy: importing triton is not free
 
         k = self.labels()
         new_pos, k_prev = self._next_labels()
@@ -232,14 +232,7 @@ class RollingBuffer:
             g, a_f, b_f = torch.zeros(n_fresh, self.dim, device=self.device), 0.0, 1.0
         else:
             g, a_f, b_f = fresh.to(self.device), float(ab_top.sqrt()), float((1 - ab_top).sqrt())
-        new_x, ready = roll_step(
-            self.x,
-            eps,
-            coef,
-            z_step,
-            z_fresh,
-            z_past,
-            g,
+        plan = RollPlan(
             shift=self.ta,
             keep_len=keep_len,
             n_past=n_past,
@@ -249,6 +242,7 @@ class RollingBuffer:
             fresh_coef=(a_f, b_f),
             clip=self.schedule.cfg.clip_range if self.schedule.cfg.clip_sample else None,
         )
+        new_x, ready = roll_step(self.x, eps, coef, RollNoise(z_step, z_fresh, z_past, g), plan)
         self.x, self.pos = new_x, pos
         return ready
 

@@ -17,7 +17,7 @@ import torch
 from streamdp.kernels import use_triton
 from streamdp.kernels.film_norm import film_group_norm, film_group_norm_reference
 from streamdp.kernels.residual_cache import cached_residual, cached_residual_reference
-from streamdp.kernels.roll_step import roll_step, roll_step_reference
+from streamdp.kernels.roll_step import RollNoise, RollPlan, roll_step, roll_step_reference
 from streamdp.policy.samplers.rolling_buffer import RollingBuffer
 from streamdp.policy.schedule import NoiseSchedule
 
@@ -57,16 +57,10 @@ def test_roll_step_triton_matches_reference(dtype, tp, to, ta, d):
     n_fresh = tp - keep_len
     coef = torch.rand(5, tp, generator=g) + 0.1
     coef[:, :2] = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])[:, None]  # two clean slots: identity
-    args = (
-        _nonzero(tp, d, g=g, dtype=dtype),
-        _nonzero(tp, d, g=g, dtype=dtype),
-        coef,
-        _nonzero(tp, d, g=g),
-        _nonzero(n_fresh, d, g=g),
-        _nonzero(n_past, d, g=g),
-        _nonzero(n_fresh, d, g=g),
-    )
-    kw = dict(
+    x, eps = _nonzero(tp, d, g=g, dtype=dtype), _nonzero(tp, d, g=g, dtype=dtype)
+    z_step, z_fresh, z_past, guess = (_nonzero(n, d, g=g) for n in (tp, n_fresh, n_past, n_fresh))
+    noise = RollNoise(z_step, z_fresh, z_past, guess)
+    plan = RollPlan(
         shift=ta,
         keep_len=keep_len,
         n_past=n_past,
@@ -76,8 +70,8 @@ def test_roll_step_triton_matches_reference(dtype, tp, to, ta, d):
         fresh_coef=(0.2, 0.9),
         clip=1.5,
     )
-    out_t, ready_t = roll_step(*args, force=True, **kw)
-    out_r, ready_r = roll_step_reference(*args, **kw)
+    out_t, ready_t = roll_step(x, eps, coef, noise, plan, force=True)
+    out_r, ready_r = roll_step_reference(x, eps, coef, noise, plan)
     assert out_t.dtype == dtype and out_t.shape == (tp, d) and ready_t.shape == (ta, d)
     torch.testing.assert_close(out_t.float(), out_r.float(), **TOL[dtype])
     torch.testing.assert_close(ready_t.float(), ready_r.float(), **TOL[dtype])
