@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+from torch import Tensor
 
 from streamdp.kernels._dispatch import next_pow2, use_triton
 
@@ -26,14 +27,8 @@ MAX_SLAB = 1 << 15  # elements of one (batch, group) slab the kernel keeps in re
 
 
 def film_group_norm_reference(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    groups: int,
-    eps: float = 1e-5,
-) -> torch.Tensor:
+    h: Tensor, weight: Tensor, bias: Tensor, scale: Tensor, shift: Tensor, groups: int, eps: float = 1e-5
+) -> Tensor:
     y = F.mish(F.group_norm(h.float(), groups, weight.float(), bias.float(), eps))
     return (scale.float()[..., None] * y + shift.float()[..., None]).to(h.dtype)
 
@@ -69,14 +64,8 @@ if triton is not None:
 
 
 def film_group_norm_triton(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    groups: int,
-    eps: float = 1e-5,
-) -> torch.Tensor:
+    h: Tensor, weight: Tensor, bias: Tensor, scale: Tensor, shift: Tensor, groups: int, eps: float = 1e-5
+) -> Tensor:
     if triton is None:
         raise RuntimeError("triton is not installed")
     b, c, length = h.shape
@@ -106,15 +95,9 @@ def film_group_norm_triton(
 
 
 def film_group_norm(
-    h: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    groups: int,
-    eps: float = 1e-5,
+    h: Tensor, weight: Tensor, bias: Tensor, scale: Tensor, shift: Tensor, groups: int, eps: float = 1e-5,
     force: bool | None = None,
-) -> torch.Tensor:
+) -> Tensor:
     """scale[..., None] * mish(group_norm(h)) + shift[..., None]; Triton on CUDA (or forced), else reference."""
     if use_triton(h, force=force):
         return film_group_norm_triton(h, weight, bias, scale, shift, groups, eps)

@@ -56,11 +56,7 @@ except ImportError:  # pragma: no cover - triton ships with the CUDA torch build
 
 
 def roll_step_reference(
-    x: torch.Tensor,
-    eps: torch.Tensor,
-    coef: torch.Tensor,
-    noise: RollNoise,
-    plan: RollPlan,
+    x: torch.Tensor, eps: torch.Tensor, coef: torch.Tensor, noise: RollNoise, plan: RollPlan
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """PyTorch reference (and CPU path): returns (rolled buffer (T, D), ready actions (n_emit, D))."""
     p = plan
@@ -142,11 +138,7 @@ if triton is not None:
 
 
 def roll_step_triton(
-    x: torch.Tensor,
-    eps: torch.Tensor,
-    coef: torch.Tensor,
-    noise: RollNoise,
-    plan: RollPlan,
+    x: torch.Tensor, eps: torch.Tensor, coef: torch.Tensor, noise: RollNoise, plan: RollPlan
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher: one program per destination row (T buffer rows + n_emit emitted rows)."""
     if triton is None:
