@@ -35,17 +35,6 @@ class DiffusionModel(nn.Module):
         """One network call (the NFE unit)."""
         return self.denoiser(x, k, cond)
 
-    def compute_loss(
-        self,
-        obs: dict[str, torch.Tensor],
-        actions: torch.Tensor,
-        action_is_pad: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """epsilon-MSE with per-slot labels: a visited SDP pattern (p = sdp_ladder_prob) or one shared level."""
-        total, count = self.loss_terms(obs, actions, action_is_pad, generator=generator)
-        return total / count
-
     def sample_labels_and_noise(
         self, batch: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor]:
