@@ -554,6 +554,31 @@ def _get_policy(job: _Job, env: Any) -> Any:
     return _CACHE[key]
 
 
+class _Rollout:
+    """The env side of one episode: steps the env, records the commands, success, coverage and frames."""
+
+    def __init__(self, env: Any, obs: dict[str, Any], info: dict[str, Any], max_steps: int, video: bool) -> None:
+        self.env, self.obs, self.info, self.max_steps = env, obs, info, max_steps
+        self.frames = [env.render()] if video else None
+        self.actions: list[np.ndarray] = []
+        self.chunk_ids: list[int] = []  # chunk of each command, -1 = held
+        self.steps, self.success, self.done = 0, False, False
+        self.max_cov: float | None = None
+
+    def step(self, a: np.ndarray, cid: int) -> None:
+        self.obs, _, terminated, truncated, self.info = self.env.step(a)
+        self.steps += 1
+        self.actions.append(np.asarray(a, dtype=np.float64).copy())
+        self.chunk_ids.append(cid)
+        self.success = self.success or bool(self.info.get("is_success", False))
+        cov = self.info.get("max_coverage", self.info.get("coverage"))
+        if cov is not None:
+            self.max_cov = max(float(cov), self.max_cov if self.max_cov is not None else -math.inf)
+        if self.frames is not None:
+            self.frames.append(self.env.render())
+        self.done = bool(terminated or truncated) or self.steps >= self.max_steps
+
+
 def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> EpisodeResult:
     """One seeded closed-loop episode (see the module docstring for the exact tick and delay model)."""
     import torch
@@ -574,37 +599,19 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
     policy.reset(state=state)
     held = _hold_action(spec, state)
 
-    frames = [env.render()] if job.video_path else None
-    actions: list[np.ndarray] = []
-    chunk_ids: list[int] = []
+    ro = _Rollout(env, obs, info, job.max_steps, bool(job.video_path))
     tick_ms: list[float] = []
     inference_ticks: list[int] = []
     calls_per_inference: list[int] = []
     compute_s: list[float] = []
-    held_steps = steps = total_calls = 0
+    held_steps = total_calls = 0
     chunk = -1
-    success = done = False
-    max_cov: float | None = None
-
-    def env_step(a: np.ndarray, cid: int) -> None:
-        nonlocal obs, info, steps, success, done, max_cov
-        obs, _, terminated, truncated, info = env.step(a)
-        steps += 1
-        actions.append(np.asarray(a, dtype=np.float64).copy())
-        chunk_ids.append(cid)
-        success = success or bool(info.get("is_success", False))
-        cov = info.get("max_coverage", info.get("coverage"))
-        if cov is not None:
-            max_cov = max(float(cov), max_cov if max_cov is not None else -math.inf)
-        if frames is not None:
-            frames.append(env.render())
-        done = bool(terminated or truncated) or steps >= job.max_steps
 
     error = None
-    while not done:
+    while not ro.done:
         need = policy.num_ready == 0
         try:
-            a, cost = timed(policy, lambda: policy.select_action(obs), clock)
+            a, cost = timed(policy, lambda: policy.select_action(ro.obs), clock)
         except NonFiniteError as e:  # the policy reset itself; count the episode as failed, keep going
             error = f"{type(e).__name__}: {e}"
             break
@@ -618,29 +625,29 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
             compute_s.append(d)
             if job.latency_aware:
                 for _ in range(delay_steps(d, fps)):
-                    env_step(held, -1)
+                    ro.step(held, -1)
                     held_steps += 1
-                    if done:
+                    if ro.done:
                         break
-                if done:
+                if ro.done:
                     break
         a = np.asarray(a, dtype=np.float32)
-        env_step(a, chunk)
+        ro.step(a, chunk)
         held = a
-    if frames is not None and job.video_path:
-        _write_video(job.video_path, frames, fps)
+    if ro.frames is not None and job.video_path:
+        _write_video(job.video_path, ro.frames, fps)
 
-    acts = np.stack(actions) if actions else np.zeros((0, spec.action_dim))
-    boundary, within = chunk_jumps(acts, chunk_ids)
-    dist = info.get("distance")
+    acts = np.stack(ro.actions) if ro.actions else np.zeros((0, spec.action_dim))
+    boundary, within = chunk_jumps(acts, ro.chunk_ids)
+    dist = ro.info.get("distance")
     return EpisodeResult(
-        index=job.index, seed=job.seed, success=success, steps=steps, policy_ticks=len(tick_ms),
+        index=job.index, seed=job.seed, success=ro.success, steps=ro.steps, policy_ticks=len(tick_ms),
         held_steps=held_steps, inferences=len(calls_per_inference), calls=total_calls,
         calls_per_inference=calls_per_inference, tick_ms=tick_ms, inference_ticks=inference_ticks,
-        compute_s=compute_s, max_coverage=max_cov, final_distance=float(dist) if dist is not None else None,
+        compute_s=compute_s, max_coverage=ro.max_cov, final_distance=float(dist) if dist is not None else None,
         mean_abs_jerk=mean_abs_jerk(acts, fps), boundary_jumps=boundary.tolist(), within_jumps=within.tolist(),
         seconds=time.perf_counter() - t_start, video=job.video_path, error=error, actions=acts.tolist(),
-        chunk_ids=chunk_ids,
+        chunk_ids=ro.chunk_ids,
     )
 
 
@@ -713,7 +720,7 @@ def evaluate(
     start_method: str = "forkserver",
     clock: Callable[[], float] | None = None,
 ) -> EvalResult:
-    """Run ``episodes`` seeded closed-loop episodes per sampler and summarise them.
+    """Run ``episodes`` seeded closed-loop episodes per sampler and summarise them (long only by its options).
 
     ``sampler``: None (the checkpoint's), a name, ``"ddpm,sdp"`` or a list; ``"ddim:10"`` sets K for that
     entry, ``num_inference_steps`` for the others. ``latency_model`` without ``latency_aware`` is an
@@ -745,24 +752,13 @@ def evaluate(
     limit = int(max_steps or spec.max_episode_steps)
     overrides = dict(policy_overrides or {})
 
-    items: list[Any]
-    if sampler is None:
-        items = [None]
-    elif isinstance(sampler, str):
-        items = [s for s in sampler.split(",") if s.strip()]
-    elif isinstance(sampler, SamplerSpec):
-        items = [sampler]
-    else:
-        items = list(sampler)
-    specs = [
-        SamplerSpec(None, num_inference_steps) if s is None else SamplerSpec.parse(s, num_inference_steps)
-        for s in items
-    ]
-
     out_dir = Path(out) if out is not None else None
+    template = _Job(checkpoint, SamplerSpec(None, None), task, obs_mode, tuple(sorted(task_kwargs.items())),
+                    tuple(sorted(overrides.items())), 0, seed, limit, latency_aware, latency_model, device, warmup,
+                    None, video_size)  # fmt: skip
     runs: list[RunResult] = []
     jobs: list[_Job] = []
-    for sp in specs:
+    for sp in sampler_specs(sampler, num_inference_steps):
         name, k, pinfo = _policy_summary(checkpoint, sp, overrides)
         label = sampler_label(name, k, pinfo["num_train_steps"])
         if any(r.label == label for r in runs):
@@ -770,30 +766,9 @@ def evaluate(
         runs.append(RunResult(name, k, label, pinfo, []))
         slug = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
         for i in range(episodes):
-            vpath = (
-                str(out_dir / "videos" / f"{slug}_ep{i:03d}_seed{seed + i}.mp4")
-                if (out_dir is not None and i < video)
-                else None
-            )
-            jobs.append(
-                _Job(
-                    checkpoint,
-                    SamplerSpec(name, k),
-                    task,
-                    obs_mode,
-                    tuple(sorted(task_kwargs.items())),
-                    tuple(sorted(overrides.items())),
-                    i,
-                    seed + i,
-                    limit,
-                    latency_aware,
-                    latency_model,
-                    device,
-                    warmup,
-                    vpath,
-                    video_size,
-                )
-            )
+            video_path = out_dir / "videos" / f"{slug}_ep{i:03d}_seed{seed + i}.mp4" if i < video and out_dir else None
+            jobs.append(dataclasses.replace(template, spec=SamplerSpec(name, k), index=i, seed=seed + i,
+                                            video_path=str(video_path) if video_path else None))
 
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     hw = hardware(str(device))
@@ -817,6 +792,25 @@ def evaluate(
     if out_dir is not None:
         result.save(out_dir)
     return result
+
+
+def sampler_specs(
+    sampler: str | SamplerSpec | Sequence[str | SamplerSpec] | None, num_inference_steps: int | None
+) -> list[SamplerSpec]:
+    """The runs of ``sampler`` (None: the checkpoint's; ``"ddpm,sdp"``; a list); K for entries without :K."""
+    items: list[Any]
+    if sampler is None:
+        items = [None]
+    elif isinstance(sampler, str):
+        items = [s for s in sampler.split(",") if s.strip()]
+    elif isinstance(sampler, SamplerSpec):
+        items = [sampler]
+    else:
+        items = list(sampler)
+    return [
+        SamplerSpec(None, num_inference_steps) if s is None else SamplerSpec.parse(s, num_inference_steps)
+        for s in items
+    ]
 
 
 def _check_fits(cfg: Any, spec: Any) -> None:

@@ -1,4 +1,4 @@
-"""streamdp-bench --quick on tiny models: the one table has every mode of every task and every field."""
+"""streamdp-bench quick=true on tiny models: the one table has every mode of every task and every field."""
 
 from __future__ import annotations
 
