@@ -342,7 +342,8 @@ def plots(tasks: Sequence[TaskBench], out: Path) -> list[Path]:
 class BenchConfig:
     """``streamdp-bench`` keys (config/bench.yaml holds presets only)."""
 
-    quick: bool = opt(False, f"few episodes and observations: {QUICK} (else {FULL})")
+    quick: bool = opt(False, "presets " + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + " (else "
+                      + ", ".join(f"{k}={v}" for k, v in FULL.items()) + ")")
     tasks: list[str] = opt(help="tasks to bench, e.g. tasks=arm_reach_dynamic,arc (empty: the tasks of "
                            f"`checkpoints`, else {','.join(DEFAULT_TASKS)})", factory=list)
     checkpoints: dict[str, str] = opt(help="checkpoint per task, e.g. +checkpoints.pusht=DIR (default: the bundled "
