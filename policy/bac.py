@@ -8,29 +8,31 @@ BAC saves branch computations, never network calls.
 
 What a "step" is
 ----------------
-A step is one network call inside the solve for one observation, numbered from 0 at the first call
-made for that observation; the caches are emptied there (step 0 is an update step of every branch).
+A step is one network call inside the solve for one observation. Steps are indexed by the calls that
+remain in the solve (the call wrapper passes that count), so the *last* call, the one that produces the
+executed chunk, always has the same index, and it always recomputes every branch. The first call of a
+solve does too (the caches are emptied there).
 
 - ``ddpm`` / ``ddim``: the levels of the full grid, N = 100 or K steps.
 - ``rti``: a warm solve's ``rti_steps`` calls on [k' ... clean]. Full solves (the first observation,
   periodic and divergence resamples) are another solve kind with their own schedule.
-- ``sdp`` / ``sdp_rti``: the about ceil(K/h) calls that take chunk 0 of the rolling buffer to clean
-  after an observation arrives. Step j sees the buffer j grid positions further down its ladder, and
-  that ladder state recurs from one observation to the next (every observation when h divides K,
-  otherwise in a short cycle such as 5, 5, 6 calls), so "step j" means the same kind of input in every
-  observation and a per-step schedule is meaningful. The schedule spans the longest solve seen in
-  calibration; a step beyond it recomputes everything.
+- ``sdp`` / ``sdp_rti``: the about ceil(K/h) calls that take chunk 0 of the rolling buffer to clean.
+  With K not a multiple of h the solve length cycles (5, 5, 6 calls for K=16, h=3); counted from the
+  end, a step sees the same ladder state in every phase of the cycle, so one schedule fits them all.
 
-Solve kinds are keyed (see ``Policy.solve_key``), e.g. ``full-ddpm-K100``, ``warm-ddpm-k29-S4``,
+Solve kinds are keyed (see ``SolveSettings.solve_key``), e.g. ``full-ddpm-K100``, ``warm-ddpm-k29-S4``,
 ``sdp-ddpm-K16``; a checkpoint can hold schedules for several keys.
 
-Calibration (``streamdp-calibrate-bac`` in :mod:`streamdp.policy.calibration`) runs the sampler that
-will really run on logged observations, records every branch's delta at every step, and per solve kind
-builds each branch's step x step cosine-similarity matrix (averaged over observations) and its
-volatility (mean L1 change between consecutive steps). The Adaptive Caching Scheduler
-(:func:`acs_schedule`) picks M update steps per branch by dynamic programming; Bubbling Union (:func:`bubbling_union`) then gives the n most volatile
-branches the update steps of every FFN at the same or a deeper layer, so that no FFN refreshes on
-stale upstream input. The schedules are stored in the checkpoint's ``extras["bac"]``.
+Calibration (``streamdp-calibrate-bac`` in :mod:`streamdp.policy.calibration`) runs the sampler that will
+really run on logged observations and records every branch's delta at every step. Per solve kind it builds
+each branch's step x step cosine-similarity matrix, its volatility (the paper's measure: mean l1 change
+over all pairs of steps) and its mean magnitude. One budget of M x branches computations per solve is
+shared (:func:`allocate_updates`): each branch gets its first and last step, the rest goes where the
+ACS reuse cost (:func:`acs_schedule`, dynamic programming) falls most, so a branch whose delta does not
+change gives its share away. Bubbling Union (:func:`bubbling_union`) then gives the n most volatile
+branches the update steps of every FFN at the same or a deeper layer, so that no FFN refreshes on stale
+upstream input. The tool reports the schedule's open-loop action error next to the spread of two
+independent samples and stores it in the checkpoint's ``extras["bac"]`` only if it is within.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import torch
 
 from streamdp.policy.config import ConfigError
 
-BAC_VERSION = 1
+BAC_VERSION = 2  # 2: steps indexed by calls remaining, forced last call, one budget across branches
 
 
 class BACScheduleError(ConfigError):
@@ -154,7 +156,13 @@ def bubbling_union(
 # ----------------------------------------------------------------------------------------------
 @dataclass
 class SolveSchedule:
-    """Update steps of every branch for one solve kind."""
+    """Update steps of every branch for one solve kind.
+
+    Steps are indexed by *calls remaining*: step j of a schedule over `num_steps` calls is the call with
+    num_steps - j calls left (the last call is step num_steps - 1 whatever the solve's length). With SDP,
+    whose solves cycle in length (5, 5, 6 calls for K=16, h=3), a call's index then says what the call is:
+    the ladder state it sees, and how far it is from the chunk that will be executed.
+    """
 
     num_steps: int
     updates: dict[str, list[int]]
@@ -166,13 +174,18 @@ class SolveSchedule:
         if bad:
             raise ValueError(f"every branch must update at step 0; {bad} do not")
 
+    def index(self, remaining: int) -> int:
+        """Step index of the call with `remaining` calls left (this one included)."""
+        return self.num_steps - remaining
+
     def is_update(self, name: str, step: int) -> bool:
         s = self._sets.get(name)
-        return s is None or step >= self.num_steps or step in s
+        return s is None or not 0 <= step < self.num_steps or step in s
 
     def computes(self) -> int:
-        """Branch computations of one solve of num_steps calls."""
-        return sum(len([t for t in s if t < self.num_steps]) for s in self._sets.values())
+        """Branch computations of one solve of num_steps calls (the forced last call included)."""
+        last = self.num_steps - 1
+        return sum(len({t for t in s if t < self.num_steps} | {last}) for s in self._sets.values())
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SolveSchedule:
@@ -187,7 +200,10 @@ def schedules_from_extras(extras: Mapping[str, Any]) -> dict[str, SolveSchedule]
             "run `streamdp-calibrate-bac checkpoint=<dir> dataset=<obs.npz|lerobot root> sampler=<sampler>` first"
         )
     if bac.get("version") != BAC_VERSION:
-        raise BACScheduleError(f"extras['bac'] has version {bac.get('version')!r}; this streamdp reads {BAC_VERSION}")
+        raise BACScheduleError(
+            f"extras['bac'] has version {bac.get('version')!r}; this streamdp reads {BAC_VERSION}: "
+            "re-run `streamdp-calibrate-bac` on this checkpoint"
+        )
     return {key: SolveSchedule.from_dict(v) for key, v in bac.get("schedules", {}).items()}
 
 
@@ -195,12 +211,15 @@ def schedules_from_extras(extras: Mapping[str, Any]) -> dict[str, SolveSchedule]
 # Runtime cache and calibration recorder (both plug into Branch.cache_hook via Policy.attach_cache)
 # ----------------------------------------------------------------------------------------------
 class BlockCache:
-    """Runtime of BAC. The policy calls begin_solve(key) at the start of every observation's solve and
-    end_step() after every network call; each branch's residual goes through hook().
+    """Runtime of BAC. The call wrapper calls begin_solve(key) at the start of every solve, begin_step(r)
+    before every network call (r = calls remaining in the solve, this one included) and end_step()
+    after it; each branch's residual goes through hook().
 
-    On CUDA the add runs through the fused cached-residual kernel into persistent per-branch buffers
-    (fixed addresses, so graph replay works); on CPU it is the plain reference (``x + delta``).
-    Counters: `computed` and `reused` branch evaluations.
+    The last call of a solve (r == 1) recomputes every branch: it produces the clean chunk that is
+    executed. The first call does too (the caches are emptied at begin_solve). On CUDA the add runs
+    through the fused cached-residual kernel into persistent per-branch buffers (fixed addresses, so
+    graph replay works); on CPU it is the plain reference (``x + delta``). Counters: `computed` and
+    `reused` branch evaluations.
     """
 
     def __init__(self, schedules: Mapping[str, SolveSchedule], fused: bool | None = None) -> None:
@@ -208,7 +227,8 @@ class BlockCache:
         self.fused = fused
         self.key: str | None = None
         self.active: SolveSchedule | None = None
-        self.step = 0
+        self.step = 0  # calls made in this solve
+        self.remaining: int | None = None  # calls left in this solve, this one included (None: unknown)
         self.store: dict[str, torch.Tensor] = {}
         self.valid: set[str] = set()
         self.names: dict[int, str] = {}
@@ -237,16 +257,21 @@ class BlockCache:
                 "calibrate for the sampler you run: `streamdp-calibrate-bac checkpoint=<dir> dataset=<...> "
                 "sampler=<...>` with the same grid/RTI settings"
             )
-        self.key, self.active, self.step = key, self.schedules[key], 0
+        self.key, self.active, self.step, self.remaining = key, self.schedules[key], 0, None
         self.valid.clear()
+
+    def begin_step(self, remaining: int | None) -> None:
+        self.remaining = remaining
 
     def end_step(self) -> None:
         self.step += 1
+        self.remaining = None
 
     def is_update(self, name: str) -> bool:
-        if name not in self.valid:
+        if name not in self.valid or self.remaining == 1 or self.active is None:
             return True
-        return self.active is None or self.active.is_update(name, self.step)
+        index = self.step if self.remaining is None else self.active.index(self.remaining)
+        return self.active.is_update(name, index)
 
     def pattern(self) -> tuple[bool, ...]:
         """Which branches recompute at the current step (the CUDA-graph variant)."""
@@ -294,25 +319,22 @@ class BlockCache:
 
 @dataclass
 class _KindStats:
-    sim_sum: dict[str, np.ndarray] = field(default_factory=dict)
-    count: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    vol_sum: dict[str, float] = field(default_factory=dict)
-    vol_count: int = 0
+    """Per solve kind, keyed by calls remaining r (r = 1 is the last call)."""
+
+    sim_sum: dict[str, dict[tuple[int, int], float]] = field(default_factory=dict)
+    count: dict[tuple[int, int], int] = field(default_factory=dict)
+    vol_sum: dict[str, float] = field(default_factory=dict)  # l1 change summed over all pairs of steps
+    vol_pairs: int = 0
+    size_sum: dict[str, float] = field(default_factory=dict)  # mean |delta|, summed over steps
+    size_count: int = 0
     solves: int = 0
     step_hist: dict[int, int] = field(default_factory=dict)
 
 
-def _grow(a: np.ndarray, k: int) -> np.ndarray:
-    if a.shape[0] >= k:
-        return a
-    out = np.zeros((k, k))
-    out[: a.shape[0], : a.shape[1]] = a
-    return out
-
-
 class BranchRecorder:
     """Calibration hook: computes every branch (output identical to no cache) and accumulates, per solve
-    kind, each branch's step x step cosine similarity and its consecutive-step L1 change."""
+    kind and per pair of steps (indexed by calls remaining), each branch's cosine similarity, its l1
+    change (the paper's volatility, over all pairs of steps) and its mean magnitude."""
 
     graph_safe = False
 
@@ -320,7 +342,8 @@ class BranchRecorder:
         self.kinds: dict[str, _KindStats] = {}
         self.key: str | None = None
         self.step = 0
-        self.cur: dict[str, list[torch.Tensor]] = {}
+        self.remaining: int | None = None
+        self.cur: dict[str, dict[int, torch.Tensor]] = {}
         self.names: dict[int, str] = {}
         self.computed = 0
         self.reused = 0
@@ -330,10 +353,14 @@ class BranchRecorder:
 
     def begin_solve(self, key: str) -> None:
         self.flush()
-        self.key, self.step = key, 0
+        self.key, self.step, self.remaining = key, 0, None
+
+    def begin_step(self, remaining: int | None) -> None:
+        self.remaining = remaining
 
     def end_step(self) -> None:
         self.step += 1
+        self.remaining = None
 
     def hook(
         self, branch: Any, x: torch.Tensor, memory: torch.Tensor | None, mask: torch.Tensor | None
@@ -342,62 +369,123 @@ class BranchRecorder:
         self.computed += 1
         if self.key is not None:
             name = self.names.get(id(branch)) or branch_name(branch)
-            outs = self.cur.setdefault(name, [])
-            if len(outs) == self.step:  # one record per step (a step never calls a branch twice)
-                outs.append(delta.detach().double().reshape(-1).cpu())
+            # Without a remaining-count from the caller, steps count down from a large number.
+            r = self.remaining if self.remaining is not None else 1_000_000 - self.step
+            self.cur.setdefault(name, {}).setdefault(r, delta.detach().double().reshape(-1).cpu())
         return x + delta
 
     def flush(self) -> None:
-        if self.key is None or not self.cur:
-            self.cur = {}
+        cur, self.cur = self.cur, {}
+        if self.key is None or not cur:
             return
         st = self.kinds.setdefault(self.key, _KindStats())
-        n_steps = min(len(v) for v in self.cur.values())
-        if n_steps == 0:
-            self.cur = {}
+        rs = sorted(set.intersection(*(set(v) for v in cur.values())), reverse=True)  # time order
+        if not rs:
             return
         st.solves += 1
-        st.step_hist[n_steps] = st.step_hist.get(n_steps, 0) + 1
-        st.count = _grow(st.count, n_steps)
-        st.count[:n_steps, :n_steps] += 1
-        for name, outs in self.cur.items():
-            o = torch.stack(outs[:n_steps])
+        st.step_hist[len(rs)] = st.step_hist.get(len(rs), 0) + 1
+        for p in ((a, b) for a in rs for b in rs):
+            st.count[p] = st.count.get(p, 0) + 1
+        n_pairs = len(rs) * (len(rs) - 1) // 2
+        st.vol_pairs += n_pairs
+        st.size_count += len(rs)
+        for name, outs in cur.items():
+            o = torch.stack([outs[r] for r in rs])
             on = o / o.norm(dim=1, keepdim=True).clamp_min(1e-12)
             sim = (on @ on.T).numpy()
-            acc = _grow(st.sim_sum.get(name, np.zeros((0, 0))), n_steps)
-            acc[:n_steps, :n_steps] += sim
-            st.sim_sum[name] = acc
-            if n_steps > 1:
-                st.vol_sum[name] = st.vol_sum.get(name, 0.0) + float((o[1:] - o[:-1]).abs().mean(1).sum())
-        st.vol_count += max(n_steps - 1, 0)
-        self.cur = {}
+            acc = st.sim_sum.setdefault(name, {})
+            for i, a in enumerate(rs):
+                for j, b in enumerate(rs):
+                    acc[(a, b)] = acc.get((a, b), 0.0) + float(sim[i, j])
+            if n_pairs:
+                l1 = (o[:, None, :] - o[None, :, :]).abs().mean(-1)  # (steps, steps)
+                st.vol_sum[name] = st.vol_sum.get(name, 0.0) + float(l1.triu(1).sum())
+            st.size_sum[name] = st.size_sum.get(name, 0.0) + float(o.abs().mean(1).sum())
 
     def results(self) -> dict[str, dict[str, Any]]:
-        """Per solve kind: num_steps, mean similarity matrices, volatilities, solves and step histogram."""
+        """Per solve kind: num_steps, mean similarity matrices (index = num_steps - calls remaining),
+        volatilities, mean branch magnitudes, solves and the histogram of solve lengths."""
         self.flush()
         out = {}
         for key, st in self.kinds.items():
-            k = st.count.shape[0]
-            cnt = np.maximum(st.count, 1)
-            sims = {n: _grow(s, k) / cnt for n, s in st.sim_sum.items()}
-            vol = {n: st.vol_sum.get(n, 0.0) / max(st.vol_count, 1) for n in st.sim_sum}
-            out[key] = {"num_steps": k, "sim": sims, "volatility": vol, "solves": st.solves, "steps": st.step_hist}
+            k = max(max(p) for p in st.count)  # steps of the longest solve; index j <-> k - j calls remaining
+            cnt = np.ones((k, k))
+            for (a, b), c in st.count.items():
+                cnt[k - a, k - b] = c
+            sims = {}
+            for name, acc in st.sim_sum.items():
+                m = np.eye(k)  # pairs never seen together: unrelated, except each step with itself
+                for (a, b), v in acc.items():
+                    m[k - a, k - b] = v
+                sims[name] = m / cnt
+            vol = {n: st.vol_sum.get(n, 0.0) / max(st.vol_pairs, 1) for n in st.sim_sum}
+            size = {n: st.size_sum.get(n, 0.0) / max(st.size_count, 1) for n in st.sim_sum}
+            out[key] = {
+                "num_steps": k,
+                "sim": sims,
+                "volatility": vol,
+                "size": size,
+                "solves": st.solves,
+                "steps": st.step_hist,
+            }
         return out
+
+
+def _reuse_costs(sim: np.ndarray, weight: float) -> list[float]:
+    """cost[m] for m = 1 .. K-1 update steps among the first K-1 steps (the last always updates): the
+    weighted dissimilarity of every reused step to the step whose delta it reuses, ACS-optimal."""
+    k1 = sim.shape[0] - 1
+    head = sim[:k1, :k1]
+    costs = [0.0]  # placeholder at m = 0
+    for m in range(1, k1 + 1):
+        costs.append(weight * ((k1 - m) - acs_value(head, acs_schedule(head, m))))
+    return costs
+
+
+def allocate_updates(
+    sims: Mapping[str, np.ndarray], sizes: Mapping[str, float], per_branch: int
+) -> dict[str, list[int]]:
+    """Update steps of every branch under one budget of per_branch x branches computations.
+
+    Every branch updates at its first step and at the last (forced); the rest of the budget goes,
+    one step at a time, to the branch whose reuse cost falls most (ACS cost of its cosine
+    dissimilarities, weighted by the branch's mean delta magnitude). A branch whose delta does not
+    change across steps costs nothing to reuse and keeps the minimum; its share goes elsewhere.
+    """
+    names = sorted(sims)
+    k = next(iter(sims.values())).shape[0]
+    if k <= 2:
+        return {n: list(range(k)) for n in names}
+    mean_size = sum(sizes.get(n, 1.0) for n in names) / len(names) or 1.0
+    costs = {n: _reuse_costs(sims[n], sizes.get(n, 1.0) / mean_size) for n in names}
+    m = dict.fromkeys(names, 1)  # updates among the first K-1 steps (step 0 included)
+    budget = max(per_branch, 2) * len(names) - 2 * len(names)
+    while budget > 0:
+        best = max(
+            (n for n in names if m[n] < k - 1),
+            key=lambda n: (costs[n][m[n]] - costs[n][m[n] + 1], n),
+            default=None,
+        )
+        if best is None:
+            break
+        m[best] += 1
+        budget -= 1
+    return {n: [*acs_schedule(sims[n][: k - 1, : k - 1], m[n]), k - 1] for n in names}
 
 
 def build_schedules(
     results: Mapping[str, Mapping[str, Any]],
     updates: int | None = None,
     update_ratio: float = 0.5,
-    top_blocks: int = 2,
+    top_blocks: int = 3,
 ) -> dict[str, dict[str, Any]]:
-    """ACS + Bubbling Union for every recorded solve kind; JSON-ready."""
+    """Budgeted ACS + Bubbling Union for every recorded solve kind; JSON-ready."""
     out = {}
     for key, r in results.items():
         k = int(r["num_steps"])
         m = int(updates) if updates else max(1, int(round(update_ratio * k)))
         m = max(1, min(m, k))
-        acs = {n: acs_schedule(s, m) for n, s in r["sim"].items()}
+        acs = allocate_updates(r["sim"], r.get("size", {}), m)
         final, selected = bubbling_union(acs, r["volatility"], top_blocks)
         sched = SolveSchedule(k, final)
         out[key] = {
@@ -407,6 +495,7 @@ def build_schedules(
             "acs_updates": acs,
             "bubbled": selected,
             "volatility": {n: float(v) for n, v in r["volatility"].items()},
+            "size": {n: float(v) for n, v in r.get("size", {}).items()},
             "acs_similarity": {n: acs_value(r["sim"][n], final[n]) for n in final},
             "branch_computes_per_solve": sched.computes(),
             "branch_computes_uncached": k * len(final),

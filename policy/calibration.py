@@ -110,9 +110,12 @@ def load_episodes(spec: str | Path, max_frames: int | None = None) -> list[list[
     return eps
 
 
-def run_select_action(policy: Any, episodes: list[list[dict[str, Any]]], max_obs: int | None) -> int:
+def run_select_action(
+    policy: Any, episodes: list[list[dict[str, Any]]], max_obs: int | None, actions: list | None = None
+) -> int:
     """Drive `policy` as a control loop would: reset per episode (from its first state), select_action on
-    every frame; returns the number of inferences (observations that ran the sampler)."""
+    every frame; returns the number of inferences (observations that ran the sampler). The actions are
+    appended, normalised, to `actions` when it is given."""
     from streamdp.policy.encoders import STATE_KEY
 
     inferences = 0
@@ -121,11 +124,25 @@ def run_select_action(policy: Any, episodes: list[list[dict[str, Any]]], max_obs
         policy.reset(state=state if policy.config.primer == "state" else None)
         for frame in ep:
             before = policy.nfe_total
-            policy.select_action(frame)
+            a = policy.select_action(frame)
+            if actions is not None:
+                actions.append(policy.normalizer.normalize("action", torch.as_tensor(a, dtype=torch.float32)))
             inferences += policy.nfe_total > before
             if max_obs and inferences >= max_obs:
                 return inferences
     return inferences
+
+
+def open_loop_error(
+    reference: Any, other: Any, episodes: list[list[dict[str, Any]]], max_obs: int | None
+) -> float:
+    """Mean |a_other - a_reference| (normalised units) over the actions both emit on the same logged frames."""
+    a: list[torch.Tensor] = []
+    b: list[torch.Tensor] = []
+    run_select_action(reference, episodes, max_obs, a)
+    run_select_action(other, episodes, max_obs, b)
+    n = min(len(a), len(b))
+    return float((torch.stack(a[:n]) - torch.stack(b[:n])).abs().mean()) if n else 0.0
 
 
 # ---------------------------------------------------------------------------------------------- RTI
@@ -230,7 +247,7 @@ def calibrate_bac(
     episodes: list[list[dict[str, Any]]],
     updates: int | None = None,
     update_ratio: float = 0.5,
-    top_blocks: int = 2,
+    top_blocks: int = 3,
     max_obs: int | None = 50,
 ) -> dict[str, Any]:
     """Run `policy` closed-loop style (select_action on every frame) over the episodes, recording branch
@@ -249,7 +266,7 @@ def calibrate_bac(
     finally:
         policy.detach_cache()
     c = policy.config
-    return {
+    entry = {
         "version": BAC_VERSION,
         "sampler": c.sampler,
         "num_inference_steps": c.num_inference_steps,
@@ -259,6 +276,13 @@ def calibrate_bac(
         "calibration_observations": inferences,
         "schedules": build_schedules(rec.results(), updates, update_ratio, top_blocks),
     }
+    # Vouch for the schedule: its effect on the executed actions (same draws, cached vs not) next to how
+    # much two independent full samples differ. A schedule worse than sampling noise is not trusted.
+    seed = 4242
+    cached = policy.twin(seed=seed, cache="bac", extras={**policy.extras, "bac": entry})
+    entry["open_loop_error"] = open_loop_error(policy.twin(seed=seed), cached, episodes, max_obs)
+    entry["sample_spread"] = open_loop_error(policy.twin(seed=seed), policy.twin(seed=seed + 1), episodes, max_obs)
+    return entry
 
 
 def merge_bac_extras(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
@@ -309,9 +333,10 @@ class CalibrateRTIConfig(CalibrationInput):
 
 @dataclass
 class CalibrateBACConfig(CalibrationInput):
-    updates: int = opt(0, "update steps M per branch (0: use update_ratio)")
+    updates: int = opt(0, "mean update steps M per branch: the budget is M x branches (0: use update_ratio)")
     update_ratio: float = opt(0.5, "M = round(ratio * steps) per solve kind")
-    top_blocks: int = opt(2, "n most volatile branches that get the Bubbling Union")
+    top_blocks: int = opt(3, "n most volatile branches (mean l1 change over all step pairs) get the Bubbling Union")
+    force: bool = opt(False, "store the schedules even when their open-loop error exceeds the sampling spread")
 
 
 def run_rti_calibration(cfg: CalibrateRTIConfig) -> dict[str, Any]:
@@ -339,6 +364,14 @@ def run_bac_calibration(cfg: CalibrateBACConfig) -> dict[str, Any]:
     policy, episodes = cfg.load()
     entry = calibrate_bac(policy, episodes, cfg.updates or None, cfg.update_ratio, cfg.top_blocks, cfg.max_obs)
     entry["dataset"] = str(cfg.dataset)
+    err, spread = entry["open_loop_error"], entry["sample_spread"]
+    print(f"[bac] open-loop action error {err:.4f} vs spread of two full samples {spread:.4f} (normalised)")
+    if err > spread and not cfg.force:
+        raise UserError(
+            f"BAC schedules for {cfg.checkpoint} change the executed actions by {err:.4f} (normalised), more than "
+            f"two independent samples differ ({spread:.4f}); not stored. Raise update_ratio (now "
+            f"{cfg.update_ratio}) or updates, or pass force=true to store them anyway"
+        )
     base = Policy.from_pretrained(cfg.checkpoint)
     merged = merge_bac_extras(base.extras.get("bac"), entry)
     base.save_pretrained(cfg.checkpoint, extras={"bac": merged})

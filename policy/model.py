@@ -9,7 +9,7 @@ from torch import nn
 from streamdp.policy.config import PolicyConfig
 from streamdp.policy.encoders import ObservationEncoder
 from streamdp.policy.nets import ConditionalUnet1D, TransformerDenoiser
-from streamdp.policy.samplers.rolling_buffer import training_labels
+from streamdp.policy.samplers.rolling_buffer import training_label_patterns, training_labels
 from streamdp.policy.schedule import NoiseSchedule
 
 
@@ -24,6 +24,8 @@ class DiffusionModel(nn.Module):
             self.denoiser: nn.Module = ConditionalUnet1D(cfg.action_dim, f * cfg.n_obs_steps, cfg.horizon, cfg.unet)
         else:
             self.denoiser = TransformerDenoiser(cfg.action_dim, f, cfg.n_obs_steps, cfg.horizon, cfg.transformer)
+        # Label patterns of SDP training: exactly what the configured sampler's buffer visits (not saved).
+        self.label_patterns = training_label_patterns(cfg)
 
     def encode(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Normalised observation history -> condition, computed once per observation."""
@@ -40,7 +42,7 @@ class DiffusionModel(nn.Module):
         action_is_pad: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """epsilon-MSE with per-slot labels: SDP ladder (p = sdp_ladder_prob) or one shared level."""
+        """epsilon-MSE with per-slot labels: a visited SDP pattern (p = sdp_ladder_prob) or one shared level."""
         total, count = self.loss_terms(obs, actions, action_is_pad, generator=generator)
         return total / count
 
@@ -51,11 +53,10 @@ class DiffusionModel(nn.Module):
         cfg = self.cfg
         k = training_labels(
             batch,
-            cfg.horizon,
-            cfg.n_obs_steps,
-            cfg.n_action_steps,
             cfg.schedule.num_train_steps,
+            self.label_patterns,
             cfg.sdp_ladder_prob,
+            cfg.horizon,
             generator=generator,
             device=device,
         )

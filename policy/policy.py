@@ -77,8 +77,7 @@ class Policy:
         self.last_nfe = 0  # network calls spent on the most recent emitted chunk
         self.dropped_observations = 0
         self.call = DenoiserCall(self.model, config, self.device, cache_factory=self._block_cache)
-        self.extras = {}  # builds the sampler
-        self.reset()
+        self.extras = {}  # builds the sampler and resets
 
     @property
     def extras(self) -> dict[str, Any]:
@@ -87,9 +86,10 @@ class Policy:
 
     @extras.setter
     def extras(self, value: dict[str, Any]) -> None:
-        # Grids and RTI levels depend on the calibration: a new one means a new (reset) sampler.
+        # Grids and RTI levels depend on the calibration: a new one means a new sampler, and a reset.
         self._extras = dict(value)
         self.sampler_impl: Sampler = self._make_sampler()
+        self.reset()
 
     def _make_sampler(self) -> Sampler:
         settings = SolveSettings(self.config, self.extras)
@@ -140,8 +140,7 @@ class Policy:
         policy = cls(cfg, stats=norm, device=device, seed=seed)
         check_state_dict(path / WEIGHTS_FILE, policy.model.state_dict(), weights)
         policy.model.load_state_dict(weights)
-        policy.extras = extras
-        policy.reset()
+        policy.extras = extras  # rebuilds and resets the sampler for the calibrated grids
         policy.check_cache()
         return policy
 
@@ -152,6 +151,18 @@ class Policy:
             raise CheckpointError("cannot save a policy without normalisation stats")
         sd = state_dict if state_dict is not None else self.model.state_dict()
         return save_checkpoint(path, self.config, sd, self.normalizer.to_flat(), {**self.extras, **(extras or {})})
+
+    def twin(self, seed: int = 0, extras: dict[str, Any] | None = None, **overrides: Any) -> Policy:
+        """A policy with the same weights and stats, its own RNG and state, config fields changed as given
+        (validated), and `extras` (default: a copy of these). Used to compare settings on equal weights."""
+        try:
+            cfg = PolicyConfig.from_dict({**self.config.to_dict(), **overrides})
+        except ConfigError as e:
+            raise ConfigError(f"twin of a policy: {e}") from e
+        other = type(self)(cfg, stats=self.normalizer, device=self.device, seed=seed)
+        other.model.load_state_dict(self.model.state_dict())
+        other.extras = dict(self.extras if extras is None else extras)
+        return other
 
     def check_compatible(
         self,

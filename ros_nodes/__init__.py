@@ -1,14 +1,29 @@
 """streamdp.ros_nodes: thin rclpy adapters around pure-Python logic.
 
-- ``logic``: observation sync, action streamer timing, trajectory building, statistics, the
-  inference worker thread (no rclpy; unit-tested on its own).
-- ``policy_node``: the managed (lifecycle) policy node (console script ``policy_node``).
-- ``sim_bridge_node``: a streamdp sim task as a ROS robot (console script ``sim_bridge_node``).
-- ``bringup``: node descriptions shared by ``launch/*.launch.py`` and ``streamdp-bringup``.
-- ``rosenv``: where rclpy comes from (a sourced ROS 2 or the pip ``ros-rclpy`` wheels) and the ROS
-  environment rule (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, ROS_DOMAIN_ID, ROS_LOG_DIR).
-- ``runtime``: spin until SIGINT/SIGTERM, then finalise (final hold) while ROS is still up.
-- ``e2e_bench``: both nodes as processes over DDS, with latency / jitter / deadline statistics.
+Pure logic (no rclpy; unit-tested on its own):
 
-Importing this package does not import rclpy.
+- ``observation``: sensor messages -> the policy's observation per control tick (ObservationSync,
+  StateLayout, ExtraState, select_joints, image decode/encode).
+- ``streamer``: the time-indexed queue of clean actions read once per tick (ActionStreamer, Command,
+  QueuedAction) and the node's timing model.
+- ``trajectory``: JointTrajectory points, sampling a trajectory in time, (sec, nanosec) stamps.
+- ``inference``: the inference worker thread (InferenceWorker, Frame, Chunk).
+- ``stats``: rolling percentiles, tick jitter, ROS clock jumps (RollingStats, TickStats, ClockJumpDetector).
+- ``safety`` / ``kinematics``: the safety filter and the URDF chain's forward kinematics.
+- ``params``: the policy node's parameter table, the Settings it becomes, the limits -> safety filter step.
+- ``commands``: the command pipeline (user filter seam, safety filter, publish-or-hold).
+
+ROS nodes and tools:
+
+- ``policy_node``: the managed (lifecycle) policy node; ``sim_bridge_node``: a sim task as a ROS robot.
+- ``cli``: console scripts ``policy_node``, ``sim_bridge_node``, ``streamdp-sim-episodes`` (rclpy's
+  libraries made loadable first).
+- ``bringup``: node descriptions shared by ``launch/*.launch.py`` and ``streamdp-bringup``.
+- ``rosenv``: where rclpy comes from (a sourced ROS 2 or the pip ``ros-rclpy`` wheels), ``ensure_ros_env``
+  for entry points, and the ROS environment rule (LOCALHOST discovery, ROS_DOMAIN_ID, ROS_LOG_DIR).
+- ``runtime``: spin until SIGINT/SIGTERM, then finalise (final hold) while ROS is still up.
+- ``testing``: the process harness (node processes with logs, a watcher node) of the tools below and the tests.
+- ``e2e_bench``, ``sim_episodes``, ``demo``: measurement over DDS, scored episodes, the main job.
+
+Importing this package does not import rclpy, and no module re-executes the process at import.
 """

@@ -1,7 +1,7 @@
 """Node descriptions shared by the launch files and ``streamdp-bringup`` (which needs no ``ros2 launch``).
 
-``launch/sim.launch.py`` and ``launch/real_arm.launch.py`` turn :func:`describe` into
-``launch_ros.actions.Node`` actions on a real ROS install. Where ``launch``/``launch_ros`` are not
+``launch/sim.launch.py`` and ``launch/real_arm.launch.py`` are :func:`launch_description`: :func:`describe`
+as ``launch_ros.actions.Node`` actions on a real ROS install. Where ``launch``/``launch_ros`` are not
 installable (the pip ``ros-rclpy`` wheels), the same descriptions run as child processes::
 
     export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=42 ROS_LOG_DIR=$PWD/build/ros_log
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,17 +113,42 @@ def describe(
     return [sim, policy]
 
 
-def _yaml_value(v: Any) -> str:
-    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+def launch_description(config: str, params_help: str) -> Any:
+    """The ``LaunchDescription`` of ``launch/<config>.launch.py`` (needs ``launch``/``launch_ros``: a ROS install).
+
+    Arguments ``params_file`` (default config/ros/<config>.yaml) and ``checkpoint`` (overrides the policy
+    node's); the nodes are :func:`describe` (config) as ``launch_ros.actions.Node``, with discovery kept on
+    this machine (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, DESIGN.md 8)."""
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    from launch import LaunchDescription
+
+    def nodes(context: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        params = LaunchConfiguration("params_file").perform(context)
+        ckpt = LaunchConfiguration("checkpoint").perform(context)
+        overrides = {"policy_node": {"checkpoint": ckpt}} if ckpt else None
+        return [Node(package=d.package, executable=d.executable, name=d.name, parameters=list(d.parameters),
+                     remappings=list(d.remappings), additional_env=dict(d.env), arguments=list(d.arguments),
+                     output="screen")
+                for d in describe(config, [params], overrides)]
+
+    return LaunchDescription([
+        *(SetEnvironmentVariable(k, v) for k, v in ROS_ENV.items()),
+        DeclareLaunchArgument("params_file", default_value=str(default_params(config)), description=params_help),
+        DeclareLaunchArgument("checkpoint", default_value="", description="override the policy checkpoint directory"),
+        OpaqueFunction(function=nodes),
+    ])
 
 
-def ros_args(desc: NodeDescription, tmpdir: str | Path | None = None) -> list[str]:
-    """``--ros-args`` for `desc`: node name, parameter files (dicts written to YAML in `tmpdir`), remaps."""
+def ros_args(desc: NodeDescription, param_dir: str | Path) -> list[str]:
+    """``--ros-args`` for `desc`: node name, parameter files (dicts written to YAML in `param_dir`, which the
+    caller owns and removes), remaps."""
     out = ["--ros-args", "-r", f"__node:={desc.name}"]
     for i, p in enumerate(desc.parameters):
         if isinstance(p, Mapping):
-            d = Path(tmpdir or tempfile.mkdtemp(prefix="streamdp-params-"))
-            f = d / f"{desc.name}_{i}.yaml"
+            f = Path(param_dir) / f"{desc.name}_{i}.yaml"
             f.write_text(yaml.safe_dump({desc.name: {"ros__parameters": dict(p)}}))
             p = str(f)
         out += ["--params-file", str(p)]
@@ -131,9 +157,19 @@ def ros_args(desc: NodeDescription, tmpdir: str | Path | None = None) -> list[st
     return out
 
 
-def command(desc: NodeDescription, python: str | None = None, tmpdir: str | Path | None = None) -> list[str]:
-    """The command line running `desc` as a child process (``python -m <module> --ros-args ...``)."""
-    return [python or sys.executable, "-m", desc.module, *desc.arguments, *ros_args(desc, tmpdir)]
+def command(desc: NodeDescription, param_dir: str | Path, python: str | None = None) -> list[str]:
+    """The command line running `desc` as a child process (``python -m <module> --ros-args ...``); parameter
+    dicts are written to YAML files in `param_dir`."""
+    return [python or sys.executable, "-m", desc.module, *desc.arguments, *ros_args(desc, param_dir)]
+
+
+def dry_run_param_dir() -> Path:
+    """Where ``--dry-run`` writes the parameter files its printed commands name: one fixed folder in the build
+    tree (ROS_LOG_DIR's parent), rewritten by each dry run, so nothing piles up in the system temp folder."""
+    d = Path(os.environ["ROS_LOG_DIR"]).resolve().parent / "bringup_params"
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    return d
 
 
 def child_env(desc: NodeDescription, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -156,7 +192,13 @@ def parse_overrides(items: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 
 def _run_processes(descs: Sequence[NodeDescription], duration: float | None) -> int:
-    tmp = tempfile.mkdtemp(prefix="streamdp-bringup-")
+    """Each node as a child process until one exits, `duration` passes or SIGINT/SIGTERM; then stop them all."""
+    with tempfile.TemporaryDirectory(prefix="streamdp-bringup-") as tmp:  # parameter files, removed on exit
+        return _supervise(descs, duration, tmp)
+
+
+def _supervise(descs: Sequence[NodeDescription], duration: float | None, tmp: str) -> int:
+    """Start, watch and stop the children (SIGINT first: they publish a final hold); the first bad exit code."""
     procs: list[tuple[NodeDescription, subprocess.Popen]] = []
     stop = {"flag": False}
 
@@ -166,7 +208,7 @@ def _run_processes(descs: Sequence[NodeDescription], duration: float | None) -> 
     old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for d in descs:
-            cmd = command(d, tmpdir=tmp)
+            cmd = command(d, tmp)
             print(f"[bringup] starting {d.name}: {' '.join(cmd)}", flush=True)
             procs.append((d, subprocess.Popen(cmd, env=child_env(d), start_new_session=True)))
         t0 = time.monotonic()
@@ -200,19 +242,19 @@ def _run_composed(descs: Sequence[NodeDescription], duration: float | None) -> i
     """All nodes in this process on one MultiThreadedExecutor (needs rclpy loadable here)."""
     import importlib
 
-    from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable
+    from streamdp.ros_nodes.rosenv import ensure_ros_env
 
-    ensure_rclpy_loadable()
+    ensure_ros_env()  # first: a re-execution restarts this process from the top
     from streamdp.ros_nodes import runtime
 
     os.environ.update({k: v for d in descs for k, v in d.env.items()})
     runtime.init(None)
-    tmp = tempfile.mkdtemp(prefix="streamdp-bringup-")
     nodes = []
-    for d in descs:
-        mod, cls = d.node_class.split(":")
-        node_cls = getattr(importlib.import_module(mod), cls)
-        nodes.append(node_cls(d.name, cli_args=ros_args(d, tmp), use_global_arguments=False))
+    with tempfile.TemporaryDirectory(prefix="streamdp-bringup-") as tmp:  # read while the nodes are made
+        for d in descs:
+            mod, cls = d.node_class.split(":")
+            node_cls = getattr(importlib.import_module(mod), cls)
+            nodes.append(node_cls(d.name, cli_args=ros_args(d, tmp), use_global_arguments=False))
     t0 = time.monotonic()
 
     def until() -> bool:
@@ -233,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="override one parameter, e.g. policy_node.checkpoint:=/ckpt")
     ap.add_argument("--compose", action="store_true", help="run all nodes in this process (MultiThreadedExecutor)")
     ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    ap.add_argument("--dry-run", action="store_true", help="print the node commands and exit")
+    ap.add_argument("--dry-run", action="store_true", help="print the node commands and exit (their parameter "
+                    "files are written to build/bringup_params, next to ROS_LOG_DIR)")
     a = ap.parse_args(argv)
     problems = ros_env_problems()
     if problems:
@@ -252,8 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     Path(os.environ["ROS_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
     if a.dry_run:
+        param_dir = dry_run_param_dir()
         for d in descs:
-            print(" ".join(command(d)))
+            print(" ".join(command(d, param_dir)))
         return 0
     if a.compose:
         return _run_composed(descs, a.duration)
@@ -261,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 __all__ = ["NodeDescription", "describe", "command", "ros_args", "child_env", "parse_overrides", "main",
-           "config_dir", "default_params"]
+           "config_dir", "default_params", "launch_description"]
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def plots(runs: list, out: Path, fps: float) -> list[Path]:
     return files
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--episodes", type=int, default=10, help="ROS 2 episodes per sampler")
@@ -106,42 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-obs", type=int, default=30, help="timed observations per sampler (step 3)")
     ap.add_argument("--seed", type=int, default=10000, help="first episode seed (held out from the demos)")
     ap.add_argument("--out", type=Path, default=Path("outputs/demo"))
-    a = ap.parse_args(argv)
-    t_all = time.perf_counter()
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    a.out.mkdir(parents=True, exist_ok=True)
-    ros = set_ros_env(a.out)
-    import shutil
+    return ap.parse_args(argv)
 
-    import torch
 
-    torch.set_num_threads(1)  # the simulator and DDS share 2 cores with the policy (DESIGN.md 8)
-    from streamdp.policy.policy import Policy
-    from streamdp.sim import bundled_checkpoint
-    from streamdp.sim.bench import Mode, latency
-    from streamdp.sim.collect import collect
-    from streamdp.sim.metrics import hardware
-    from streamdp.sim.tasks import task_spec
-
-    n = 5
-    spec = task_spec(TASK)
-    _step(1, n, f"collecting {a.demos} expert demonstrations of {TASK} (LeRobot v3 dataset)")
-    data = a.out / "data" / TASK
-    if data.exists():
-        shutil.rmtree(data)
-    col = collect(TASK, a.demos, root=data, seed=0, progress=True)
-    print(f"  kept {col.episodes_kept}/{col.episodes_tried} episodes, {col.frames} frames in {col.seconds:.1f} s "
-          f"-> {data}")
-
-    _step(2, n, "policy")
-    t = time.perf_counter()
+def _policy(a: argparse.Namespace, data: Path) -> tuple[Path, str]:
+    """Step 2: the checkpoint to run (given, trained from the demos, or bundled) and how it came about."""
     if a.checkpoint is not None:
-        ckpt = a.checkpoint
-        how = f"given checkpoint {ckpt}"
-    elif a.train_steps > 0:
+        return a.checkpoint, f"given checkpoint {a.checkpoint}"
+    if a.train_steps > 0:
         from streamdp.policy.train import load_config, train
 
+        t = time.perf_counter()
         run_dir = a.out / "train"
         cfg = load_config([f"task={TASK}", "policy=sdp_transformer", "policy.transformer.d_model=128",
                            "policy.transformer.n_layers=4", f"dataset.root={data}", f"train.steps={a.train_steps}",
@@ -149,13 +124,21 @@ def main(argv: list[str] | None = None) -> int:
                            f"train.output_dir={run_dir}"])
         res = train(cfg, output_dir=run_dir)
         ckpt = Path(res.checkpoint) / "pretrained"
-        how = f"trained {res.step} steps in {time.perf_counter() - t:.0f} s (loss {res.last_loss:.4f}) -> {ckpt}"
-    else:
-        found = bundled_checkpoint(TASK)
-        if found is None:
-            raise SystemExit(f"no bundled {TASK} checkpoint in this install: pass --train-steps N or --checkpoint")
-        ckpt = found
-        how = f"bundled checkpoint {ckpt} (scripts/make_bundled_checkpoints.sh made it)"
+        return ckpt, f"trained {res.step} steps in {time.perf_counter() - t:.0f} s (loss {res.last_loss:.4f}) -> {ckpt}"
+    from streamdp.sim import bundled_checkpoint
+
+    found = bundled_checkpoint(TASK)
+    if found is None:
+        raise SystemExit(f"no bundled {TASK} checkpoint in this install: pass --train-steps N or --checkpoint")
+    return found, f"bundled checkpoint {found} (scripts/make_bundled_checkpoints.sh made it)"
+
+
+def _describe_policy(ckpt: Path, how: str) -> None:
+    """Load the checkpoint, check it against the task as a robot would, and say what it is."""
+    from streamdp.policy.policy import Policy
+    from streamdp.sim.tasks import task_spec
+
+    spec = task_spec(TASK)
     pol = Policy.from_pretrained(ckpt)
     pol.check_compatible(joint_names=spec.joint_names, state_dim=spec.state_dim, action_dim=spec.action_dim,
                          fps=float(spec.fps))
@@ -164,13 +147,14 @@ def main(argv: list[str] | None = None) -> int:
           f"To={c.n_obs_steps} Ta={c.n_action_steps} Tp={c.horizon} K={c.num_inference_steps} "
           f"(h={c.num_chunks}); matches the dataset's joints {c.joint_names} at {c.fps:g} Hz")
 
-    _step(3, n, "per-observation cost of each sampler on the same weights (observe + denoise to Ta actions)")
+
+def _offline_cost(ckpt: Path, data: Path, specs: list, n_obs: int) -> list[dict]:
+    """Step 3: network calls and ms per observation of each sampler, on the observations just collected."""
     from streamdp.policy.calibration import load_episodes
-    from streamdp.sim.evaluate import SamplerSpec
+    from streamdp.sim.bench import Mode, latency
 
     # the observations of the dataset just collected, read back through lerobot
-    stream = [o for ep in load_episodes(data, max_frames=a.latency_obs + 3) for o in ep]
-    specs = [SamplerSpec.parse(item) for item in a.samplers]
+    stream = [o for ep in load_episodes(data, max_frames=n_obs + 3) for o in ep]
     offline = [latency(ckpt, Mode(sp.sampler, sp.num_inference_steps, "none", "eager"), stream, "cpu")
                for sp in specs]
     ref = next((x for x in offline if x["label"].startswith("DDPM")), offline[0])
@@ -179,10 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     for x in offline:
         print(f"| {x['label']} | {x['calls']:.1f} | {x['ms_p50']:.1f} | {x['ms_p99']:.1f} "
               f"| {x['ms_p50'] / ref['ms_p50']:.3f} |")
+    return offline
 
-    _step(4, n, f"closed loop over ROS 2: sim_bridge_node + policy_node, {a.episodes} episodes per sampler "
-                f"(domain {ros['ROS_DOMAIN_ID']}, localhost only)")
-    from streamdp.ros_nodes.sim_episodes import markdown, run_sampler_episodes
+
+def _ros_episodes(a: argparse.Namespace, ckpt: Path, specs: list) -> list:
+    """Step 4: scored closed-loop episodes per sampler over ROS 2 (two processes, DDS on this machine)."""
+    from streamdp.ros_nodes.sim_episodes import run_sampler_episodes
 
     runs = []
     for item, sp in zip(a.samplers, specs):
@@ -193,11 +179,52 @@ def main(argv: list[str] | None = None) -> int:
         s = r.summary()
         print(f"  {s['successes']}/{s['episodes']} in {r.wall_s:.0f} s (start-up {r.startup_s:.0f} s)")
         runs.append(r)
+    return runs
 
+
+def main(argv: list[str] | None = None) -> int:
+    """``streamdp-demo``: the five steps of the module docstring; results in ``--out``."""
+    a = _parse(argv)
+    from streamdp.ros_nodes.rosenv import ensure_ros_env
+
+    ensure_ros_env()  # before any work: a re-execution would start the demo over
+    t_all = time.perf_counter()
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    a.out.mkdir(parents=True, exist_ok=True)
+    ros = set_ros_env(a.out)
+    import shutil
+
+    import torch
+
+    torch.set_num_threads(1)  # the simulator and DDS share 2 cores with the policy (DESIGN.md 8)
+    from streamdp.ros_nodes.sim_episodes import markdown
+    from streamdp.sim.collect import collect
+    from streamdp.sim.evaluate import SamplerSpec
+    from streamdp.sim.metrics import hardware
+    from streamdp.sim.tasks import task_spec
+
+    n = 5
+    _step(1, n, f"collecting {a.demos} expert demonstrations of {TASK} (LeRobot v3 dataset)")
+    data = a.out / "data" / TASK
+    if data.exists():
+        shutil.rmtree(data)
+    col = collect(TASK, a.demos, root=data, seed=0, progress=True)
+    print(f"  kept {col.episodes_kept}/{col.episodes_tried} episodes, {col.frames} frames in {col.seconds:.1f} s "
+          f"-> {data}")
+    _step(2, n, "policy")
+    ckpt, how = _policy(a, data)
+    _describe_policy(ckpt, how)
+    _step(3, n, "per-observation cost of each sampler on the same weights (observe + denoise to Ta actions)")
+    specs = [SamplerSpec.parse(item) for item in a.samplers]
+    offline = _offline_cost(ckpt, data, specs, a.latency_obs)
+    _step(4, n, f"closed loop over ROS 2: sim_bridge_node + policy_node, {a.episodes} episodes per sampler "
+                f"(domain {ros['ROS_DOMAIN_ID']}, localhost only)")
+    runs = _ros_episodes(a, ckpt, specs)
     _step(5, n, "results")
     table = markdown(runs)
     print(table)
-    files = plots(runs, a.out, float(spec.fps))
+    files = plots(runs, a.out, float(task_spec(TASK).fps))
     doc = {"task": TASK, "checkpoint": str(ckpt), "policy": how, "collect": {
         "episodes_tried": col.episodes_tried, "episodes_kept": col.episodes_kept, "frames": col.frames,
         "seconds": col.seconds}, "offline_latency": offline, "ros": [r.to_dict() for r in runs],

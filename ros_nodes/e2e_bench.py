@@ -20,35 +20,19 @@ ROS environment: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a ROS_DOMAIN_ID and RO
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable, ros_env_problems
-
-ensure_rclpy_loadable()
-
-import rclpy  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.context import Context  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.qos import QoSProfile  # noqa: E402
-from std_msgs.msg import Float64  # noqa: E402
-from trajectory_msgs.msg import JointTrajectory  # noqa: E402
-
-from streamdp.ros_nodes import bringup  # noqa: E402
+from streamdp.ros_nodes import bringup
+from streamdp.ros_nodes.rosenv import ensure_ros_env, ros_env_problems
 
 
 @dataclass
@@ -57,6 +41,7 @@ class E2EResult:
     num_inference_steps: int
     ticks: int  # commands received in the measured window
     expected_ticks: int  # control periods elapsed in that window (by command stamps)
+    stamps_not_increasing: int  # commands whose stamp is not after the one before (reordered or repeated)
     stamp_gap_ms_p50: float
     stamp_gap_ms_p99: float
     dds_latency_ms_p50: float
@@ -95,78 +80,6 @@ class E2EResult:
         }
 
 
-class Monitor(Node):
-    """Subscribes to what the test observes: commands, task distance, diagnostics."""
-
-    def __init__(self, node_name: str = "streamdp_e2e_monitor", **kwargs: Any) -> None:
-        super().__init__(node_name, **kwargs)
-        self.commands: list[tuple[float, float, int]] = []  # (receive time, header stamp, points)
-        self.distances: list[tuple[float, float]] = []
-        self.diag: dict[str, str] = {}
-        self.diag_count = 0
-        self.create_subscription(JointTrajectory, "/joint_trajectory_controller/joint_trajectory", self._on_cmd,
-                                 QoSProfile(depth=100))
-        self.create_subscription(Float64, "/task/distance", self._on_dist, QoSProfile(depth=100))
-        self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, QoSProfile(depth=10))
-
-    def _now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
-
-    def _on_cmd(self, m: JointTrajectory) -> None:
-        self.commands.append((self._now(), m.header.stamp.sec + 1e-9 * m.header.stamp.nanosec, len(m.points)))
-
-    def _on_dist(self, m: Float64) -> None:
-        self.distances.append((self._now(), m.data))
-
-    def _on_diag(self, m: DiagnosticArray) -> None:
-        for s in m.status:
-            if "streaming policy" in s.name:
-                self.diag = {kv.key: kv.value for kv in s.values}
-                self.diag_count += 1
-
-
-@contextlib.contextmanager
-def node_processes(descs: list[Any], log_dir: Path, watcher_cls: type, **watcher_kw: Any) -> Iterator[tuple]:
-    """Start `descs` as child processes (logs in `log_dir`) and a `watcher_cls` node in a context of its own;
-    yields (watcher, executor, processes); on exit stops the children and frees the DDS participant at once
-    (localhost-only discovery has few participant slots per domain)."""
-    ctx = Context()
-    rclpy.init(context=ctx)
-    watcher = watcher_cls(context=ctx, **watcher_kw)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(watcher)
-    procs: list[subprocess.Popen] = []
-    logs = []
-    try:
-        for d in descs:
-            out = open(log_dir / f"{d.name}.log", "w")  # noqa: SIM115 - closed with the process
-            logs.append(out)
-            procs.append(subprocess.Popen(bringup.command(d, tmpdir=log_dir), env=bringup.child_env(d),
-                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-        yield watcher, ex, procs
-    finally:
-        _stop(procs)
-        for f in logs:
-            f.close()
-        ex.shutdown()
-        watcher.destroy_node()
-        rclpy.shutdown(context=ctx)
-        ctx.destroy()
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + 10
-    for p in procs:
-        try:
-            p.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def run_e2e(
     checkpoint: str | Path,
     ticks: int = 220,
@@ -187,6 +100,8 @@ def run_e2e(
                         "num_inference_steps": num_inference_steps, "diagnostics_rate_hz": 5.0,
                         **(policy_params or {})},
     }
+    from streamdp.ros_nodes.testing import Monitor, log_tail, node_processes  # imports rclpy
+
     descs = bringup.describe("sim", overrides=overrides)
     log_dir = Path(log_dir or os.environ["ROS_LOG_DIR"]) / f"e2e-{sampler or 'ckpt'}-{os.getpid()}-{time.time_ns()}"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -197,12 +112,12 @@ def run_e2e(
             dead = [p for p in procs if p.poll() is not None]
             if dead or time.monotonic() - t0 > startup_timeout:
                 raise RuntimeError(f"no command within {time.monotonic() - t0:.0f} s (exited: "
-                                   f"{[p.args[2] for p in dead]}); logs in {log_dir}\n" + _tail(log_dir))
+                                   f"{[p.args[2] for p in dead]}); logs in {log_dir}\n" + log_tail(log_dir))
         n0 = len(mon.distances)
         while len(mon.commands) < ticks + 1:
             ex.spin_once(timeout_sec=0.05)
             if any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"a node exited during the run; logs in {log_dir}\n" + _tail(log_dir))
+                raise RuntimeError(f"a node exited during the run; logs in {log_dir}\n" + log_tail(log_dir))
         t_end = time.monotonic()
         while mon.diag_count == 0 or time.monotonic() - t_end < 0.3:  # one more diagnostics message
             ex.spin_once(timeout_sec=0.05)
@@ -218,7 +133,7 @@ def run_e2e(
     dist = [d for _, d in mon.distances[max(0, n0 - 1):]]
     return E2EResult(
         sampler=diag.get("sampler", sampler), num_inference_steps=int(diag.get("num_inference_steps", 0) or 0),
-        ticks=len(cmds), expected_ticks=expected,
+        ticks=len(cmds), expected_ticks=expected, stamps_not_increasing=int(np.sum(gaps <= 0)),
         stamp_gap_ms_p50=1e3 * float(np.percentile(gaps, 50)), stamp_gap_ms_p99=1e3 * float(np.percentile(gaps, 99)),
         dds_latency_ms_p50=1e3 * float(np.percentile(dds, 50)), dds_latency_ms_p99=1e3 * float(np.percentile(dds, 99)),
         distance_start=float(dist[0]) if dist else math.nan,
@@ -228,15 +143,9 @@ def run_e2e(
     )
 
 
-def _tail(log_dir: Path, n: int = 25) -> str:
-    out = []
-    for f in sorted(log_dir.glob("*.log")):
-        lines = f.read_text(errors="replace").splitlines()[-n:]
-        out.append(f"--- {f.name}\n" + "\n".join(lines))
-    return "\n".join(out)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """``python -m streamdp.ros_nodes.e2e_bench``: one run per sampler, a JSON line each."""
+    ensure_ros_env()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=False, help="checkpoint dir (default: the bundled arm policy)")
     ap.add_argument("--ticks", type=int, default=1000)

@@ -14,18 +14,20 @@ Lifecycle (DESIGN.md 6):
   commanded position, disable the publisher.
 * **cleanup / shutdown**: drop everything configure made.
 
-Data flow and timing: see :mod:`streamdp.ros_nodes.logic`. Inference runs in its own thread; the
+Data flow and timing: see :mod:`streamdp.ros_nodes.streamer`. Inference runs in its own thread; the
 control-rate timer only samples sensors, hands the frame over and publishes what the
-:class:`~streamdp.ros_nodes.logic.ActionStreamer` has (a clean action or a hold), so it never waits
+:class:`~streamdp.ros_nodes.streamer.ActionStreamer` has (a clean action or a hold), so it never waits
 on the network. Every published command passes ``command_filter`` (a seam for the user's own
 shaping; identity by default), then, when any ``limits.*`` parameter is given, a
 :class:`~streamdp.ros_nodes.safety.SafetyFilter` (joint order = the checkpoint's, dt = 1/control rate,
 reset from the measured joint state on activate): the executed point goes through ``filter()`` (holds
 through ``hold()``, so they decelerate), the look-ahead points are chained through a copy of it, and
 after ``limits.max_consecutive_clamps`` clamps in a row the filter latches a hold until re-activation.
-Its status and counts are on ``/diagnostics``. A final finite check guards the wire.
+Its status and counts are on ``/diagnostics``. A final finite check guards the wire. That pipeline is
+:func:`streamdp.ros_nodes.commands.decide` (pure, unit-tested without ROS); the parameter table and the
+settings it becomes are in :mod:`streamdp.ros_nodes.params`.
 
-Fault-injection hooks (:class:`FaultHooks`, used by :mod:`streamdp.ros_nodes.faults`; inert by
+Fault-injection hooks (:class:`FaultHooks`, used by the fault-injection rig of tests/faults; inert by
 default): transform the policy output, delay the inference thread, offset the node's ROS clock, and
 ``command_log`` records every published command.
 
@@ -40,7 +42,6 @@ and activates by itself), or manage it with the lifecycle services (``ros2 lifec
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import threading
@@ -50,65 +51,31 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PointStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable
-
-ensure_rclpy_loadable()
-
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue  # noqa: E402
-from geometry_msgs.msg import PointStamped  # noqa: E402
-from rcl_interfaces.msg import ParameterDescriptor  # noqa: E402
-from rclpy.exceptions import ParameterUninitializedException  # noqa: E402
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import Image, JointState  # noqa: E402
-from std_msgs.msg import Float64MultiArray, MultiArrayDimension  # noqa: E402
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
-
-from streamdp.ros_nodes.logic import (  # noqa: E402
-    ActionStreamer,
-    Chunk,
-    ClockJumpDetector,
-    Command,
+from streamdp.ros_nodes.commands import CommandFilter, decide, identity_filter
+from streamdp.ros_nodes.inference import Chunk, Frame, InferenceWorker
+from streamdp.ros_nodes.observation import (
     ExtraState,
-    Frame,
-    InferenceWorker,
     ObservationSync,
-    RollingStats,
     StateLayout,
     SyncError,
-    TickStats,
     decode_image,
-    split_seconds,
-    trajectory_points,
 )
-from streamdp.ros_nodes.safety import SafetyFilter, SafetyLimits, SafetyStatus  # noqa: E402
-
-OUTPUT_TYPES = ("joint_trajectory", "float64_multi_array")
-DEFAULT_COMMAND_TOPICS = {
-    "joint_trajectory": "/joint_trajectory_controller/joint_trajectory",
-    "float64_multi_array": "/forward_position_controller/commands",
-}
-LIMIT_PARAMS = (  # read by the safety filter (SafetyLimits) when any is given
-    "position_min", "position_max", "max_delta", "max_velocity", "max_acceleration", "workspace_min",
-    "workspace_max",
-)
-
-LIMIT_STRINGS = ("urdf", "tip_link", "base_link")  # robot description for URDF limits and the workspace FK
-
-CommandFilter = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def _well_formed(points: np.ndarray, previous: np.ndarray) -> bool:
-    """(n >= 1, D) finite positions for the D joints of `previous`: the only shape a command may have."""
-    return points.ndim == 2 and points.shape[0] >= 1 and points.shape[1] == previous.shape[0] and \
-        bool(np.all(np.isfinite(points)))
-
-
-def identity_filter(points: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """Default command filter: (n, D) commanded positions (row 0 is executed now) -> unchanged."""
-    return points
+from streamdp.ros_nodes.params import PARAMETERS, ParameterError, Settings, Unset, read_settings, safety_filter_from
+from streamdp.ros_nodes.safety import SafetyFilter, SafetyStatus
+from streamdp.ros_nodes.stats import ClockJumpDetector, RollingStats, TickStats
+from streamdp.ros_nodes.streamer import ActionStreamer, Command
+from streamdp.ros_nodes.trajectory import split_seconds, trajectory_points
 
 
 @dataclass
@@ -120,43 +87,8 @@ class FaultHooks:
     clock_offset_s: float = 0.0  # added to the node's ROS time (clock-jump injection)
 
 
-class ParameterError(ValueError):
-    """A parameter value is invalid; the message names the parameter."""
-
-
 def stamp_seconds(stamp: Any) -> float:
     return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
-
-
-@dataclass
-class Settings:
-    """The node's parameters, read and checked at configure."""
-
-    checkpoint: str
-    joint_names: list[str]
-    joint_states_topic: str
-    state_layout: list[str]
-    extras: list[ExtraState]
-    camera_names: list[str]
-    camera_topics: list[str]
-    output_type: str
-    command_topic: str
-    control_rate_hz: float
-    action_delay_ticks: int
-    denoise_budget: int
-    sampler: str
-    num_inference_steps: int
-    cache: str
-    cache_options: str
-    policy_overrides: dict[str, Any]
-    device: str
-    num_threads: int
-    seed: int
-    max_obs_age_s: float
-    max_image_age_s: float
-    warmup_chunks: int
-    trajectory_points: int
-    limits: dict[str, Any]
 
 
 class PolicyNode(LifecycleNode):
@@ -191,7 +123,8 @@ class PolicyNode(LifecycleNode):
         self._reset_counters()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         rate = float(self.get_parameter("diagnostics_rate_hz").value)
-        self._diag_timer = self.create_timer(1.0 / rate, self.publish_diagnostics) if rate > 0 else None
+        if rate > 0:
+            self.create_timer(1.0 / rate, self.publish_diagnostics)
         self._autostart_timer = None
         self.autostart_failed = False
         if self.get_parameter("autostart").value:
@@ -199,113 +132,18 @@ class PolicyNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
-        def d(name: str, default: Any, text: str) -> None:
-            self.declare_parameter(name, default, ParameterDescriptor(description=text))
-
-        S, SA, DA = Parameter.Type.STRING, Parameter.Type.STRING_ARRAY, Parameter.Type.DOUBLE_ARRAY
-        d("checkpoint", S, "checkpoint directory (Policy.from_pretrained)")
-        d("joint_names", SA, "robot joints in the checkpoint's order (commands use this order); unset: the "
-          "checkpoint's")
-        d("joint_states_topic", "/joint_states", "sensor_msgs/JointState input (matched by joint name)")
-        d("state_layout", ["joint_state.position", "joint_state.velocity"],
-          "observation.state entries in order: joint_state.{position,velocity,effort} or an extra_state_names entry")
-        d("extra_state_names", SA, "state entries from their own geometry_msgs/PointStamped topics")
-        d("extra_state_topics", SA, "topic of each extra state entry")
-        d("extra_state_fields", SA, "PointStamped components of each extra entry, e.g. 'xy'")
-        d("camera_names", SA, "checkpoint cameras fed from sensor_msgs/Image topics")
-        d("camera_topics", SA, "topic of each camera (sensor-data QoS; rgb8/bgr8/mono8)")
-        d("output_type", "joint_trajectory", "joint_trajectory | float64_multi_array")
-        d("command_topic", "", "command output topic; empty: the controller's conventional topic for output_type")
-        d("control_rate_hz", 0.0, "control tick rate; 0: the checkpoint fps (any other value must equal it)")
-        d("action_delay_ticks", 1, "ticks between a chunk's observation and its first action (inference deadline)")
-        d("denoise_budget", 0, "network calls per inference slice; 0: a whole chunk at once")
-        d("sampler", "", "override the checkpoint's sampler (sdp | ddim | ddpm | rti | sdp_rti); empty: keep")
-        d("num_inference_steps", 0, "override the sampler grid size K; 0: keep the checkpoint's")
-        d("cache", "", "override the denoiser cache mode (none | bac); empty: keep")
-        d("cache_options", "", "pass-through options string for the cache (kept for the caching runtime)")
-        d("policy_overrides", "", "JSON object of further PolicyConfig overrides, e.g. '{\"rti_steps\": 3}'")
-        d("device", "auto", "auto (CUDA when available) | cpu | cuda | cuda:N")
-        d("num_threads", 1, "torch CPU threads (1 when sharing the CPU with a simulator)")
-        d("seed", 0, "sampler noise seed")
-        d("max_obs_age_s", 0.25, "joint/extra state older than this is stale: no new input, hold after the queue")
-        d("max_image_age_s", 0.25, "per-camera watchdog: an older image holds the arm")
-        d("warmup_chunks", 2, "dummy chunks computed at configure")
-        d("trajectory_points", 0, "max points per JointTrajectory (current + look-ahead); 0: all queued")
-        d("diagnostics_rate_hz", 1.0, "/diagnostics publish rate; 0: off")
-        d("autostart", False, "configure, then activate once a JointState has arrived, without a manager")
-        for name in LIMIT_PARAMS:
-            d(f"limits.{name}", DA, "safety filter limit (per joint; read by the safety filter)")
-        d("limits.max_consecutive_clamps", 3, "safety filter: escalate to hold after this many clamps")
-        d("limits.urdf", "", "URDF file (or XML): position/velocity limits not given above, and the chain for FK")
-        d("limits.tip_link", "", "URDF link whose origin the workspace box bounds (needed with workspace_*)")
-        d("limits.base_link", "", "URDF link the workspace box is expressed in; empty: the chain's root")
+        """Declare :data:`~streamdp.ros_nodes.params.PARAMETERS` (unset ones by type only)."""
+        types = {"string": Parameter.Type.STRING, "string_array": Parameter.Type.STRING_ARRAY,
+                 "double_array": Parameter.Type.DOUBLE_ARRAY}
+        for p in PARAMETERS:
+            default = types[p.default.kind] if isinstance(p.default, Unset) else p.default
+            self.declare_parameter(p.name, default, ParameterDescriptor(description=p.description))
 
     def _param(self, name: str) -> Any:
         try:
             return self.get_parameter(name).value
         except ParameterUninitializedException:
             return None
-
-    def _read_settings(self) -> Settings:
-        ckpt = self._param("checkpoint")
-        if not ckpt:
-            raise ParameterError("parameter 'checkpoint' is not set: give the checkpoint directory")
-        out = self._param("output_type")
-        if out not in OUTPUT_TYPES:
-            raise ParameterError(f"output_type must be one of {OUTPUT_TYPES}, got {out!r}")
-        names = list(self._param("extra_state_names") or [])
-        topics = list(self._param("extra_state_topics") or [])
-        fields = list(self._param("extra_state_fields") or [])
-        if not (len(names) == len(topics) and len(fields) in (0, len(names))):
-            raise ParameterError(f"extra_state_names {names}, extra_state_topics {topics} and extra_state_fields "
-                                 f"{fields} must have the same length")
-        extras = [ExtraState(n, t, f or "xy") for n, t, f in zip(names, topics, fields or [""] * len(names))]
-        cams = list(self._param("camera_names") or [])
-        cam_topics = list(self._param("camera_topics") or [])
-        if len(cams) != len(cam_topics):
-            raise ParameterError(f"camera_names {cams} and camera_topics {cam_topics} differ in length")
-        overrides: dict[str, Any] = {}
-        raw = self._param("policy_overrides")
-        if raw:
-            try:
-                overrides = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise ParameterError(f"policy_overrides is not valid JSON: {e}") from e
-            if not isinstance(overrides, dict):
-                raise ParameterError("policy_overrides must be a JSON object")
-        delay = int(self._param("action_delay_ticks"))
-        if delay < 1:
-            raise ParameterError(f"action_delay_ticks must be >= 1, got {delay}")
-        threads = int(self._param("num_threads"))
-        if threads < 1:
-            raise ParameterError(f"num_threads must be >= 1, got {threads}")
-        return Settings(
-            checkpoint=ckpt,
-            joint_names=list(self._param("joint_names") or []),
-            joint_states_topic=self._param("joint_states_topic"),
-            state_layout=list(self._param("state_layout")),
-            extras=extras,
-            camera_names=cams,
-            camera_topics=cam_topics,
-            output_type=out,
-            command_topic=self._param("command_topic") or DEFAULT_COMMAND_TOPICS[out],
-            control_rate_hz=float(self._param("control_rate_hz")),
-            action_delay_ticks=delay,
-            denoise_budget=int(self._param("denoise_budget")),
-            sampler=self._param("sampler"),
-            num_inference_steps=int(self._param("num_inference_steps")),
-            cache=self._param("cache"),
-            cache_options=self._param("cache_options"),
-            policy_overrides=overrides,
-            device=self._param("device"),
-            num_threads=threads,
-            seed=int(self._param("seed")),
-            max_obs_age_s=float(self._param("max_obs_age_s")),
-            max_image_age_s=float(self._param("max_image_age_s")),
-            warmup_chunks=int(self._param("warmup_chunks")),
-            trajectory_points=int(self._param("trajectory_points")),
-            limits={n: self._param(f"limits.{n}") for n in (*LIMIT_PARAMS, *LIMIT_STRINGS, "max_consecutive_clamps")},
-        )
 
     # ------------------------------------------------------------------------------ helpers
     def _reset_counters(self) -> None:
@@ -326,7 +164,6 @@ class PolicyNode(LifecycleNode):
         self._chunk_id = 0
         self._last_error = ""
         self._last_stale = ""
-        self.safety_latched_reported = False
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9 + self.hooks.clock_offset_s
@@ -361,7 +198,7 @@ class PolicyNode(LifecycleNode):
 
         from streamdp.policy.policy import Policy
 
-        s = self._read_settings()
+        s = read_settings(self._param)
         torch.set_num_threads(s.num_threads)
         overrides = dict(s.policy_overrides)
         if s.sampler:
@@ -394,7 +231,9 @@ class PolicyNode(LifecycleNode):
             raise ValueError(f"{e}{hint}") from e
         if not c.joint_names:
             self.get_logger().warning("checkpoint names no joints: trusting the joint_names parameter order")
-        self.safety = self._make_safety(s)
+        self.safety, summary = safety_filter_from(s)
+        if summary:
+            self.get_logger().info(summary)
         self.settings = s
         self.policy = policy
         self.layout = layout
@@ -415,47 +254,6 @@ class PolicyNode(LifecycleNode):
             f"Ta={c.n_action_steps} Tp={c.horizon} device={device} threads={s.num_threads} "
             f"rate={s.control_rate_hz:g} Hz -> {s.output_type} on {s.command_topic}"
         )
-
-    def _make_safety(self, s: Settings) -> SafetyFilter | None:
-        """The SafetyFilter from the ``limits.*`` parameters (None when none is given)."""
-        lim = s.limits
-        given = {k: v for k, v in lim.items() if k in LIMIT_PARAMS and v is not None and len(v) > 0}
-        urdf = str(lim.get("urdf") or "")
-        if not given and not urdf:
-            return None
-        d: dict[str, Any] = {"joint_names": list(s.joint_names), "dt": 1.0 / s.control_rate_hz,
-                             "escalate_after": int(lim.get("max_consecutive_clamps") or 3)}
-        for key, name in (("position_min", "position_lower"), ("position_max", "position_upper"),
-                          ("max_delta", "max_delta"), ("max_velocity", "max_velocity"),
-                          ("max_acceleration", "max_acceleration"), ("workspace_min", "workspace_lower"),
-                          ("workspace_max", "workspace_upper")):
-            if key in given:
-                d[name] = list(given[key])
-        if urdf:
-            d["urdf"] = urdf
-        fk = None
-        if "workspace_lower" in d or "workspace_upper" in d:
-            # A box that cannot be enforced must not look enforced: refuse instead of warning.
-            if not urdf or not lim.get("tip_link"):
-                raise ParameterError("limits.workspace_min/max need limits.urdf and limits.tip_link (the chain whose "
-                                     "tip the box bounds)")
-            from streamdp.ros_nodes.kinematics import KinematicsError, UrdfChain
-
-            try:
-                fk = UrdfChain(urdf, str(lim["tip_link"]), s.joint_names, base_link=lim.get("base_link") or None)
-            except (KinematicsError, OSError) as e:
-                raise ParameterError(f"limits.urdf / limits.tip_link: {e}") from e
-        try:
-            limits = SafetyLimits.from_dict(d)
-            if limits.workspace_lower is not None and limits.workspace_lower.shape != (3,):
-                raise ValueError(f"workspace_min/max need 3 values (x, y, z), got {limits.workspace_lower.size}")
-        except ValueError as e:
-            raise ParameterError(f"limits.*: {e}") from e
-        box = "" if fk is None else (f", workspace box {limits.workspace_lower.tolist()}.."
-                                     f"{limits.workspace_upper.tolist()} on {fk.tip_link} in {fk.base_link}")
-        self.get_logger().info(f"safety filter on: step limit {np.round(limits.step_limit, 4).tolist()} per tick, "
-                               f"hold after {limits.escalate_after} consecutive clamps{box}")
-        return SafetyFilter(limits, fk=fk)
 
     def _warmup(self, policy: Any, s: Settings) -> None:
         c = policy.config
@@ -670,7 +468,7 @@ class PolicyNode(LifecycleNode):
             elif res.reason != self._last_stale:
                 self._last_stale = res.reason
                 self.get_logger().warning(f"no new input: {res.reason}", throttle_duration_sec=2.0)
-        if self.safety is not None and self.safety._latched and not self.fault:
+        if self.safety is not None and self.safety.latched and not self.fault:
             self.fault = (f"safety filter: {self.safety.limits.escalate_after} consecutive clamped commands; "
                           "holding until re-activated")
             self.get_logger().error(self.fault)
@@ -686,38 +484,17 @@ class PolicyNode(LifecycleNode):
         self._publish(cmd, now)
 
     def _publish(self, cmd: Command, now: float) -> None:
+        """Publish this tick's command after the pipeline (:func:`streamdp.ros_nodes.commands.decide`)."""
         s = self.settings
         if s is None or self._cmd_pub is None:
             return
-        # A hold repeats what was last published (after the filter), never an unfiltered action.
-        rows = [self._last_published] if cmd.hold else [cmd.position] + [q.position for q in cmd.future]
-        if s.trajectory_points > 0:
-            rows = rows[: s.trajectory_points]
         prev = self._last_published
-        status = ""
-        try:
-            pts = np.vstack(rows)
-            if not cmd.hold:  # the user's seam first; the safety filter has the last word
-                pts = np.asarray(self.command_filter(pts, prev.copy()), dtype=np.float64)
-                if not _well_formed(pts, prev):
-                    self.nonfinite_outputs += 1
-                    self.get_logger().error("command filter gave a non-finite or malformed command: holding",
-                                            throttle_duration_sec=2.0)
-                    pts, cmd.hold = prev[None].copy(), True
-            if self.safety is not None:
-                pts, status = self._safety_filter(pts, cmd.hold)
-                cmd.hold = cmd.hold or status in ("holding", "fault")
-        except Exception as e:  # noqa: BLE001 - a broken filter must not let a command through
-            self.get_logger().error(f"command filter failed ({e}); holding", throttle_duration_sec=2.0)
-            pts = prev[None].copy()
-            cmd.hold = True
-        if not _well_formed(pts, prev):
-            self.nonfinite_outputs += 1
-            self.get_logger().error("non-finite or malformed command: holding", throttle_duration_sec=2.0)
-            pts = prev[None].copy()
-            cmd.hold = True
-        if cmd.hold:
-            pts = pts[:1]
+        d = decide(cmd.position, [q.position for q in cmd.future], cmd.hold, prev, self.command_filter, self.safety,
+                   s.trajectory_points)
+        self.nonfinite_outputs += d.nonfinite
+        for err in d.errors:
+            self.get_logger().error(err, throttle_duration_sec=2.0)
+        pts, status = d.points, d.status
         if s.output_type == "joint_trajectory":
             msg = JointTrajectory()
             msg.header.stamp.sec, msg.header.stamp.nanosec = split_seconds(now)
@@ -737,25 +514,8 @@ class PolicyNode(LifecycleNode):
         self.commands_published += 1
         if self.command_log is not None:
             sent = pts if s.output_type == "joint_trajectory" else pts[:1]  # what the message carries
-            self.command_log.append({"t": now, "points": sent.copy(), "hold": bool(cmd.hold), "status": status,
+            self.command_log.append({"t": now, "points": sent.copy(), "hold": d.hold, "status": status,
                                      "reason": cmd.reason, "segment": self.segment, "lifecycle": self.lifecycle_state})
-
-    def _safety_filter(self, rows: np.ndarray, hold: bool) -> tuple[np.ndarray, str]:
-        """Row 0 through the SafetyFilter (a hold through ``hold()``); the look-ahead rows chained through a
-        copy of it, so every published point is within limits of the one before. Clamped or held: row 0 only."""
-        sf = self.safety
-        assert sf is not None
-        q0, st = sf.hold() if hold else sf.filter(rows[0])
-        if st is not SafetyStatus.OK or rows.shape[0] == 1:
-            return q0[None], st.value
-        ahead = sf.fork()
-        out = [q0]
-        for row in rows[1:]:
-            q, s2 = ahead.filter(row)
-            if s2 is not SafetyStatus.OK:
-                break  # keep only the look-ahead that needs no clamping
-            out.append(q)
-        return np.vstack(out), st.value
 
     # ------------------------------------------------------------------------------ diagnostics
     def stats(self) -> dict[str, Any]:
@@ -817,7 +577,11 @@ class PolicyNode(LifecycleNode):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console script: spin one PolicyNode (set ``autostart: true`` to run without a lifecycle manager).
+    """Spin one PolicyNode (set ``autostart: true`` to run without a lifecycle manager); rclpy must load.
+
+    The ``policy_node`` executable reaches this through :mod:`streamdp.ros_nodes.cli` (which makes rclpy
+    loadable first); ``python -m streamdp.ros_nodes.policy_node`` needs it loadable already (bring-up
+    children get the library path in their environment).
 
     SIGINT/SIGTERM end the spin; the node then publishes a final hold and shuts down."""
     from streamdp.ros_nodes import runtime

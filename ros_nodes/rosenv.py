@@ -16,12 +16,15 @@ The wheels find their shared libraries through ``LD_LIBRARY_PATH``, which their 
 *layered* virtualenv (a light per-checkout ``.venv`` whose site-packages point at a heavy cached base
 through a ``.pth``), ``sys.prefix`` is the light venv and the libraries live in the base, so the
 first ``import rclpy`` fails with ``librcl_action.so: cannot open shared object file``.
-:func:`ensure_rclpy_loadable` repairs that the way the bootstrapper does (extend the library path,
-re-execute once; the dynamic loader reads the path only at start-up, and preloading the wheel
-libraries in-process is not safe: the wheels ship several copies of Fast DDS under different file
-names); :func:`with_ros_library_path` gives child processes the path directly. The lasting fix
-belongs in the set-up script: put the base's library directories on LD_LIBRARY_PATH in the layered
-venv's ``.pth`` before the base site-packages (and its bootstrapper) are added.
+``scripts/setup_env.sh`` fixes that for its own venvs (its ``.pth`` puts the base's library folders
+on the path before the bootstrapper re-executes). For any other layout, :func:`ensure_ros_env`
+repairs it the way the bootstrapper does: extend the library path and re-execute once (the dynamic
+loader reads the path only at start-up, and preloading the wheel libraries in-process is not safe:
+the wheels ship several copies of Fast DDS under different file names). It is never called at
+import: the entry points call it first (``streamdp.ros_nodes.cli`` for the node console scripts,
+the ``main()`` of ``streamdp-demo``, ``streamdp-bringup --compose`` and ``e2e_bench``, and
+``tests/conftest.py``), before anything imports rclpy. :func:`with_ros_library_path` gives child
+processes the path directly.
 
 ROS network hygiene (DESIGN.md 8): ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` (without it Fast DDS
 multicasts discovery off the machine; ``ROS_LOCALHOST_ONLY=1`` is not enough), a distinct
@@ -37,11 +40,6 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-REQUIRED_ENV = {
-    "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-    "ROS_DOMAIN_ID": None,  # any value in 0..101 (0..232 on Linux with default ports)
-    "ROS_LOG_DIR": None,  # a directory, ideally inside the build tree
-}
 _WHEELS_GUARD = "_ROS_WHEELS_BOOTSTRAP_COMPLETE"
 _REEXEC_GUARD = "_STREAMDP_ROS_LIBS_REEXEC"
 
@@ -113,24 +111,26 @@ def rclpy_loadable() -> tuple[bool, str]:
     return True, ""
 
 
-def ensure_rclpy_loadable(before_exec: Callable[[], object] | None = None) -> None:
-    """Make `import rclpy` work, re-executing this process once with the wheel library path if needed.
+def ensure_ros_env(before_exec: Callable[[], object] | None = None, required: bool = True) -> bool:
+    """Make `import rclpy` work in this process, re-executing it once with the wheel library path if needed.
 
-    Called at the top of the node modules, so console scripts and ``python -m`` runs repair
-    themselves: re-execution restarts the interpreter with the same argv and the libraries on
-    LD_LIBRARY_PATH (the loader reads it only at start-up, so this cannot be repaired in-process),
-    exactly as the wheels' own bootstrapper does. `before_exec` runs just before (tests/ros/conftest.py
-    gives pytest's captured stdout/stderr back there). Inside pytest without `before_exec` it raises
-    instead: re-executing with pytest's capture active would swallow the run's output."""
+    Call it first in an entry point, before anything imports rclpy: re-execution restarts the
+    interpreter with the same argv and the libraries on LD_LIBRARY_PATH, so whatever ran before it
+    runs again. `before_exec` runs just before (tests/conftest.py gives pytest's captured output back
+    there). Inside pytest without `before_exec` it raises instead: re-executing with pytest's capture
+    active would swallow the run's output. Returns whether rclpy imports; with ``required=False`` an
+    rclpy that cannot be loaded (or is not installed) returns False instead of raising."""
     ok, why = rclpy_loadable()
     if ok:
-        return
+        return True
     fixable = "cannot open shared object file" in why and not os.environ.get(_REEXEC_GUARD) and ros_library_dirs()
     if fixable and before_exec is None and "_pytest" in sys.modules:
         raise ImportError(f"cannot import rclpy: {why}. The ROS wheel libraries are not on LD_LIBRARY_PATH; "
                           f"start the process with LD_LIBRARY_PATH={os.pathsep.join(ros_library_dirs())}")
     if not fixable:
-        raise ImportError(f"cannot import rclpy: {why}")
+        if required:
+            raise ImportError(f"cannot import rclpy: {why}")
+        return False
     env = with_ros_library_path(os.environ)
     env[_REEXEC_GUARD] = "1"
     env[_WHEELS_GUARD] = "1"  # the path already holds everything the wheels' bootstrapper would add

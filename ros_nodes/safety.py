@@ -191,8 +191,9 @@ class SafetyFilter:
         self.status = SafetyStatus.OK
 
     @property
-    def seeded(self) -> bool:
-        return self._last is not None
+    def latched(self) -> bool:
+        """Escalated to a hold (too many consecutive clamps) until the next ``reset()``."""
+        return self._latched
 
     @property
     def last_command(self) -> np.ndarray:
@@ -302,20 +303,3 @@ class SafetyFilter:
     def _maybe_latch(self) -> None:
         if self.consecutive_clamps >= self.limits.escalate_after:
             self._latched = True
-
-    def check(self, q: np.ndarray, prev: np.ndarray, prev_step: np.ndarray, tol: float = 1e-9) -> list[str]:
-        """Violations of a published command against the limits (used by fault-injection tests)."""
-        lim = self.limits
-        problems = []
-        if not np.isfinite(q).all():
-            problems.append("non-finite")
-        if np.any(q < lim.position_lower - tol) or np.any(q > lim.position_upper + tol):
-            problems.append("position limit")
-        step = q - prev
-        if np.any(np.abs(step) > lim.step_limit + tol):
-            problems.append("delta/velocity limit")
-        if np.any(np.abs(step - prev_step) > lim.max_acceleration * lim.dt**2 + tol):
-            problems.append("acceleration limit")
-        if np.isfinite(q).all() and not self.in_workspace(q, tol=max(tol, 1e-6)):
-            problems.append("workspace box")
-        return problems

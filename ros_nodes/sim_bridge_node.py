@@ -32,21 +32,17 @@ import time
 from typing import Any
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PointStamped
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Empty, Float64, Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory
 
-from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable
-
-ensure_rclpy_loadable()
-
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue  # noqa: E402
-from geometry_msgs.msg import PointStamped  # noqa: E402
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import Image, JointState  # noqa: E402
-from std_msgs.msg import Bool, Empty, Float64, Float64MultiArray  # noqa: E402
-from trajectory_msgs.msg import JointTrajectory  # noqa: E402
-
-from streamdp.ros_nodes.logic import TrajectorySampler, encode_rgb8, split_seconds  # noqa: E402
+from streamdp.ros_nodes.observation import encode_rgb8
+from streamdp.ros_nodes.trajectory import TrajectorySampler, split_seconds
 
 
 def _secs(t: Any) -> float:
@@ -277,7 +273,8 @@ class SimBridgeNode(Node):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Console script: run the sim bridge until SIGINT/SIGTERM."""
+    """Run the sim bridge until SIGINT/SIGTERM (the ``sim_bridge_node`` executable reaches it through
+    :mod:`streamdp.ros_nodes.cli`)."""
     from streamdp.ros_nodes import runtime
 
     runtime.init(args if args is not None else sys.argv)

@@ -35,23 +35,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
 
-from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable, ros_env_problems
-
-ensure_rclpy_loadable()
-
-from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
-from lifecycle_msgs.msg import Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
-from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
-
-from streamdp.ros_nodes import bringup  # noqa: E402
-from streamdp.ros_nodes.e2e_bench import Monitor, _tail, node_processes  # noqa: E402
+from streamdp.ros_nodes import bringup
+from streamdp.ros_nodes.rosenv import ros_env_problems
+from streamdp.ros_nodes.testing import Monitor, log_tail, node_processes
 
 DIAG_KEYS = (  # what each episode keeps of the policy node's /diagnostics
     "obs_to_cmd_latency_ms_p50", "obs_to_cmd_latency_ms_p99", "inference_ms_p50", "inference_ms_p99",
@@ -159,11 +155,11 @@ class _Session:
         while not cond():
             if time.monotonic() > end:
                 raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}; logs in {self.log_dir}\n"
-                                   + _tail(self.log_dir))
+                                   + log_tail(self.log_dir))
             dead = [p for p in self.procs if p.poll() is not None]
             if dead:
                 raise RuntimeError(f"a node exited while waiting for {what}; logs in {self.log_dir}\n"
-                                   + _tail(self.log_dir))
+                                   + log_tail(self.log_dir))
             self.ex.spin_once(timeout_sec=0.02)
 
     def call(self, client: Any, request: Any, timeout: float, what: str) -> Any:
@@ -218,7 +214,7 @@ def _one_episode(s: _Session, index: int, seed: int, episode_s: float) -> RosEpi
     d0 = len(d.distances)
     if not s.transition(Transition.TRANSITION_ACTIVATE, "activate", timeout=30.0):
         raise RuntimeError(f"policy_node refused to activate for episode {index}; logs in {s.log_dir}\n"
-                           + _tail(s.log_dir))
+                           + log_tail(s.log_dir))
     done = ("success", "timeout")
     s.spin_until(lambda: _event(d, n_events, seed, done) is not None, episode_s + 30.0, f"episode {index} to end")
     s.transition(Transition.TRANSITION_DEACTIVATE, "deactivate", timeout=30.0)
@@ -267,7 +263,7 @@ def run_sampler_episodes(
     with node_processes(descs, log_dir, EpisodeDriver) as (driver, ex, procs):
         s = _Session(driver, ex, procs, log_dir)
         if not s.transition(Transition.TRANSITION_CONFIGURE, "configure", timeout=startup_timeout):
-            raise RuntimeError(f"policy_node refused to configure; logs in {log_dir}\n" + _tail(log_dir))
+            raise RuntimeError(f"policy_node refused to configure; logs in {log_dir}\n" + log_tail(log_dir))
         run.startup_s = time.monotonic() - t0
         diag = s.fresh_diagnostics()
         name, k = diag.get("sampler", sampler), int(float(diag.get("num_inference_steps", 0) or 0))

@@ -22,3 +22,14 @@ import torch  # noqa: E402
 # One thread: on 2 cores any concurrent process (a simulator, a ROS node, a test subprocess) makes two
 # torch threads collapse by an order of magnitude (DESIGN.md §8).
 torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    """rclpy's libraries, once, before any test module imports rclpy: with the pip ROS wheels in a layered
+    virtualenv they may not be on the loader path, and the run is then re-executed once with them (a no-op
+    when rclpy already imports; without rclpy at all the ROS tests fail on their own). pytest's output
+    capture is released before a re-execution."""
+    from streamdp.ros_nodes.rosenv import ensure_ros_env
+
+    capman = config.pluginmanager.getplugin("capturemanager")
+    ensure_ros_env(before_exec=lambda: capman.suspend_global_capture(in_=True) if capman else None, required=False)

@@ -32,10 +32,8 @@ SAMPLER_CLASSES: dict[str, type[Sampler]] = {
 
 
 def make_sampler(ctx: SamplerContext) -> Sampler:
-    """The sampler the config names, reset and ready."""
-    sampler = SAMPLER_CLASSES[ctx.config.sampler](ctx)
-    sampler.reset()
-    return sampler
+    """The sampler the config names. Construction draws no random numbers; call reset() before use."""
+    return SAMPLER_CLASSES[ctx.config.sampler](ctx)
 
 
 __all__ = [

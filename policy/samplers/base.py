@@ -66,7 +66,7 @@ class ChunkSolve:
             k = self.grid[self.i]
             k_prev = self.grid[self.i + 1] if self.i + 1 < len(self.grid) else CLEAN
             kt = torch.full((1, tp), k, device=self.x.device)
-            eps = ctx.call(self.x, kt, cond)
+            eps = ctx.call(self.x, kt, cond, remaining=len(self.grid) - self.i)
             noise = ctx.noise(*self.x.shape)
             self.x = ctx.schedule.step(self.x, eps, kt, torch.full_like(kt, k_prev), mode=mode, noise=noise)
             self.i += 1

@@ -75,9 +75,15 @@ class DenoiserCall:
         spent, self.spent = self.spent, 0
         return spent
 
-    def __call__(self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, k: torch.Tensor, cond: torch.Tensor, remaining: int | None = None
+    ) -> torch.Tensor:
+        """One network call; `remaining` = calls left in this solve, this one included (the block cache
+        indexes its schedule by it and recomputes every branch on the last call)."""
         self.nfe_total += 1
         self.spent += 1
+        if self.cache is not None:
+            self.cache.begin_step(remaining)
         with torch.inference_mode():
             if self._use_graph():
                 eps = self._graph_call(x, k, cond)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from streamdp.policy.samplers.base import ChunkSolve, Sampler, executable
+from streamdp.policy.samplers.base import ChunkSolve, Sampler, SamplerContext, executable
 
 
 class FullChunkSampler(Sampler):
@@ -14,8 +14,12 @@ class FullChunkSampler(Sampler):
     kinds = ("full",)
     state_keys = ("solve",)
 
-    def reset(self, primer: torch.Tensor | None = None) -> None:
+    def __init__(self, ctx: SamplerContext) -> None:
+        super().__init__(ctx)
         self.solve: ChunkSolve | None = None
+
+    def reset(self, primer: torch.Tensor | None = None) -> None:
+        self.solve = None
 
     @property
     def busy(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from streamdp.policy.config import check_streaming_horizons, num_chunks
+from streamdp.policy.config import PolicyConfig, check_streaming_horizons, num_chunks
 from streamdp.policy.schedule import CLEAN, NoiseSchedule, sampler_grid
 
 
@@ -30,31 +30,66 @@ def ladder(Tp: int, To: int, Ta: int, N: int) -> list[int]:  # noqa: N803 - the 
     return [(N * (c + 1)) // h - 1 for c in chunk_index(Tp, To, Ta)]
 
 
+def visited_labels(schedule: NoiseSchedule, tp: int, to: int, ta: int, grid: list[int]) -> torch.Tensor:
+    """Every distinct per-slot label pattern (P, Tp) a :class:`RollingBuffer` on `grid` feeds the network.
+
+    Runs the real buffer (zero network output, positions only matter) from its initial ladder through
+    observations until its state at the start of an observation repeats: with K not a multiple of h the
+    calls per observation cycle (e.g. 5, 5, 6 for K=16, h=3) and so do the patterns; every phase of the
+    cycle is collected. Deterministic: no random state is touched.
+    """
+    buf = RollingBuffer(schedule, tp, to, ta, 1, len(grid), grid=grid)
+    g = torch.Generator().manual_seed(0)
+    starts: set[tuple[int, ...]] = set()
+    patterns: dict[tuple[int, ...], None] = {}
+    while (start := tuple(buf.pos.tolist())) not in starts:
+        starts.add(start)
+        while not buf.chunk0_clean():
+            patterns[tuple(buf.labels().tolist())] = None
+            buf.step(torch.zeros(tp, 1), generator=g)
+        buf.roll(generator=g)
+    return torch.tensor(list(patterns))
+
+
+def training_label_patterns(config: PolicyConfig) -> torch.Tensor | None:
+    """The label patterns SDP training samples from: those the configured sampler's buffer visits.
+
+    The K-level SDP grid (num_inference_steps) always; with sampler='sdp_rti' also the hybrid's truncated
+    ladder on [k' ... clean]. None when the horizons give fewer than two chunks (no streaming).
+    """
+    from streamdp.policy.samplers.settings import SolveSettings  # settings imports nothing from here
+
+    if num_chunks(config.horizon, config.n_obs_steps, config.n_action_steps) < 2:
+        return None
+    schedule = NoiseSchedule(config.schedule)
+    dims = (config.horizon, config.n_obs_steps, config.n_action_steps)
+    grids = [SolveSettings(config.replace(sampler="sdp")).stream_grid()]
+    if config.sampler == "sdp_rti":
+        grids.append(SolveSettings(config).stream_grid())
+    return torch.unique(torch.cat([visited_labels(schedule, *dims, grid) for grid in grids]), dim=0)
+
+
 def training_labels(
     batch: int,
-    tp: int,
-    to: int,
-    ta: int,
     num_train_steps: int,
+    patterns: torch.Tensor | None,
     ladder_prob: float,
+    tp: int,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """Per-sample, per-slot train timesteps (B, Tp) for the SDP objective.
 
-    With probability ladder_prob: the ladder minus a shared offset j ~ U{0..floor(N/h)-1}, which covers
-    every buffer state visited between rolls; otherwise one level for all slots (plain DP training).
+    With probability ladder_prob: one of the label `patterns` the inference buffer really visits
+    (:func:`training_label_patterns`), uniformly; otherwise one level for all slots (plain DP training,
+    which also covers the full-chunk solves of DDPM/DDIM/RTI).
     """
-    n = num_train_steps
-    uniform = torch.randint(0, n, (batch, 1), generator=generator).expand(batch, tp)
-    if num_chunks(tp, to, ta) < 2 or ladder_prob <= 0:
+    uniform = torch.randint(0, num_train_steps, (batch, 1), generator=generator).expand(batch, tp)
+    if patterns is None or ladder_prob <= 0:
         return uniform.clone().to(device)
-    h = num_chunks(tp, to, ta)
-    lad = torch.tensor(ladder(tp, to, ta, n))
-    j = torch.randint(0, max(n // h, 1), (batch, 1), generator=generator)
-    lad_labels = (lad[None, :] - j).clamp_min(0)
+    pick = torch.randint(0, patterns.shape[0], (batch,), generator=generator)
     use_ladder = torch.rand(batch, 1, generator=generator) < ladder_prob
-    return torch.where(use_ladder, lad_labels, uniform).to(device)
+    return torch.where(use_ladder, patterns[pick], uniform).to(device)
 
 
 def shift_trajectory(traj: torch.Tensor, shift: int) -> torch.Tensor:

@@ -53,7 +53,7 @@ class SDPSampler(Sampler):
             self.stream_open = True
         calls = 0
         while not buf.chunk0_clean() and (budget is None or calls < budget):
-            eps = ctx.call(buf.x[None], buf.labels()[None], cond)[0]
+            eps = ctx.call(buf.x[None], buf.labels()[None], cond, remaining=buf.steps_until_ready())[0]
             calls += 1
             if fused and buf.steps_until_ready() == 1:  # last call: step + emit + roll in one kernel
                 self.stream_open = False

@@ -22,8 +22,7 @@ def _to_cuda(policy: Policy, **overrides) -> Policy:
     cfg = policy.config.replace(**overrides)
     other = Policy(cfg, stats=policy.normalizer, device="cuda", seed=0)
     other.model.load_state_dict(policy.model.state_dict())
-    other.extras = dict(policy.extras)
-    other.reset()
+    other.extras = dict(policy.extras)  # rebuilds and resets the sampler
     return other
 
 
@@ -40,6 +39,28 @@ def test_kernels_compiled_on_gpu_match_reference():
     w, b = torch.randn(24, device="cuda", generator=g), torch.randn(24, device="cuda", generator=g)
     s, t = torch.randn(2, 24, device="cuda", generator=g), torch.randn(2, 24, device="cuda", generator=g)
     torch.testing.assert_close(film_group_norm(h, w, b, s, t, 8), film_group_norm_reference(h, w, b, s, t, 8), **KTOL)
+
+
+def test_unet_on_gpu_runs_the_fused_film_norm_and_matches_cpu():
+    """The U-Net's FiLM blocks call the fused GroupNorm kernel on CUDA; same outputs as the CPU path."""
+    from streamdp.kernels import film_norm
+
+    calls = [0]
+    orig = film_norm.film_group_norm_triton
+
+    def counted(*a, **k):
+        calls[0] += 1
+        return orig(*a, **k)
+
+    film_norm.film_group_norm_triton = counted
+    try:
+        cpu = perturb(tiny_policy(seed=1, sampler="ddim", **{**KW, "denoiser": "unet"}))
+        a_cpu, _ = run_stream(twin(cpu, seed=0), obs_stream(8))
+        a_gpu, _ = run_stream(_to_cuda(cpu), obs_stream(8))
+    finally:
+        film_norm.film_group_norm_triton = orig
+    assert calls[0] > 0
+    np.testing.assert_allclose(a_gpu, a_cpu, **NTOL)
 
 
 def test_sdp_on_gpu_uses_fused_roll_and_matches_cpu():

@@ -54,8 +54,7 @@ def twin(policy: Policy, seed: int = 0, **overrides) -> Policy:
     cfg = policy.config.replace(**overrides)
     other = Policy(cfg, stats=policy.normalizer, seed=seed)
     other.model.load_state_dict(policy.model.state_dict())
-    other.extras = dict(policy.extras)
-    other.reset()
+    other.extras = dict(policy.extras)  # rebuilds and resets the sampler
     return other
 
 

@@ -132,6 +132,8 @@ def test_readme_command_exists_and_accepts_its_options(cmd):
         return
     if kind == "launch":
         src = (ROOT / "launch" / target).read_text()
+        if "launch_description(" in src:  # the launch files share streamdp.ros_nodes.bringup.launch_description
+            src += (ROOT / "ros_nodes" / "bringup.py").read_text()
         for a in args:
             name = a.split(":=")[0]
             assert re.search(rf"DeclareLaunchArgument\(\s*[\"']{name}[\"']", src), (cmd, name)

@@ -1,7 +1,7 @@
 """Fixtures of the fault-injection tests: the ROS test fixtures reused, one rig per module.
 
-`ros_env`, `bundled_ckpt` (the shipped arm policy), the random-weight image checkpoint and the rclpy
-re-exec hook come from tests/ros/conftest.py (imported, not copied).
+`ros_env`, `bundled_ckpt` (the shipped arm policy) and the random-weight image checkpoint come from
+tests/ros/conftest.py (imported, not copied).
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import pytest
 
 from tests.ros.conftest import (  # noqa: F401 - reused fixtures and hook
     bundled_ckpt,
-    pytest_configure,
     release_context,
     ros_env,
     untrained_image_ckpt,
@@ -43,7 +42,7 @@ def rig(ros_env, bundled_ckpt):  # noqa: F811 - the fixtures imported above
     import rclpy
     from rclpy.context import Context
 
-    from streamdp.ros_nodes.faults import FaultRig
+    from .rig import FaultRig
 
     ctx = Context()
     rclpy.init(context=ctx)

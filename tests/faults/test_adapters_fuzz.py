@@ -10,14 +10,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamdp.ros_nodes.logic import (
-    ActionStreamer,
-    ObservationSync,
-    StateLayout,
-    SyncError,
-    decode_image,
-)
+from streamdp.ros_nodes.observation import ObservationSync, StateLayout, SyncError, decode_image
 from streamdp.ros_nodes.safety import SafetyFilter, SafetyLimits
+from streamdp.ros_nodes.streamer import ActionStreamer
+from tests.safety.oracle import Bounds, violations
 
 JOINTS = ("joint1", "joint2", "joint3")
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -104,6 +100,8 @@ def test_policy_output_to_command_path_never_publishes_an_unsafe_value(rows, sca
     limits = SafetyLimits(list(JOINTS), [-3.0] * 3, [3.0] * 3, [10.0] * 3, [400.0] * 3, [0.4] * 3, 0.05,
                           escalate_after=4)
     sf = SafetyFilter(limits)
+    bounds = Bounds.from_params({"position_min": [-3.0] * 3, "position_max": [3.0] * 3, "max_velocity": [10.0] * 3,
+                                 "max_acceleration": [400.0] * 3, "max_delta": [0.4] * 3}, 3, 0.05)
     seed = np.array([0.1, -0.2, 0.3])
     sf.reset(seed)
     streamer = ActionStreamer(0.05)
@@ -116,7 +114,7 @@ def test_policy_output_to_command_path_never_publishes_an_unsafe_value(rows, sca
     for k in range(1, len(rows) + 4):
         cmd = streamer.tick(0.05 * k)
         q, _status = sf.hold() if cmd.hold else sf.filter(cmd.position)
-        assert sf.check(q, prev, step) == []
+        assert violations(q, prev, step, bounds) == []
         prev, step = q, q - prev
 
 
@@ -137,15 +135,16 @@ def test_camera_dropout_holds_never_a_silent_zero_image():
 
 def test_command_checker_flags_unsafe_commands():
     """Negative control of the fault harness: the checker must report what it exists to catch."""
-    from streamdp.ros_nodes.faults import check_commands
+    from tests.faults.rig import check_commands
 
-    limits = SafetyLimits(list(JOINTS), [-1.0] * 3, [1.0] * 3, [4.0] * 3, [100.0] * 3, [0.2] * 3, 0.05)
+    bounds = Bounds.from_params({"position_min": [-1.0] * 3, "position_max": [1.0] * 3, "max_velocity": [4.0] * 3,
+                                 "max_acceleration": [100.0] * 3, "max_delta": [0.2] * 3}, 3, 0.05)
     seed = np.zeros(3)
 
     def run(points_list):
         log = [{"points": np.atleast_2d(p), "hold": False, "segment": 1, "status": "", "reason": ""}
                for p in points_list]
-        return check_commands(log, limits, {1: seed})
+        return check_commands(log, bounds, {1: seed})
 
     assert run([[0.1, 0, 0], [0.2, 0, 0]]).unsafe == 0
     assert run([[0.5, 0, 0]]).unsafe == 1  # a jump

@@ -2,7 +2,7 @@
 
 For every fault and seeded trial, every command the policy node publishes (each trajectory point) is
 checked: finite, within the position limits, |step| within the delta/velocity limit, |step change|
-within the acceleration limit (SafetyFilter.check), chained across the whole trial, each activation
+within the acceleration limit (the oracle of tests/safety/oracle.py), chained across the whole trial, each activation
 from its measured joint state. Then the expected transition (DESIGN.md 7): a hold within a stated
 number of ticks, and recovery after the fault clears (or after re-activation, where the table says so).
 """
@@ -243,7 +243,7 @@ def test_deactivate_and_activate_mid_motion(rig, seed):
     _assert_safe(rep)  # includes: the first command after re-activation is within one step of the seed
     _record("deactivate/activate mid-motion", seed, rep)
     first = rep.log[resume]["points"][0]
-    assert np.all(np.abs(first - seed_q) <= rig.limits.step_limit + 1e-9)
+    assert np.all(np.abs(first - seed_q) <= rig.bounds.step + 1e-9)
     assert rep.first_action_after(resume) is not None
 
 
@@ -252,10 +252,10 @@ def test_float64_output_is_filtered_and_every_command_reaches_the_wire(ros_env, 
     import rclpy
     from rclpy.context import Context
 
-    from streamdp.ros_nodes.faults import FaultRig
     from tests.ros.helpers import CommandRecorder
 
     from .conftest import LIMITS, release
+    from .rig import FaultRig
 
     ctx = Context()
     rclpy.init(context=ctx)
@@ -291,9 +291,8 @@ def _own_rig(ctx_holder: list, ckpt, limits=None, **kw):
     import rclpy
     from rclpy.context import Context
 
-    from streamdp.ros_nodes.faults import FaultRig
-
     from .conftest import LIMITS
+    from .rig import FaultRig
 
     ctx = Context()
     rclpy.init(context=ctx)

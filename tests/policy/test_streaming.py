@@ -2,11 +2,18 @@ import numpy as np
 import pytest
 import torch
 
+from streamdp.policy import Policy
 from streamdp.policy.config import ConfigError
-from streamdp.policy.samplers.rolling_buffer import RollingBuffer, chunk_index, ladder, training_labels
+from streamdp.policy.samplers.rolling_buffer import (
+    RollingBuffer,
+    chunk_index,
+    ladder,
+    training_label_patterns,
+    training_labels,
+)
 from streamdp.policy.schedule import NoiseSchedule
 
-from .helpers import CallCounter, tiny_policy
+from .helpers import CallCounter, tiny_config, tiny_policy, tiny_stats
 
 
 def test_ladder_worked_example_tp20():
@@ -105,17 +112,47 @@ def test_emitted_actions_are_clean_slots_unnormalised():
     assert got.min() >= -1 - 1e-5 and got.max() <= 2 + 1e-5
 
 
-def test_training_labels_cover_ladder_and_uniform():
+def test_training_labels_mix_visited_patterns_and_uniform():
+    cfg = tiny_config(num_inference_steps=16, n_action_steps=4)
+    patterns = training_label_patterns(cfg)
     g = torch.Generator().manual_seed(0)
-    k = training_labels(4000, 16, 2, 5, 100, 0.8, generator=g)
+    k = training_labels(4000, 100, patterns, 0.8, 16, generator=g)
     assert k.shape == (4000, 16) and k.min() >= 0 and k.max() <= 99
     shared = (k == k[:, :1]).all(1)
-    frac_uniform = shared.float().mean().item()
-    assert 0.15 < frac_uniform < 0.25
-    lad = torch.tensor(ladder(16, 2, 5, 100))
-    offsets = lad[None] - k[~shared]
-    assert (offsets == offsets[:, :1]).all()  # one shared offset per sample
-    assert offsets.min() == 0 and offsets.max() == 100 // 3 - 1
+    assert 0.15 < shared.float().mean().item() < 0.25
+    rows = {tuple(r) for r in patterns.tolist()}
+    assert all(tuple(r) in rows for r in k[~shared].tolist())  # every ladder label is a visited pattern
+    assert len({tuple(r) for r in k[~shared].tolist()}) == len(rows)  # and all of them get trained
+
+
+@pytest.mark.parametrize(
+    "sampler,k,ta,k_prime",
+    [("sdp", 16, 4, None), ("sdp", 100, 4, None), ("sdp", 10, 5, None), ("sdp_rti", 16, 4, 59)],
+)
+def test_training_labels_are_the_patterns_inference_visits(sampler, k, ta, k_prime):
+    """The labels the network sees at inference, over every phase of the SDP cycle (and the hybrid's
+    truncated ladder), are exactly the ladder patterns training samples from."""
+    extra = {"rti_start_level": k_prime, "rti_divergence": 0.0} if k_prime else {}
+    cfg = tiny_config(sampler=sampler, num_inference_steps=k, n_action_steps=ta, **extra)
+    pol = Policy(cfg, stats=tiny_stats(), seed=0)
+    seen: set[tuple[int, ...]] = set()
+    orig = pol.model.eps
+
+    def spy(x, labels, cond):
+        if bool((labels != labels[:, :1]).any()):  # ladder calls (a full solve's labels are all equal)
+            seen.add(tuple(labels[0].tolist()))
+        return orig(x, labels, cond)
+
+    pol.model.eps = spy
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        pol.select_action({"observation.state": rng.normal(size=2).astype(np.float32)})
+    train = {tuple(r) for r in training_label_patterns(cfg).tolist()}
+    if sampler == "sdp":
+        assert seen == train
+    else:  # the hybrid's run visits its own truncated ladder; training also keeps the plain K-grid one
+        plain = {tuple(r) for r in training_label_patterns(cfg.replace(sampler="sdp")).tolist()}
+        assert seen and seen <= train and seen.isdisjoint(plain) and train == seen | plain
 
 
 def test_readme_example_cycles_33_33_34():

@@ -1,7 +1,8 @@
 """Fixtures of the ROS tests: a fresh rclpy context per test, checkpoints, the ROS environment.
 
-The suite-wide conftest already sets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a random ROS_DOMAIN_ID
-and ROS_LOG_DIR (build/ros_log); `ros_env` asserts it, and every child process inherits it.
+The suite-wide conftest makes rclpy loadable (rosenv.ensure_ros_env) and sets
+ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a random ROS_DOMAIN_ID and ROS_LOG_DIR (build/ros_log); `ros_env`
+asserts it, and every child process inherits it.
 """
 
 from __future__ import annotations
@@ -12,17 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable, ros_env_problems
+from streamdp.ros_nodes.rosenv import ros_env_problems
 
 TASK = "arm_reach_dynamic"
-
-
-def pytest_configure(config):
-    """With the pip ROS wheels in a layered virtualenv the wheel libraries are not on the loader path:
-    re-execute the test run once with them (a no-op when rclpy already imports). Runs as this conftest
-    registers, before any test module here imports rclpy; pytest's output capture is released first."""
-    capman = config.pluginmanager.getplugin("capturemanager")
-    ensure_rclpy_loadable(before_exec=lambda: capman.suspend_global_capture(in_=True) if capman else None)
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,11 @@ def test_descriptions_match_console_scripts_and_node_classes():
     sim = bringup.describe("sim")
     real = bringup.describe("real_arm")
     assert [d.name for d in sim] == ["sim_bridge", "policy_node"] and [d.name for d in real] == ["policy_node"]
+    cli = (ROOT / "ros_nodes" / "cli.py").read_text()
     for d in sim + real:
-        assert scripts[d.executable] == f"{d.module}:main", d  # launch_ros runs the same executable
+        # launch_ros runs the same executable: the cli wrapper that loads rclpy's libraries, then d.module's main
+        assert scripts[d.executable] == f"streamdp.ros_nodes.cli:{d.executable}", d
+        assert f"def {d.executable}() -> int:\n    \"\"\"" in cli and f"from {d.module} import main" in cli
         assert d.package == "streamdp" and d.env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
         assert all(Path(p).is_file() for p in d.parameters if isinstance(p, str))
         mod, cls = d.node_class.split(":")
@@ -42,7 +45,7 @@ def test_command_lines_and_parameter_overrides(tmp_path):
     with pytest.raises(ValueError):
         bringup.parse_overrides(["checkpoint=/ck"])
     sim, pol = bringup.describe("sim", overrides=ov)
-    cmd = bringup.command(pol, python="py", tmpdir=tmp_path)
+    cmd = bringup.command(pol, tmp_path, python="py")
     assert cmd[:5] == ["py", "-m", "streamdp.ros_nodes.policy_node", "--ros-args", "-r"]
     assert "__node:=policy_node" in cmd
     files = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--params-file"]
@@ -83,17 +86,40 @@ def test_bringup_refuses_without_ros_environment(missing, ros_env):
     assert r.returncode == 2
 
 
-def test_bringup_dry_run_prints_the_node_commands(ros_env):
-    r = _bringup(["sim", "--dry-run", "-p", "policy_node.checkpoint:=/ck"], dict(os.environ))
-    assert r.returncode == 0, r.stderr
+def test_bringup_dry_run_prints_the_node_commands(ros_env, tmp_path):
+    """The printed commands name parameter files in the build tree (rewritten per dry run), none in the system
+    temp folder."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    for _ in range(2):
+        r = _bringup(["sim", "--dry-run", "-p", "policy_node.checkpoint:=/ck"], env)
+        assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 2 and "sim_bridge_node" in lines[0] and "policy_node" in lines[1]
+    files = [Path(a) for line in lines for a in line.split() if a.endswith(".yaml")]
+    params = Path(ros_env["ROS_LOG_DIR"]).resolve().parent / "bringup_params"
+    assert files and all(f.is_file() for f in files if f.parent == params)
+    assert sorted(p.name for p in params.iterdir()) == sorted(f.name for f in files if f.parent == params)
+    assert yaml.safe_load((params / "policy_node_2.yaml").read_text())["policy_node"]["ros__parameters"] == {
+        "checkpoint": "/ck"}
+    assert list(tmp.iterdir()) == []
     r = _bringup(["sim", "--params", "/no/such.yaml", "--dry-run"], dict(os.environ))
     assert r.returncode == 2 and "not found" in r.stderr
 
 
-def test_bringup_composed_sim_streams_commands(ros_env, ros_context, untrained_ckpt):
-    """`streamdp-bringup sim --compose` runs both nodes in one process; commands reach this process."""
+def test_bringup_processes_remove_their_parameter_files(ros_env, tmp_path, monkeypatch):
+    """A real (non-dry) run writes its parameter files to a temporary folder and removes it on exit."""
+    monkeypatch.setattr(bringup.tempfile, "tempdir", str(tmp_path))
+    fake = bringup.NodeDescription(executable="x", name="quick", module="json.tool", node_class="x:X",
+                                   parameters=({"a": 1},))  # exits at once (json.tool rejects --ros-args)
+    assert bringup._run_processes([fake], duration=30.0) != 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bringup_composed_sim_streams_commands(ros_env, ros_context, untrained_ckpt, tmp_path):
+    """`streamdp-bringup sim --compose` runs both nodes in one process; commands reach this process; its
+    temporary parameter files are gone afterwards."""
     from rclpy.executors import SingleThreadedExecutor
 
     from .helpers import CommandRecorder, spin_until
@@ -105,7 +131,7 @@ def test_bringup_composed_sim_streams_commands(ros_env, ros_context, untrained_c
         [sys.executable, "-m", "streamdp.ros_nodes.bringup", "sim", "--compose", "--duration", "60",
          "-p", f"policy_node.checkpoint:={untrained_ckpt}", "-p", "policy_node.warmup_chunks:=1",
          "-p", "sim_bridge.max_episode_steps:=100000"],
-        env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env={**os.environ, "TMPDIR": str(tmp_path)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         ok = spin_until(ex, lambda: len(rec.trajectories) >= 20 or proc.poll() is not None, 90.0)
         assert ok and len(rec.trajectories) >= 20, proc.poll()
@@ -119,6 +145,7 @@ def test_bringup_composed_sim_streams_commands(ros_env, ros_context, untrained_c
         ex.shutdown()
         rec.destroy_node()
     assert proc.returncode == 0, out[-3000:]
+    assert not list(tmp_path.glob("streamdp-*")), list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------ launch files
@@ -126,7 +153,7 @@ def test_bringup_composed_sim_streams_commands(ros_env, ros_context, untrained_c
 def test_launch_files_build_their_nodes_from_the_descriptions(name):
     src = (ROOT / "launch" / f"{name}.launch.py").read_text()
     tree = ast.parse(src)
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "describe"]
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "launch_description"]
     assert calls and ast.literal_eval(calls[0].args[0]) == name
     assert any(isinstance(n, ast.FunctionDef) and n.name == "generate_launch_description" for n in tree.body)
 
@@ -153,3 +180,41 @@ def test_launch_description_with_launch_ros(name):
     want = bringup.describe(name)
     assert [type(n) for n in nodes] == [Node] * len(want)
     assert ctx.environment["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+
+
+def test_launch_files_share_one_launch_description(monkeypatch):
+    """Both launch files are bringup.launch_description(config): checked here with stand-ins for launch and
+    launch_ros (not installable from PyPI), recording what each action is built with."""
+    import runpy
+    import types
+
+    class Action:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    class LaunchConfiguration(Action):
+        values: dict[str, str] = {}
+
+        def perform(self, context):
+            return self.values[self.args[0]]
+
+    fakes = {
+        "launch": types.SimpleNamespace(LaunchDescription=Action),
+        "launch.actions": types.SimpleNamespace(DeclareLaunchArgument=Action, OpaqueFunction=Action,
+                                                SetEnvironmentVariable=Action),
+        "launch.substitutions": types.SimpleNamespace(LaunchConfiguration=LaunchConfiguration),
+        "launch_ros.actions": types.SimpleNamespace(Node=Action),
+    }
+    for k, v in fakes.items():
+        monkeypatch.setitem(sys.modules, k, v)
+    for name in ("sim", "real_arm"):
+        ld = runpy.run_path(str(ROOT / "launch" / f"{name}.launch.py"))["generate_launch_description"]()
+        env, params, ckpt, opaque = ld.args[0]
+        assert env.args == ("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        assert params.args[0] == "params_file" and params.kwargs["default_value"] == str(bringup.default_params(name))
+        assert ckpt.args[0] == "checkpoint"
+        LaunchConfiguration.values = {"params_file": "/p.yaml", "checkpoint": "/ck"}
+        nodes = opaque.kwargs["function"](None)
+        want = bringup.describe(name, ["/p.yaml"], {"policy_node": {"checkpoint": "/ck"}})
+        assert [n.kwargs["executable"] for n in nodes] == [d.executable for d in want]
+        assert [n.kwargs["parameters"] for n in nodes] == [list(d.parameters) for d in want]

@@ -13,7 +13,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64, Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from streamdp.ros_nodes.logic import decode_image
+from streamdp.ros_nodes.observation import decode_image
 from streamdp.ros_nodes.sim_bridge_node import SimBridgeNode
 
 from .helpers import JOINTS, spin_until

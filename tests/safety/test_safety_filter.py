@@ -1,3 +1,7 @@
+"""The safety filter, judged by an independent oracle (tests/safety/oracle.py): every command it returns is
+checked against the raw limit numbers (finite, position range, |dq| per tick, velocity, acceleration, the
+workspace box through the URDF chain's FK), never against the filter's own idea of them."""
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -5,22 +9,32 @@ from hypothesis import strategies as st
 
 from streamdp.ros_nodes.safety import SafetyConfigError, SafetyFilter, SafetyLimits, SafetyStatus
 
+from .oracle import Bounds, urdf_limits, violations
+
 NAMES = ["j1", "j2", "j3"]
+BASE = dict(position_lower=[-1.0, -2.0, -1.5], position_upper=[1.0, 2.0, 1.5], max_velocity=2.0,
+            max_acceleration=40.0, max_delta=0.08, dt=0.05, escalate_after=5)
 
 
 def limits(**kw) -> SafetyLimits:
-    base = dict(joint_names=NAMES, position_lower=[-1.0, -2.0, -1.5], position_upper=[1.0, 2.0, 1.5],
-                max_velocity=2.0, max_acceleration=40.0, max_delta=0.08, dt=0.05, escalate_after=5)
-    base.update(kw)
-    return SafetyLimits.from_dict(base)
+    return SafetyLimits.from_dict({"joint_names": NAMES, **BASE, **kw})
 
 
-def run(filt: SafetyFilter, commands) -> tuple[list[np.ndarray], list[SafetyStatus]]:
-    prev, prev_step = filt.last_command, np.zeros(3)
+def bounds(fk=None, **kw) -> Bounds:
+    """The oracle's copy of the same numbers (parameter names: position_min, workspace_min, ...)."""
+    d = {**BASE, **kw}
+    names = {"position_lower": "position_min", "position_upper": "position_max", "workspace_lower": "workspace_min",
+             "workspace_upper": "workspace_max"}
+    return Bounds.from_params({names.get(k, k): v for k, v in d.items()}, len(NAMES), d["dt"], fk=fk)
+
+
+def run(filt: SafetyFilter, commands, b: Bounds) -> tuple[list[np.ndarray], list[SafetyStatus]]:
+    """Every command through the filter; each output checked by the oracle against the one before."""
+    prev, prev_step = filt.last_command, np.zeros(len(filt.last_command))
     outs, sts = [], []
     for c in commands:
         q, s = filt.filter(c)
-        assert filt.check(q, prev, prev_step) == [], (c, q, s)
+        assert violations(q, prev, prev_step, b) == [], (c, q, s)
         prev_step, prev = q - prev, q
         outs.append(q)
         sts.append(s)
@@ -31,7 +45,7 @@ def test_ok_commands_pass_unchanged():
     f = SafetyFilter(limits())
     f.reset([0.0, 0.0, 0.0])
     cmds = [np.array([0.01, -0.01, 0.0]) * (i + 1) for i in range(5)]
-    outs, sts = run(f, cmds)
+    outs, sts = run(f, cmds, bounds())
     assert all(s is SafetyStatus.OK for s in sts)
     np.testing.assert_allclose(outs[-1], cmds[-1])
 
@@ -39,7 +53,7 @@ def test_ok_commands_pass_unchanged():
 def test_nan_and_inf_never_published():
     f = SafetyFilter(limits())
     f.reset([0.1, 0.2, 0.3])
-    outs, sts = run(f, [[np.nan, 0, 0], [0, np.inf, 0], [0.1, 0.2, 0.3]])
+    outs, sts = run(f, [[np.nan, 0, 0], [0, np.inf, 0], [0.1, 0.2, 0.3]], bounds())
     assert sts[:2] == [SafetyStatus.FAULT, SafetyStatus.FAULT]
     assert all(np.isfinite(o).all() for o in outs)
     assert f.counts["fault"] == 2
@@ -48,7 +62,7 @@ def test_nan_and_inf_never_published():
 def test_huge_jump_is_rate_limited_then_escalates_to_hold():
     f = SafetyFilter(limits())
     f.reset([0.0, 0.0, 0.0])
-    outs, sts = run(f, [[1.0, 2.0, -1.5]] * 12)
+    outs, sts = run(f, [[1.0, 2.0, -1.5]] * 12, bounds())
     assert sts[0] is SafetyStatus.CLAMPED
     assert np.max(np.abs(outs[0])) <= 0.08 + 1e-12
     # after escalate_after consecutive clamps the filter latches a hold (decelerating, then still)
@@ -78,9 +92,10 @@ def test_hold_decelerates_within_acceleration_limit():
     speed = np.abs(prev_step).max()
     assert speed > 0.1
     steps = []
+    b = bounds(max_delta=1.0, max_velocity=100.0, max_acceleration=20.0)
     for _ in range(20):
         q, s = f.hold(SafetyStatus.STALE)
-        assert f.check(q, prev, prev_step) == []
+        assert violations(q, prev, prev_step, b) == []
         steps.append(np.abs(q - prev).max())
         prev_step, prev = q - prev, q
     assert steps[-1] == 0.0 and all(a >= b for a, b in zip(steps, steps[1:]))
@@ -132,7 +147,7 @@ def test_property_every_output_is_safe(commands, start):
     """Whatever the policy asks for, every published command is finite and within every limit."""
     f = SafetyFilter(limits())
     f.reset(start)
-    run(f, commands)
+    run(f, commands, bounds())
 
 
 ARM_URDF = __import__("pathlib").Path(__file__).resolve().parents[2] / "sim" / "assets" / "arm_reach_dynamic.urdf"
@@ -147,6 +162,15 @@ def arm_filter(**kw) -> SafetyFilter:
                 control_rate_hz=20, escalate_after=1000, **BOX)
     base.update(kw)
     return SafetyFilter(SafetyLimits.from_dict(base), fk=UrdfChain(ARM_URDF, "ee_link", ARM_JOINTS))
+
+
+def arm_bounds() -> Bounds:
+    """The oracle's limits of arm_filter(): the URDF's own numbers, the box, FK of the URDF chain."""
+    from streamdp.ros_nodes.kinematics import UrdfChain
+
+    p = {**urdf_limits(ARM_URDF, ARM_JOINTS), "max_acceleration": 60.0, "max_delta": 0.25,
+         "workspace_min": BOX["workspace_lower"], "workspace_max": BOX["workspace_upper"]}
+    return Bounds.from_params(p, 3, 0.05, fk=UrdfChain(ARM_URDF, "ee_link", ARM_JOINTS).fk)
 
 
 def test_urdf_chain_matches_mujoco():
@@ -207,7 +231,7 @@ def test_workspace_box_counts_the_stopping_distance():
     q = np.array([0.0, -1.2, 0.0])
     assert f.in_workspace(q)
     f.reset(q)
-    outs, sts = run(f, [[0.0, 1.2, 0.0]] * 30)  # unfold fast toward x > 0.65
+    outs, sts = run(f, [[0.0, 1.2, 0.0]] * 30, arm_bounds())  # unfold fast toward x > 0.65
     assert SafetyStatus.CLAMPED in sts
     tips = np.array([f.fk(o) for o in outs])
     assert tips[:, 0].max() <= 0.65 + 1e-6, tips[:, 0].max()
@@ -227,9 +251,7 @@ def test_property_workspace_box_holds(commands, seed):
         if f.in_workspace(start):
             break
     f.reset(start)
-    outs, _ = run(f, commands + [commands[-1]] * 15)
-    for o in outs:
-        assert f.in_workspace(o, tol=2e-3), (f.fk(o), start)
+    run(f, commands + [commands[-1]] * 15, arm_bounds())  # the oracle checks each tip against the box
 
 
 def test_sim_params_limits_are_the_urdf_limits():
@@ -253,6 +275,7 @@ def test_unset_position_limits_mean_unlimited():
     assert np.all(lim.position_lower == -np.inf) and np.all(lim.position_upper == np.inf)
     f = SafetyFilter(lim)
     f.reset([0.0, 0.0, 0.0])
-    outs, sts = run(f, [[1.0, -1.0, 0.05]] * 3)
+    outs, sts = run(f, [[1.0, -1.0, 0.05]] * 3, bounds(position_lower=None, position_upper=None, max_velocity=None,
+                                                        max_acceleration=None, max_delta=0.1))
     np.testing.assert_allclose(outs[0], [0.1, -0.1, 0.05])
     assert sts[0] is SafetyStatus.CLAMPED and np.all(np.isfinite(outs))

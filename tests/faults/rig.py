@@ -6,9 +6,10 @@ duplicated ``JointState`` messages on the robot's topic. The policy node's ``hoo
 (:class:`~streamdp.ros_nodes.policy_node.FaultHooks`) corrupt the network output, slow the
 inference thread down or shift its ROS clock; its ``command_log`` records **every** command it
 publishes (each point of each JointTrajectory), and :func:`check_commands` checks them all against
-the safety limits with :meth:`SafetyFilter.check` semantics (finite, within position limits,
-|step| <= min(max_delta, v_max dt), |step change| <= a_max dt^2; the look-ahead points of a
-trajectory are chained from its first point; each activation restarts from the measured joint state).
+the raw limit numbers with the independent oracle of tests/safety/oracle.py (finite, within position
+limits, |step| <= max_delta and v_max dt, |step change| <= a_max dt^2, the tip in the workspace box by
+the URDF chain's FK; the look-ahead points of a trajectory are chained from its first point; each
+activation restarts from the measured joint state).
 
 Use::
 
@@ -30,21 +31,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import JointState
 
-from streamdp.ros_nodes.rosenv import ensure_rclpy_loadable
-
-ensure_rclpy_loadable()
-
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from rclpy.qos import QoSProfile  # noqa: E402
-from sensor_msgs.msg import JointState  # noqa: E402
-
-from streamdp.ros_nodes.logic import split_seconds  # noqa: E402
-from streamdp.ros_nodes.policy_node import FaultHooks, PolicyNode  # noqa: E402
-from streamdp.ros_nodes.safety import SafetyFilter, SafetyLimits  # noqa: E402
+from streamdp.ros_nodes.kinematics import UrdfChain
+from streamdp.ros_nodes.policy_node import FaultHooks, PolicyNode
+from streamdp.ros_nodes.safety import SafetyLimits
+from streamdp.ros_nodes.trajectory import split_seconds
+from tests.safety.oracle import Bounds, violations
 
 INJECTOR_FRAME = "fault_injector"
 
@@ -125,14 +123,12 @@ class CheckReport:
         return None
 
 
-def check_commands(log: list[dict[str, Any]], limits: SafetyLimits, seeds: dict[int, np.ndarray],
-                   fk: Any = None) -> CheckReport:
-    """Check every published point: finite, position limits, per-step delta/velocity, acceleration, and
-    (with ``fk`` and a workspace box in ``limits``) the tip inside the box.
+def check_commands(log: list[dict[str, Any]], bounds: Bounds, seeds: dict[int, np.ndarray]) -> CheckReport:
+    """Check every published point with the oracle: finite, position limits, per-step delta/velocity,
+    acceleration, and (when `bounds` has a box and FK) the tip inside the box.
 
     Commands are chained in publish order; a new activation (``segment``) restarts from its measured seed
     with zero velocity. Within a trajectory, point i is checked against point i-1."""
-    checker = SafetyFilter(limits, fk=fk)
     rep = CheckReport(log=log)
     seg, prev, prev_step = None, None, None
     for k, entry in enumerate(log):
@@ -144,8 +140,7 @@ def check_commands(log: list[dict[str, Any]], limits: SafetyLimits, seeds: dict[
         bad: list[str] = []
         p, s = prev, prev_step
         for i, q in enumerate(pts):
-            problems = checker.check(q, p, s) if q.shape == p.shape else ["wrong size"]
-            bad += [f"point {i}: {x}" for x in problems]
+            bad += [f"point {i}: {x}" for x in violations(q, p, s, bounds)]
             rep.points += 1
             if q.shape == p.shape:
                 p, s = q, q - p
@@ -188,7 +183,10 @@ class FaultRig:
             raise RuntimeError(f"policy node refused to configure: {self.node.configure_error}")
         if self.node.safety is None:
             raise RuntimeError("no safety filter: give limits")
-        self.limits: SafetyLimits = self.node.safety.limits
+        self.limits: SafetyLimits = self.node.safety.limits  # the filter's (escalate_after)
+        joints = self.limits.joint_names
+        fk = UrdfChain(limits["urdf"], limits["tip_link"], joints).fk if "workspace_min" in limits else None
+        self.bounds = Bounds.from_params(limits, len(joints), self.node.period, fk=fk)  # the oracle's: raw numbers
         self.seeds: dict[int, np.ndarray] = {}
         self._sim_paused = False
         self._trials = 0
@@ -282,8 +280,7 @@ class FaultRig:
         self.node.hooks = FaultHooks()
         if self._sim_paused:
             self.sim_resume()
-        rep = check_commands(list(self.node.command_log or []), self.limits, self.seeds,
-                             fk=self.node.safety.fk if self.node.safety is not None else None)
+        rep = check_commands(list(self.node.command_log or []), self.bounds, self.seeds)
         rep.stats = stats
         self.node.command_log = None
         return rep
