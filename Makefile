@@ -26,7 +26,7 @@ bench: setup
 	$(PY) -m streamdp.sim.bench
 
 bench-quick: setup
-	$(PY) -m streamdp.sim.bench --quick
+	$(PY) -m streamdp.sim.bench quick=true
 
 lint: setup
 	$(PY) -m ruff check .

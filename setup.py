@@ -51,8 +51,6 @@ setup(
     python_requires=">=3.10",
     entry_points={
         "console_scripts": [
-            "streamdp-bench-policy = streamdp.policy.bench:main",
-            "streamdp-demo-arc = streamdp.policy.demo:main",
             "streamdp-train = streamdp.policy.train.cli:main",
             "streamdp-calibrate-rti = streamdp.policy.calibration:rti_main",
             "streamdp-calibrate-bac = streamdp.policy.calibration:bac_main",

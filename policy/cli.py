@@ -137,7 +137,8 @@ def run_job(
 ) -> int:
     """Parse ``key=value`` overrides for `job`, run ``fn(config)`` and turn user errors into one line.
 
-    `list_keys` accept ``key=a,b`` as the list ``[a,b]`` (hydra would read it as a sweep).
+    `list_keys` accept ``key=a,b`` as the list ``[a,b]`` (hydra would read it as a sweep) and ``key=a``
+    as ``[a]``.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("STREAMDP_DEBUG", "") not in ("", "0")
@@ -172,6 +173,6 @@ def one_line(prog: str, e: BaseException) -> str:
 
 def _as_list(arg: str, list_keys: Sequence[str]) -> str:
     key, _, val = arg.partition("=")
-    if key.lstrip("+") in list_keys and "," in val and not val.startswith("["):
-        return f"{key}=[{val}]"
+    if key.lstrip("+") in list_keys and not val.startswith("[") and val != "null":
+        return f"{key}=[{val}]"  # also one item: tasks=arc is the list [arc]
     return arg

@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamdp.ros_nodes.sim_episodes import markdown
     from streamdp.sim.collect import collect
     from streamdp.sim.evaluate import SamplerSpec
+    from streamdp.sim.metrics import hardware
     from streamdp.sim.tasks import task_spec
 
     n = 5
@@ -227,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {"task": TASK, "checkpoint": str(ckpt), "policy": how, "collect": {
         "episodes_tried": col.episodes_tried, "episodes_kept": col.episodes_kept, "frames": col.frames,
         "seconds": col.seconds}, "offline_latency": offline, "ros": [r.to_dict() for r in runs],
-        "ros_env": ros, "seconds": time.perf_counter() - t_all}
+        "ros_env": ros, "hardware": hardware("cpu"), "seconds": time.perf_counter() - t_all}
     (a.out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
     (a.out / "table.md").write_text(table + "\n")
     print(f"\n[demo] done in {time.perf_counter() - t_all:.0f} s; wrote {a.out / 'results.json'}, "

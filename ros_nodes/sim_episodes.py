@@ -243,7 +243,7 @@ def run_sampler_episodes(
         raise RuntimeError("ROS environment not safe for a run: " + "; ".join(problems))
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    from streamdp.sim.evaluate import run_label
+    from streamdp.sim.metrics import sampler_label
     from streamdp.sim.tasks import task_spec
 
     spec = task_spec(task)
@@ -271,7 +271,7 @@ def run_sampler_episodes(
 
         cfg, _ = read_config(Path(checkpoint))
         run.sampler, run.num_inference_steps = name, k
-        run.label = run_label(name, k, cfg.schedule.num_train_steps)
+        run.label = sampler_label(name, k, cfg.schedule.num_train_steps)
         t_eps = time.monotonic()
         for i in range(episodes):
             ep = _one_episode(s, i, seed + i, episode_s)

@@ -1,26 +1,16 @@
 """streamdp.sim: simulated tasks with scripted experts, LeRobot demo collection, measurements.
 
 Entry points: ``make_task(name, obs_mode, seed, **kw)``, ``task_spec(name, obs_mode, **kw)``,
-``make_expert(name, env)`` and ``list_tasks()``; ``streamdp.sim.collect.collect`` records datasets;
-``bundled_checkpoint(task)`` finds the small policy shipped for a task.
+``make_expert(name, env)`` and ``list_tasks()`` (all of ``streamdp.sim.tasks``);
+``streamdp.sim.collect.collect`` records datasets; ``bundled_checkpoint(task)`` finds the small policy
+shipped for a task.
 """
 
 from importlib import resources as _resources
 from pathlib import Path as _Path
 
-from .tasks import (
-    ACTION_KEY,
-    IMAGE_KEY_PREFIX,
-    OBS_MODES,
-    STATE_KEY,
-    Expert,
-    TaskSpec,
-    list_tasks,
-    make_expert,
-    make_task,
-    register_task,
-    task_spec,
-)
+from . import tasks as _tasks
+from .tasks import *  # noqa: F403 - the task API is this package's API
 
 
 def bundled_checkpoint(task: str) -> _Path | None:
@@ -29,17 +19,4 @@ def bundled_checkpoint(task: str) -> _Path | None:
     return p if (p / "config.json").is_file() else None
 
 
-__all__ = [
-    "ACTION_KEY",
-    "IMAGE_KEY_PREFIX",
-    "OBS_MODES",
-    "STATE_KEY",
-    "Expert",
-    "TaskSpec",
-    "bundled_checkpoint",
-    "list_tasks",
-    "make_expert",
-    "make_task",
-    "register_task",
-    "task_spec",
-]
+__all__ = [*_tasks.__all__, "bundled_checkpoint"]  # noqa: PLE0604

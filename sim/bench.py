@@ -2,20 +2,22 @@
 closed-loop success.
 
     streamdp-bench                                   # bundled checkpoints, 50 episodes per mode and task
-    streamdp-bench --quick                           # the same table in minutes (few episodes, fewer obs)
-    streamdp-bench --checkpoint arm_reach_dynamic=runs/arm/checkpoints/last/pretrained --tasks arm_reach_dynamic
-    python -m streamdp.sim.bench --quick --out outputs/bench_quick
+    streamdp-bench quick=true                        # the same table in minutes (few episodes, fewer obs)
+    streamdp-bench tasks=arm_reach_dynamic +checkpoints.arm_reach_dynamic=runs/arm/checkpoints/last/pretrained
+    streamdp-bench tasks=arc quick=true              # the two-mode arc task: trains a small transformer first
+    python -m streamdp.sim.bench quick=true out=outputs/bench_quick
 
-For each task the checkpoint (``--checkpoint TASK=DIR``, else the one bundled in
-``streamdp/sim/assets/checkpoints/<task>``) is copied into the output folder and calibrated there on
-logged expert observations of the task (RTI's start level k', BAC's per-branch schedules for every
-inner loop; the source checkpoint is never touched). Then every mode loads that one copy:
+For each task the checkpoint (``+checkpoints.TASK=DIR``, else the one bundled in
+``streamdp/sim/assets/checkpoints/<task>``, else one trained for ``train_steps`` on the task's expert
+demos) is copied into the output folder and calibrated there on logged expert observations of the
+task (RTI's start level k', BAC's per-branch schedules for every inner loop; the source checkpoint is
+never touched). Then every mode loads that one copy:
 
 - inner loops ``ddpm`` (all N train levels), ``ddim:10``, ``sdp`` (the checkpoint's K), ``rti`` and
   ``sdp_rti``;
 - each without and with BAC block caching (transformer denoisers; a U-Net has no blocks to cache);
 - each on the execution paths this machine has: PyTorch eager always, ``torch.compile`` with
-  ``--compile``, and on CUDA the fused Triton kernels and CUDA-graph replay (``cuda_graph``).
+  ``compile=true``, and on CUDA the fused Triton kernels and CUDA-graph replay (``cuda_graph``).
 
 Per mode it reports per-observation latency p50/p99 and network calls on a fixed stream of task
 observations (observe + denoise until Ta clean actions, as the ROS node does), their ratios to
@@ -27,7 +29,6 @@ Timings on a shared CPU are noisy: read the ratios within one run, never across 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -41,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from streamdp.policy import cli
+from streamdp.policy.cli import UserError, opt
 from streamdp.sim import bundled_checkpoint
 
 INNER_LOOPS: tuple[tuple[str, int | None], ...] = (
@@ -96,6 +99,7 @@ class BenchRow:
     mean_max_coverage: float | None = None
     eval_calls_per_tick: float = math.nan
     eval_tick_ms_p99: float = math.nan
+    start_level: int | None = None  # RTI's calibrated k' (rti, sdp_rti rows)
 
 
 @dataclass
@@ -117,7 +121,7 @@ def available_paths(device: str, compile_: bool) -> tuple[list[str], list[str]]:
     if compile_:
         paths.append("compile")
     else:
-        skipped.append("compile: not requested (--compile; first compile costs 20-75 s per mode on a CPU)")
+        skipped.append("compile: not requested (compile=true; first compile costs 20-75 s per mode on a CPU)")
     if device.startswith("cuda"):
         paths.append("cuda_graph")
     else:
@@ -162,23 +166,14 @@ def calibrate_copy(ckpt: Path, episodes: list, modes: Sequence[Mode], calib_obs:
 
 def latency(ckpt: Path, mode: Mode, observations: list[dict], device: str, warmup: int = 3) -> dict[str, Any]:
     """ms and calls per observation (observe + denoise to the next Ta clean actions), branch computes."""
-    from streamdp.policy.bench import measure
     from streamdp.policy.policy import Policy
+    from streamdp.sim.metrics import measure, policy_label, summarize
 
     pol = Policy.from_pretrained(ckpt, device=device, **mode.overrides())
-    branches: list[int] = []
-    ms, calls = measure(pol, observations, warmup, branches)
     c = pol.config
-    k = c.num_inference_steps
-    label = {"ddpm": f"DDPM-{c.schedule.num_train_steps}", "ddim": f"DDIM-{k}", "sdp": f"SDP K={k}",
-             "rti": f"RTI k'={pol.rti_start_level} (K={k})", "sdp_rti": f"SDP+RTI k'={pol.rti_start_level}"}[c.sampler]
     n_branch = 3 * c.transformer.n_layers if c.denoiser == "transformer" else None
-    return {
-        "label": label,
-        "ms_p50": float(np.median(ms)), "ms_p99": float(np.percentile(ms, 99)), "n_obs": len(ms),
-        "calls": float(np.mean(calls)),
-        "branches": float(np.mean(branches)) if branches else (float(np.mean(calls)) * n_branch if n_branch else None),
-    }
+    start = pol.rti_start_level if c.sampler in ("rti", "sdp_rti") else None
+    return {"label": policy_label(pol), "start_level": start, **summarize(measure(pol, observations, warmup), n_branch)}
 
 
 def bench_task(
@@ -199,7 +194,6 @@ def bench_task(
     """Calibrate a copy of `checkpoint`, then measure latency and closed-loop success of every mode."""
     from streamdp.policy.checkpoint import read_config
     from streamdp.policy.policy import Policy
-    from streamdp.sim.evaluate import SamplerSpec, evaluate
 
     t_task = time.perf_counter()
     cfg, _ = read_config(checkpoint)
@@ -230,28 +224,13 @@ def bench_task(
         t = time.perf_counter()
         lat = latency(dst, m, stream, device)
         tb.rows.append(BenchRow(task, m.sampler, lat["label"], m.cache, m.path, lat["calls"], lat["branches"],
-                                lat["ms_p50"], lat["ms_p99"], lat["n_obs"]))
+                                lat["ms_p50"], lat["ms_p99"], lat["n_obs"], start_level=lat["start_level"]))
         log(f"[bench]   {lat['label']:<24} cache={m.cache:<4} {m.path:<10} {lat['calls']:6.1f} calls "
             f"{lat['ms_p50']:8.1f} ms p50 ({time.perf_counter() - t:.0f} s)")
     for p in paths:
         for c in caches:
-            group = [r for r in tb.rows if r.path == p and r.cache == c]
-            if not group:
-                continue
-            specs = [SamplerSpec(m.sampler, m.k) for m in modes if m.path == p and m.cache == c]
-            t = time.perf_counter()
-            res = evaluate(dst, task, sampler=specs, episodes=episodes, seed=seed, workers=workers,
-                           device=device, policy_overrides=runtime_overrides(c, p),
-                           out=out / task / f"eval_{c}_{p}")
-            for r, run in zip(group, res.runs):
-                r.episodes, r.successes = run.n, run.successes
-                r.success_rate, r.success_ci95 = run.success_rate, run.success_ci95
-                r.mean_max_coverage = run.mean_max_coverage
-                r.eval_calls_per_tick = run.calls_per_tick
-                r.eval_tick_ms_p99 = float(run.latency_ms["tick"]["p99"] or math.nan)
-            log(f"[bench]   closed loop cache={c} {p}: {episodes} episodes x {len(specs)} samplers "
-                f"in {time.perf_counter() - t:.0f} s: "
-                + ", ".join(f"{r.label} {r.successes}/{r.episodes}" for r in group))
+            closed_loop(tb, dst, [m for m in modes if m.path == p and m.cache == c], out, episodes, seed, workers,
+                        device, log)
     # Ratios against the plain baselines (no cache, eager PyTorch): what every speed-up is judged by.
     base = [r for r in tb.rows if r.path == "eager" and r.cache == "none"]
     ref_ddpm = next((r for r in base if r.sampler == "ddpm"), None)
@@ -265,30 +244,53 @@ def bench_task(
     return tb
 
 
+def closed_loop(tb: TaskBench, ckpt: Path, modes: Sequence[Mode], out: Path, episodes: int, seed: int,
+                workers: int, device: str, log: Callable[[str], None]) -> None:
+    """Closed-loop success of `modes` (one cache, one path) with streamdp-eval, into their rows of `tb`."""
+    from streamdp.sim.evaluate import SamplerSpec, evaluate
+
+    if not modes:
+        return
+    cache, path = modes[0].cache, modes[0].path
+    group = [r for r in tb.rows if r.path == path and r.cache == cache]
+    t = time.perf_counter()
+    res = evaluate(ckpt, tb.task, sampler=[SamplerSpec(m.sampler, m.k) for m in modes], episodes=episodes,
+                   seed=seed, workers=workers, device=device, policy_overrides=runtime_overrides(cache, path),
+                   out=out / tb.task / f"eval_{cache}_{path}")
+    for r, run in zip(group, res.runs):
+        assert r.label == run.label, (r.label, run.label)  # one name per run (sim.metrics.sampler_label)
+        r.episodes, r.successes = run.n, run.successes
+        r.success_rate, r.success_ci95 = run.success_rate, run.success_ci95
+        r.mean_max_coverage = run.mean_max_coverage
+        r.eval_calls_per_tick = run.calls_per_tick
+        r.eval_tick_ms_p99 = float(run.latency_ms["tick"]["p99"] or math.nan)
+    log(f"[bench]   closed loop cache={cache} {path}: {episodes} episodes x {len(modes)} samplers "
+        f"in {time.perf_counter() - t:.0f} s: " + ", ".join(f"{r.label} {r.successes}/{r.episodes}" for r in group))
+
+
 def _f(x: float | None, fmt: str = ".1f") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
 
 
 def markdown(tasks: Sequence[TaskBench]) -> str:
     """One Markdown table: every task x mode with speed, ratios and closed-loop success."""
-    lines = [
-        "| task | mode | cache | path | calls/obs | ms/obs p50 | ms/obs p99 | ms ratio to DDPM-100 | to DDIM-10 "
-        "| calls ratio to DDPM-100 | success (95% CI) | extra |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for tb in tasks:
-        for r in tb.rows:
-            lo, hi = r.success_ci95
-            succ = (f"{r.successes}/{r.episodes} = {r.success_rate:.2f} [{lo:.2f}, {hi:.2f}]" if r.episodes else "-")
-            extra = f"coverage {r.mean_max_coverage:.2f}" if r.mean_max_coverage is not None else ""
-            if r.branch_computes_per_obs is not None and r.cache == "bac":
-                extra = (extra + "; " if extra else "") + f"{r.branch_computes_per_obs:.0f} branch computes/obs"
-            lines.append(
-                f"| {tb.task} | {r.label} | {r.cache} | {r.path} | {_f(r.calls_per_obs, '.2f')} | {_f(r.ms_p50)} "
-                f"| {_f(r.ms_p99)} | {_f(r.ratio_ddpm, '.3f')} | {_f(r.ratio_ddim, '.3f')} "
-                f"| {_f(r.calls_ratio_ddpm, '.3f')} | {succ} | {extra} |"
-            )
-    return "\n".join(lines)
+    from streamdp.sim.metrics import markdown_table
+
+    header = ["task", "mode", "cache", "path", "calls/obs", "ms/obs p50", "ms/obs p99", "ms ratio to DDPM-100",
+              "to DDIM-10", "calls ratio to DDPM-100", "success (95% CI)", "extra"]
+    return markdown_table(header, [_row_cells(tb.task, r) for tb in tasks for r in tb.rows])
+
+
+def _row_cells(task: str, r: BenchRow) -> list[str]:
+    lo, hi = r.success_ci95
+    succ = f"{r.successes}/{r.episodes} = {r.success_rate:.2f} [{lo:.2f}, {hi:.2f}]" if r.episodes else "-"
+    notes = [f"k'={r.start_level}"] if r.start_level is not None else []
+    if r.mean_max_coverage is not None:
+        notes.append(f"coverage {r.mean_max_coverage:.2f}")
+    if r.branch_computes_per_obs is not None and r.cache == "bac":
+        notes.append(f"{r.branch_computes_per_obs:.0f} branch computes/obs")
+    return [task, r.label, r.cache, r.path, _f(r.calls_per_obs, ".2f"), _f(r.ms_p50), _f(r.ms_p99),
+            _f(r.ratio_ddpm, ".3f"), _f(r.ratio_ddim, ".3f"), _f(r.calls_ratio_ddpm, ".3f"), succ, "; ".join(notes)]
 
 
 def plots(tasks: Sequence[TaskBench], out: Path) -> list[Path]:
@@ -336,77 +338,108 @@ def plots(tasks: Sequence[TaskBench], out: Path) -> list[Path]:
     return files
 
 
-def _parse_ckpts(items: Sequence[str]) -> dict[str, Path]:
-    out = {}
-    for it in items:
-        task, sep, path = it.partition("=")
-        if not sep or not task or not path:
-            raise SystemExit(f"--checkpoint {it!r}: expected TASK=DIR, e.g. arm_reach_dynamic=runs/arm/ckpt")
-        out[task] = Path(path)
+@dataclass
+class BenchConfig:
+    """``streamdp-bench`` keys (config/bench.yaml holds presets only)."""
+
+    quick: bool = opt(False, "presets " + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + " (else "
+                      + ", ".join(f"{k}={v}" for k, v in FULL.items()) + ")")
+    tasks: list[str] = opt(help="tasks to bench, e.g. tasks=arm_reach_dynamic,arc (empty: the tasks of "
+                           f"`checkpoints`, else {','.join(DEFAULT_TASKS)})", factory=list)
+    checkpoints: dict[str, str] = opt(help="checkpoint per task, e.g. +checkpoints.pusht=DIR (default: the bundled "
+                                      "one; a task with none is trained on expert demos first)", factory=dict)
+    train_steps: int = opt(1500, "training steps for a task with no checkpoint (e.g. arc: a small transformer)")
+    episodes: int = opt(0, "closed-loop episodes per mode and task (0: the preset's)")
+    latency_obs: int = opt(0, "timed observations per mode (0: the preset's)")
+    calib_obs: int = opt(0, "inferences recorded by each calibration (0: the preset's)")
+    workers: int = opt(1, "evaluation processes")
+    threads: int = opt(1, "torch threads in this process (latency timing)")
+    device: str = opt("auto", "auto (CUDA when present) | cpu | cuda")
+    compile: bool = opt(False, "add torch.compile rows (slow first compile)")
+    seed: int = opt(10000, "first evaluation seed (episode i: seed + i)")
+    out: str = opt("outputs/bench", "output folder")
+
+    def preset(self, key: str) -> int:
+        """An explicit value of `key`, else the quick/full preset's."""
+        return int(getattr(self, key, 0) or (QUICK if self.quick else FULL)[key])
+
+
+LIST_KEYS = ("tasks",)
+
+
+def task_checkpoints(cfg: BenchConfig, out: Path, log: Callable[[str], None] = print) -> dict[str, Path]:
+    """The checkpoint of every task: given, bundled, or trained now on expert demos (`train_steps`)."""
+    tasks = cfg.tasks or (list(cfg.checkpoints) if cfg.checkpoints else list(DEFAULT_TASKS))
+    ckpts = {}
+    for t in tasks:
+        c = cfg.checkpoints.get(t) or bundled_checkpoint(t)
+        if c is None:
+            c = train_checkpoint(t, out / t / "trained", cfg.train_steps, log)
+        if not (Path(c) / "config.json").is_file():
+            raise UserError(f"checkpoints.{t}={c}: not a checkpoint directory (no config.json)")
+        ckpts[t] = Path(c)
+    return ckpts
+
+
+def train_checkpoint(task: str, out: Path, steps: int, log: Callable[[str], None] = print) -> Path:
+    """A small transformer (so BAC has blocks to cache) trained on the task's expert demos."""
+    from streamdp.policy.config import TransformerConfig
+    from streamdp.sim.expert_policy import train_expert_policy
+
+    if steps < 1:
+        raise UserError(f"no checkpoint for task {task!r}: pass +checkpoints.{task}=DIR or train_steps>0")
+    t = time.perf_counter()
+    pol = train_expert_policy(task, out=out, steps=steps, denoiser="transformer", num_inference_steps=10,
+                              transformer=TransformerConfig(d_model=64, n_heads=4, n_layers=2))
+    log(f"[bench] {task}: no checkpoint given or bundled; trained one for {steps} steps in "
+        f"{time.perf_counter() - t:.0f} s (loss {pol.extras['training']['final_loss']:.4f}) -> {out}")
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--quick", action="store_true", help=f"few episodes and observations: {QUICK}")
-    ap.add_argument("--tasks", nargs="+", default=None, help=f"tasks to bench (default: {list(DEFAULT_TASKS)})")
-    ap.add_argument("--checkpoint", action="append", default=[], metavar="TASK=DIR",
-                    help="checkpoint per task (default: the bundled one)")
-    ap.add_argument("--episodes", type=int, default=None, help="closed-loop episodes per mode and task")
-    ap.add_argument("--latency-obs", type=int, default=None, help="timed observations per mode")
-    ap.add_argument("--calib-obs", type=int, default=None, help="inferences recorded by each calibration")
-    ap.add_argument("--workers", type=int, default=1, help="evaluation processes")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads in this process (latency timing)")
-    ap.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda")
-    ap.add_argument("--compile", action="store_true", help="add torch.compile rows (slow first compile)")
-    ap.add_argument("--seed", type=int, default=10000, help="first evaluation seed (episode i: seed + i)")
-    ap.add_argument("--out", type=Path, default=Path("outputs/bench"))
-    a = ap.parse_args(argv)
+def run(cfg: BenchConfig) -> list[TaskBench]:
+    """The benchmark of `cfg`: table.md, results.json and the plots in ``cfg.out``."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
 
-    from streamdp.sim.evaluate import hardware
+    from streamdp.sim.metrics import hardware
 
-    torch.set_num_threads(max(1, a.threads))
-    preset = QUICK if a.quick else FULL
-    episodes = a.episodes or preset["episodes"]
-    latency_obs = a.latency_obs or preset["latency_obs"]
-    calib_obs = a.calib_obs or preset["calib_obs"]
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    given = _parse_ckpts(a.checkpoint)
-    tasks = a.tasks or (list(given) if given else list(DEFAULT_TASKS))
-    ckpts = {}
-    for t in tasks:
-        c = given.get(t) or bundled_checkpoint(t)
-        if c is None:
-            raise SystemExit(f"no checkpoint for task {t!r}: pass --checkpoint {t}=DIR (none is bundled for it)")
-        if not (Path(c) / "config.json").is_file():
-            raise SystemExit(f"--checkpoint {t}={c}: not a checkpoint directory (no config.json)")
-        ckpts[t] = Path(c)
-    a.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, cfg.threads))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    results = [bench_task(t, ckpts[t], a.out, episodes, latency_obs, calib_obs, preset["calib_episodes"],
-                          device=device, compile_=a.compile, workers=a.workers, seed=a.seed) for t in tasks]
+    ckpts = task_checkpoints(cfg, out)
+    episodes, latency_obs = cfg.preset("episodes"), cfg.preset("latency_obs")
+    results = [bench_task(t, ckpts[t], out, episodes, latency_obs, cfg.preset("calib_obs"),
+                          cfg.preset("calib_episodes"), device=device, compile_=cfg.compile, workers=cfg.workers,
+                          seed=cfg.seed) for t in ckpts]
     table = markdown(results)
-    files = plots(results, a.out)
-    hw = hardware()
-    hw["device"] = device
-    if device.startswith("cuda"):
-        hw["cuda_device"] = torch.cuda.get_device_name()
-    doc = {"format": "streamdp-bench/1", "quick": a.quick, "episodes": episodes, "latency_obs": latency_obs,
-           "seed": a.seed, "hardware": hw, "seconds": time.perf_counter() - t0,
+    files = plots(results, out)
+    hw = hardware(device)
+    doc = {"format": "streamdp-bench/1", "quick": cfg.quick, "episodes": episodes, "latency_obs": latency_obs,
+           "seed": cfg.seed, "hardware": hw, "seconds": time.perf_counter() - t0,
            "tasks": [{**{k: v for k, v in asdict(tb).items() if k != "rows"},
                       "rows": [asdict(r) for r in tb.rows]} for tb in results]}
-    (a.out / "table.md").write_text(table + "\n")
-    (a.out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
+    (out / "table.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps(doc, indent=1, default=str))
     print(table)
     for tb in results:
         for s in tb.skipped:
             print(f"[bench] {tb.task}: skipped {s}")
-    print(f"[bench] {time.perf_counter() - t0:.0f} s on {hw.get('cpu') or hw.get('machine')} "
-          f"({device}); wrote {a.out / 'table.md'}, results.json, " + ", ".join(f.name for f in files))
-    return 0
+    print(f"[bench] {time.perf_counter() - t0:.0f} s on {hw['cpu']} ({device}); wrote {out / 'table.md'}, "
+          "results.json, " + ", ".join(f.name for f in files))
+    return results
+
+
+def load_config(overrides: Sequence[str] = ()) -> BenchConfig:
+    """The validated ``streamdp-bench`` config of these ``key=value`` overrides."""
+    return cli.load_config("bench", BenchConfig, overrides, LIST_KEYS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``streamdp-bench [key=value ...]``."""
+    return cli.run_job("streamdp-bench", "bench", BenchConfig, run, argv, doc=__doc__.split("\n\n")[0],
+                       groups=(), list_keys=LIST_KEYS)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from .tasks import ACTION_KEY, STATE_KEY, Expert, TaskSpec, make_expert, make_task, task_spec
+from streamdp.policy import cli
+from streamdp.policy.cli import opt
+
+from .tasks import ACTION_KEY, STATE_KEY, Expert, TaskCard, TaskSpec, make_expert, make_task, task_spec
 
 
 @dataclass
@@ -166,55 +168,53 @@ def collect(
     return result
 
 
+@dataclass
+class CollectConfig:
+    """``streamdp-collect`` keys (config/collect.yaml holds presets only)."""
+
+    task: TaskCard = opt(help="task preset", factory=TaskCard)
+    episodes: int = opt(50, "episodes to TRY; unsuccessful ones are dropped, so the dataset may hold fewer")
+    obs_mode: str | None = opt(None, "state | image (null: the task card's)")
+    seed: int = opt(0, "episode i resets with seed + i (reproducible)")
+    root: str | None = opt(None, "dataset folder, new unless overwrite=true (null: $HF_LEROBOT_HOME/<repo_id>)")
+    repo_id: str | None = opt(None, "null: streamdp/<task>_<obs_mode>")
+    use_videos: bool = opt(False, "camera features stored as mp4 'video' instead of per-frame 'image'")
+    overwrite: bool = opt(False, "replace an existing dataset folder")
+    progress: bool = opt(True, "tqdm bar")
+
+
 def config_dir() -> Path:
-    """The hydra config folder: the source tree's ``config/`` (editable install), else the installed
-    ``share/streamdp/config``."""
-    candidates = [
-        Path(__file__).resolve().parents[1] / "config",
-        Path(sys.prefix) / "share" / "streamdp" / "config",
-    ]
-    for c in candidates:
-        if (c / "collect.yaml").is_file():
-            return c
-    raise FileNotFoundError(f"collect.yaml not found in any of {[str(c) for c in candidates]}")
+    """The hydra config folder (kept for streamdp.policy.train, which reads it until it moves to
+    streamdp.policy.cli)."""
+    return cli.config_dir("collect.yaml")
 
 
-def load_config(overrides: Sequence[str] = ()) -> Any:
-    """Compose ``collect.yaml`` with hydra ``key=value`` overrides (``task=NAME`` picks the task card)."""
-    from hydra import compose, initialize_config_dir
+def load_config(overrides: Sequence[str] = ()) -> CollectConfig:
+    """The validated ``streamdp-collect`` config of these ``key=value`` overrides."""
+    return cli.load_config("collect", CollectConfig, overrides)
 
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return compose(config_name="collect", overrides=list(overrides))
+
+def run(cfg: CollectConfig) -> int:
+    """Collect as `cfg` says; exit code 1 when no episode succeeded."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    result = collect(
+        task=cfg.task.name,
+        episodes=cfg.episodes,
+        root=cfg.root,
+        obs_mode=cfg.obs_mode or cfg.task.obs_mode,
+        seed=cfg.seed,
+        repo_id=cfg.repo_id,
+        task_kwargs=cfg.task.kwargs,
+        use_videos=cfg.use_videos,
+        overwrite=cfg.overwrite,
+        progress=cfg.progress,
+    )
+    return 0 if result.episodes_kept > 0 else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: ``streamdp-collect task=NAME episodes=N ...``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    bad = [a for a in args if "=" not in a]
-    if bad:
-        print(f"expected key=value overrides, got {bad}", file=sys.stderr)
-        return 2
-    from omegaconf import OmegaConf
-
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    cfg = load_config(args)
-    task_kwargs = OmegaConf.to_container(cfg.task.kwargs, resolve=True) if cfg.task.get("kwargs") else {}
-    result = collect(
-        task=cfg.task.name,
-        episodes=int(cfg.episodes),
-        root=cfg.root,
-        obs_mode=cfg.obs_mode or cfg.task.obs_mode,
-        seed=int(cfg.seed),
-        repo_id=cfg.repo_id,
-        task_kwargs=task_kwargs,
-        use_videos=bool(cfg.use_videos),
-        overwrite=bool(cfg.overwrite),
-        progress=bool(cfg.progress),
-    )
-    return 0 if result.episodes_kept > 0 else 1
+    """Console entry point ``streamdp-collect task=NAME episodes=N [key=value ...]``."""
+    return cli.run_job("streamdp-collect", "collect", CollectConfig, run, argv, doc=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -51,9 +51,7 @@ import dataclasses
 import datetime as _dt
 import math
 import os
-import platform
 import re
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +61,10 @@ from typing import Any
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless; must precede the first mujoco import
 
 import numpy as np  # noqa: E402
+
+from streamdp.policy import cli  # noqa: E402
+from streamdp.policy.cli import opt  # noqa: E402
+from streamdp.sim.tasks.base import TaskCard  # noqa: E402
 
 FORMAT = "streamdp-eval/1"
 Z95 = 1.959963984540054
@@ -475,42 +477,6 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def run_label(sampler: str, k: int, num_train_steps: int) -> str:
-    if sampler == "ddpm":
-        return f"DDPM-{num_train_steps}"
-    if sampler == "ddim":
-        return f"DDIM-{k}"
-    return f"{sampler.upper()} (K={k})"
-
-
-def hardware() -> dict[str, Any]:
-    """Where the numbers were measured (the CPU model, cores, load: timings depend on all of them)."""
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = list(os.getloadavg())
-    except OSError:
-        load = None
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "loadavg_at_start": load,
-        "mujoco_gl": os.environ.get("MUJOCO_GL"),
-    }
-
-
 # ---------------------------------------------------------------------------------- one episode
 @dataclass(frozen=True)
 class _Job:
@@ -536,7 +502,7 @@ class _Job:
 _CACHE: dict[Any, Any] = {}  # per process: loaded policies (with their call counters) and envs
 
 
-def _hold_action(policy: Any, spec: Any, state: np.ndarray) -> np.ndarray:
+def _hold_action(spec: Any, state: np.ndarray) -> np.ndarray:
     """The command that keeps the robot where it is: the joint state for position-target actions."""
     da = spec.action_dim
     targets = [n.replace("target_", "") for n in spec.action_names]
@@ -588,11 +554,37 @@ def _get_policy(job: _Job, env: Any) -> Any:
     return _CACHE[key]
 
 
+class _Rollout:
+    """The env side of one episode: steps the env, records the commands, success, coverage and frames."""
+
+    def __init__(self, env: Any, obs: dict[str, Any], info: dict[str, Any], max_steps: int, video: bool) -> None:
+        self.env, self.obs, self.info, self.max_steps = env, obs, info, max_steps
+        self.frames = [env.render()] if video else None
+        self.actions: list[np.ndarray] = []
+        self.chunk_ids: list[int] = []  # chunk of each command, -1 = held
+        self.steps, self.success, self.done = 0, False, False
+        self.max_cov: float | None = None
+
+    def step(self, a: np.ndarray, cid: int) -> None:
+        self.obs, _, terminated, truncated, self.info = self.env.step(a)
+        self.steps += 1
+        self.actions.append(np.asarray(a, dtype=np.float64).copy())
+        self.chunk_ids.append(cid)
+        self.success = self.success or bool(self.info.get("is_success", False))
+        cov = self.info.get("max_coverage", self.info.get("coverage"))
+        if cov is not None:
+            self.max_cov = max(float(cov), self.max_cov if self.max_cov is not None else -math.inf)
+        if self.frames is not None:
+            self.frames.append(self.env.render())
+        self.done = bool(terminated or truncated) or self.steps >= self.max_steps
+
+
 def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> EpisodeResult:
     """One seeded closed-loop episode (see the module docstring for the exact tick and delay model)."""
     import torch
 
     from streamdp.policy.policy import NonFiniteError
+    from streamdp.sim.metrics import timed
     from streamdp.sim.tasks import task_spec as get_spec
 
     t_start = time.perf_counter()
@@ -605,95 +597,57 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
     obs, info = env.reset(seed=job.seed)
     state = np.asarray(obs["observation.state"], dtype=np.float32)
     policy.reset(state=state)
-    held = _hold_action(policy, spec, state)
+    held = _hold_action(spec, state)
 
-    frames = [env.render()] if job.video_path else None
-    actions: list[np.ndarray] = []
-    chunk_ids: list[int] = []
+    ro = _Rollout(env, obs, info, job.max_steps, bool(job.video_path))
     tick_ms: list[float] = []
     inference_ticks: list[int] = []
     calls_per_inference: list[int] = []
     compute_s: list[float] = []
-    held_steps = steps = total_calls = 0
+    held_steps = total_calls = 0
     chunk = -1
-    success = done = False
-    max_cov: float | None = None
-
-    def env_step(a: np.ndarray, cid: int) -> None:
-        nonlocal obs, info, steps, success, done, max_cov
-        obs, _, terminated, truncated, info = env.step(a)
-        steps += 1
-        actions.append(np.asarray(a, dtype=np.float64).copy())
-        chunk_ids.append(cid)
-        success = success or bool(info.get("is_success", False))
-        cov = info.get("max_coverage", info.get("coverage"))
-        if cov is not None:
-            max_cov = max(float(cov), max_cov if max_cov is not None else -math.inf)
-        if frames is not None:
-            frames.append(env.render())
-        done = bool(terminated or truncated) or steps >= job.max_steps
 
     error = None
-    while not done:
+    while not ro.done:
         need = policy.num_ready == 0
-        before = policy.nfe_total
-        t0 = clock()
         try:
-            a = policy.select_action(obs)
+            a, cost = timed(policy, lambda: policy.select_action(ro.obs), clock)
         except NonFiniteError as e:  # the policy reset itself; count the episode as failed, keep going
             error = f"{type(e).__name__}: {e}"
             break
-        dt = clock() - t0
-        calls = policy.nfe_total - before
-        total_calls += calls
-        tick_ms.append(dt * 1e3)
-        new_chunk = need
-        if new_chunk:
+        total_calls += cost.calls
+        tick_ms.append(cost.ms)
+        if need:
             chunk += 1
             inference_ticks.append(len(tick_ms) - 1)
-            calls_per_inference.append(calls)
-            d = job.latency_model.compute_time(dt, calls)
+            calls_per_inference.append(cost.calls)
+            d = job.latency_model.compute_time(cost.seconds, cost.calls)
             compute_s.append(d)
             if job.latency_aware:
                 for _ in range(delay_steps(d, fps)):
-                    env_step(held, -1)
+                    ro.step(held, -1)
                     held_steps += 1
-                    if done:
+                    if ro.done:
                         break
-                if done:
+                if ro.done:
                     break
         a = np.asarray(a, dtype=np.float32)
-        env_step(a, chunk)
+        ro.step(a, chunk)
         held = a
-    if frames is not None and job.video_path:
-        _write_video(job.video_path, frames, fps)
+    if ro.frames is not None and job.video_path:
+        _write_video(job.video_path, ro.frames, fps)
 
-    acts = np.stack(actions) if actions else np.zeros((0, spec.action_dim))
-    boundary, within = chunk_jumps(acts, chunk_ids)
-    dist = info.get("distance")
+    acts = np.stack(ro.actions) if ro.actions else np.zeros((0, spec.action_dim))
+    boundary, within = chunk_jumps(acts, ro.chunk_ids)
+    dist = ro.info.get("distance")
     return EpisodeResult(
-        index=job.index,
-        seed=job.seed,
-        success=success,
-        steps=steps,
-        policy_ticks=len(tick_ms),
-        held_steps=held_steps,
-        inferences=len(calls_per_inference),
-        calls=total_calls,
-        calls_per_inference=calls_per_inference,
-        tick_ms=tick_ms,
-        inference_ticks=inference_ticks,
-        compute_s=compute_s,
-        max_coverage=max_cov,
-        final_distance=float(dist) if dist is not None else None,
-        mean_abs_jerk=mean_abs_jerk(acts, fps),
-        boundary_jumps=boundary.tolist(),
-        within_jumps=within.tolist(),
-        seconds=time.perf_counter() - t_start,
-        video=job.video_path,
-        error=error,
-        actions=acts.tolist(),
-        chunk_ids=chunk_ids,
+        index=job.index, seed=job.seed, success=ro.success, steps=ro.steps, policy_ticks=len(tick_ms),
+        held_steps=held_steps, inferences=len(calls_per_inference), calls=total_calls,
+        calls_per_inference=calls_per_inference, tick_ms=tick_ms, inference_ticks=inference_ticks,
+        compute_s=compute_s, max_coverage=ro.max_cov, final_distance=float(dist) if dist is not None else None,
+        mean_abs_jerk=mean_abs_jerk(acts, fps), boundary_jumps=boundary.tolist(), within_jumps=within.tolist(),
+        seconds=time.perf_counter() - t_start, video=job.video_path, error=error, actions=acts.tolist(),
+        chunk_ids=ro.chunk_ids,
     )
 
 
@@ -766,7 +720,7 @@ def evaluate(
     start_method: str = "forkserver",
     clock: Callable[[], float] | None = None,
 ) -> EvalResult:
-    """Run ``episodes`` seeded closed-loop episodes per sampler and summarise them.
+    """Run ``episodes`` seeded closed-loop episodes per sampler and summarise them (long only by its options).
 
     ``sampler``: None (the checkpoint's), a name, ``"ddpm,sdp"`` or a list; ``"ddim:10"`` sets K for that
     entry, ``num_inference_steps`` for the others. ``latency_model`` without ``latency_aware`` is an
@@ -776,6 +730,7 @@ def evaluate(
     """
 
     from streamdp.policy.checkpoint import read_config
+    from streamdp.sim.metrics import hardware, sampler_label
     from streamdp.sim.tasks import task_spec as get_spec
 
     if episodes < 1:
@@ -797,58 +752,26 @@ def evaluate(
     limit = int(max_steps or spec.max_episode_steps)
     overrides = dict(policy_overrides or {})
 
-    items: list[Any]
-    if sampler is None:
-        items = [None]
-    elif isinstance(sampler, str):
-        items = [s for s in sampler.split(",") if s.strip()]
-    elif isinstance(sampler, SamplerSpec):
-        items = [sampler]
-    else:
-        items = list(sampler)
-    specs = [
-        SamplerSpec(None, num_inference_steps) if s is None else SamplerSpec.parse(s, num_inference_steps)
-        for s in items
-    ]
-
     out_dir = Path(out) if out is not None else None
+    template = _Job(checkpoint, SamplerSpec(None, None), task, obs_mode, tuple(sorted(task_kwargs.items())),
+                    tuple(sorted(overrides.items())), 0, seed, limit, latency_aware, latency_model, device, warmup,
+                    None, video_size)  # fmt: skip
     runs: list[RunResult] = []
     jobs: list[_Job] = []
-    for sp in specs:
+    for sp in sampler_specs(sampler, num_inference_steps):
         name, k, pinfo = _policy_summary(checkpoint, sp, overrides)
-        label = run_label(name, k, pinfo["num_train_steps"])
+        label = sampler_label(name, k, pinfo["num_train_steps"])
         if any(r.label == label for r in runs):
             raise ValueError(f"sampler {label} is listed twice")
         runs.append(RunResult(name, k, label, pinfo, []))
         slug = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
         for i in range(episodes):
-            vpath = (
-                str(out_dir / "videos" / f"{slug}_ep{i:03d}_seed{seed + i}.mp4")
-                if (out_dir is not None and i < video)
-                else None
-            )
-            jobs.append(
-                _Job(
-                    checkpoint,
-                    SamplerSpec(name, k),
-                    task,
-                    obs_mode,
-                    tuple(sorted(task_kwargs.items())),
-                    tuple(sorted(overrides.items())),
-                    i,
-                    seed + i,
-                    limit,
-                    latency_aware,
-                    latency_model,
-                    device,
-                    warmup,
-                    vpath,
-                    video_size,
-                )
-            )
+            video_path = out_dir / "videos" / f"{slug}_ep{i:03d}_seed{seed + i}.mp4" if i < video and out_dir else None
+            jobs.append(dataclasses.replace(template, spec=SamplerSpec(name, k), index=i, seed=seed + i,
+                                            video_path=str(video_path) if video_path else None))
 
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    hw = hardware()
+    hw = hardware(str(device))
     t0 = time.perf_counter()
     results = _run_jobs(jobs, workers, threads, progress, start_method, clock or time.perf_counter)
     for job, res in zip(jobs, results):
@@ -861,27 +784,33 @@ def evaluate(
         pass
     hw["threads_per_process"] = threads
     result = EvalResult(
-        checkpoint=checkpoint,
-        task=task,
-        obs_mode=obs_mode,
-        task_kwargs=task_kwargs,
-        episodes=episodes,
-        seed=seed,
-        max_steps=limit,
-        fps=float(spec.fps),
-        latency_aware=latency_aware,
-        latency_model=latency_model,
-        workers=workers,
-        threads=threads,
-        device=str(device),
-        runs=runs,
-        hardware=hw,
-        started=started,
+        checkpoint=checkpoint, task=task, obs_mode=obs_mode, task_kwargs=task_kwargs, episodes=episodes, seed=seed,
+        max_steps=limit, fps=float(spec.fps), latency_aware=latency_aware, latency_model=latency_model,
+        workers=workers, threads=threads, device=str(device), runs=runs, hardware=hw, started=started,
         seconds=time.perf_counter() - t0,
     )
     if out_dir is not None:
         result.save(out_dir)
     return result
+
+
+def sampler_specs(
+    sampler: str | SamplerSpec | Sequence[str | SamplerSpec] | None, num_inference_steps: int | None
+) -> list[SamplerSpec]:
+    """The runs of ``sampler`` (None: the checkpoint's; ``"ddpm,sdp"``; a list); K for entries without :K."""
+    items: list[Any]
+    if sampler is None:
+        items = [None]
+    elif isinstance(sampler, str):
+        items = [s for s in sampler.split(",") if s.strip()]
+    elif isinstance(sampler, SamplerSpec):
+        items = [sampler]
+    else:
+        items = list(sampler)
+    return [
+        SamplerSpec(None, num_inference_steps) if s is None else SamplerSpec.parse(s, num_inference_steps)
+        for s in items
+    ]
 
 
 def _check_fits(cfg: Any, spec: Any) -> None:
@@ -941,90 +870,88 @@ def _run_jobs(
 
 
 # ---------------------------------------------------------------------------------- CLI
-def config_dir() -> Path:
-    """The hydra config folder (source tree's ``config/`` or the installed ``share/streamdp/config``)."""
-    candidates = [Path(__file__).resolve().parents[1] / "config", Path(sys.prefix) / "share" / "streamdp" / "config"]
-    for c in candidates:
-        if (c / "eval.yaml").is_file():
-            return c
-    raise FileNotFoundError(f"eval.yaml not found in any of {[str(c) for c in candidates]}")
+@dataclass
+class EvalConfig:
+    """``streamdp-eval`` keys (config/eval.yaml holds presets only)."""
+
+    checkpoint: str = opt("???", "checkpoint directory (Policy.from_pretrained)")
+    task: TaskCard = opt(help="task preset", factory=TaskCard)
+    sampler: Any = opt(None, "null: the checkpoint's; several on the same weights: sampler=ddpm,ddim:10,sdp "
+                       "(NAME:K sets num_inference_steps for that entry)")
+    num_inference_steps: int | None = opt(None, "grid size K for ddim / sdp / rti entries without their own :K")
+    episodes: int = opt(50, "per sampler; episode i resets env and policy with seed + i")
+    seed: int = opt(10000, "held out from demo collection (seeds 0..) and streamdp-sim-measure (1000..)")
+    obs_mode: str | None = opt(None, "null: image if the checkpoint has cameras, else state")
+    max_steps: int | None = opt(None, "cap on env steps per episode (null: the task's max_episode_steps)")
+    latency_aware: bool = opt(False, "hold the previous action for ceil(d * fps) env steps while a chunk is computed")
+    latency_s: float | None = opt(None, "latency-aware with a fixed compute time per inference (s)")
+    latency_per_call_s: float | None = opt(None, "latency-aware with this many seconds per network call")
+    workers: int = opt(1, "episodes in parallel processes (forkserver); results do not depend on it")
+    threads: int = opt(1, "torch threads per process (1: the policy shares the CPU with the simulator)")
+    device: str = opt("cpu", "torch device")
+    warmup: bool = opt(True, "one untimed inference per process and sampler before the first episode")
+    video: int = opt(0, "record the first N episodes of each sampler as MP4 (env.render())")
+    video_size: int = opt(256, "render size for tasks whose env takes render_size")
+    out: str | None = opt(None, "output folder (null: outputs/eval/<task>-<YYYYmmdd-HHMMSS>)")
+    progress: bool = opt(True, "tqdm bar")
+    policy: dict[str, Any] = opt(help="extra policy config overrides at load time, e.g. +policy.cache=bac",
+                                 factory=dict)
+
+    def latency_model(self) -> LatencyModel | None:
+        """The modelled compute time, when latency_s or latency_per_call_s is given."""
+        if self.latency_s is None and self.latency_per_call_s is None:
+            return None
+        return LatencyModel(self.latency_s, self.latency_per_call_s)
 
 
-_LIST_KEYS = ("sampler",)
+LIST_KEYS = ("sampler",)
 
 
-def _hydra_args(args: Sequence[str]) -> list[str]:
-    """``sampler=ddpm,sdp`` would be a hydra sweep; make it the list ``[ddpm,sdp]``."""
-    out = []
-    for a in args:
-        key, _, val = a.partition("=")
-        if key.lstrip("+") in _LIST_KEYS and "," in val and not val.startswith("["):
-            a = f"{key}=[{val}]"
-        out.append(a)
-    return out
+def load_config(overrides: Sequence[str] = ()) -> EvalConfig:
+    """The validated ``streamdp-eval`` config of these ``key=value`` overrides."""
+    return cli.load_config("eval", EvalConfig, overrides, LIST_KEYS)
 
 
-def load_config(overrides: Sequence[str] = ()) -> Any:
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        return compose(config_name="eval", overrides=_hydra_args(overrides))
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: ``streamdp-eval checkpoint=DIR task=NAME ...``."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
-    bad = [a for a in args if "=" not in a]
-    if bad:
-        print(f"expected key=value overrides, got {bad}", file=sys.stderr)
-        return 2
-    from omegaconf import OmegaConf
-
-    cfg = load_config(args)
-    c = OmegaConf.to_container(cfg, resolve=True)
-    task_kwargs = dict(c["task"].get("kwargs") or {})
-    sampler = c["sampler"]
+def run(c: EvalConfig) -> EvalResult:
+    """Evaluate as `c` says; prints the table and writes result.json and the plots."""
+    sampler = c.sampler
     if isinstance(sampler, (int, float)):
         sampler = str(sampler)
-    latency_model = None
-    if c["latency_s"] is not None or c["latency_per_call_s"] is not None:
-        latency_model = LatencyModel(
-            float(c["latency_s"]) if c["latency_s"] is not None else None,
-            float(c["latency_per_call_s"]) if c["latency_per_call_s"] is not None else None,
-        )
-    latency_aware = bool(c["latency_aware"]) or latency_model is not None
-    out = c["out"] or f"outputs/eval/{c['task']['name']}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
+    latency_model = c.latency_model()
     result = evaluate(
-        checkpoint=c["checkpoint"],
-        task=c["task"]["name"],
+        checkpoint=c.checkpoint,
+        task=c.task.name,
         sampler=sampler,
-        episodes=int(c["episodes"]),
-        num_inference_steps=c["num_inference_steps"],
-        seed=int(c["seed"]),
-        obs_mode=c["obs_mode"],
-        task_kwargs=task_kwargs,
-        max_steps=c["max_steps"],
-        latency_aware=latency_aware,
+        episodes=c.episodes,
+        num_inference_steps=c.num_inference_steps,
+        seed=c.seed,
+        obs_mode=c.obs_mode,
+        task_kwargs=dict(c.task.kwargs),
+        max_steps=c.max_steps,
+        latency_aware=c.latency_aware or latency_model is not None,
         latency_model=latency_model,
-        workers=int(c["workers"]),
-        threads=int(c["threads"]),
-        device=str(c["device"]),
-        warmup=bool(c["warmup"]),
-        video=int(c["video"]),
-        video_size=int(c["video_size"]),
-        out=out,
-        policy_overrides=dict(c.get("policy") or {}),
-        progress=bool(c["progress"]),
+        workers=c.workers,
+        threads=c.threads,
+        device=c.device,
+        warmup=c.warmup,
+        video=c.video,
+        video_size=c.video_size,
+        out=c.out or f"outputs/eval/{c.task.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}",
+        policy_overrides=dict(c.policy),
+        progress=c.progress,
     )
     print(result.table())
     print(
         f"[eval] {result.task}: {len(result.runs)} sampler(s) x {result.episodes} episodes in "
         f"{result.seconds:.1f}s -> {result.files.get('json')}"
     )
-    return 0
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``streamdp-eval checkpoint=DIR task=NAME [key=value ...]``."""
+    return cli.run_job("streamdp-eval", "eval", EvalConfig, run, argv, doc=__doc__.split("\n\n")[0],
+                       list_keys=LIST_KEYS)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Measure each task's scripted-expert success rate and simulator speed.
 
-    python -m streamdp.sim.measure [tasks=arm_reach_dynamic,pusht,libero] [episodes=20] [obs_mode=state]
-                                   [seed=1000] [libero_tasks=libero_object:0,libero_spatial:0]
+    streamdp-sim-measure [tasks=arm_reach_dynamic,pusht,libero] [episodes=20] [obs_mode=state]
+                         [seed=1000] [libero_tasks=libero_object:0,libero_spatial:0]
 
 Prints one line per task: success rate over seeded episodes, mean episode length, env steps/s (time
 inside ``env.step`` only) and total steps/s (env + expert + reset), plus env creation time.
@@ -11,13 +11,15 @@ Seeds default to 1000+ so the numbers are not measured on the seeds the tests us
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from streamdp.policy import cli
+from streamdp.policy.cli import opt
 
 from .tasks import make_expert, make_task
 
@@ -99,43 +101,50 @@ def measure_task(
     )
 
 
-def _parse(argv: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for a in argv:
-        if "=" not in a:
-            raise SystemExit(f"expected key=value arguments, got {a!r}")
-        k, v = a.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+@dataclass
+class MeasureConfig:
+    """``streamdp-sim-measure`` keys (config/sim_measure.yaml holds presets only)."""
+
+    tasks: list[str] = opt(help="tasks to measure; libero expands to libero_tasks",
+                           factory=lambda: ["arm_reach_dynamic", "pusht", "libero"])
+    episodes: int = opt(20, "expert episodes per task (seeds seed..seed+episodes-1)")
+    obs_mode: str = opt("state", "state | image")
+    seed: int = opt(1000, "first seed (1000+: not the seeds the tests use)")
+    libero_tasks: list[str] = opt(help="SUITE:TASK_ID items for libero",
+                                  factory=lambda: ["libero_object:0", "libero_spatial:0"])
+    libero_episodes: int = opt(0, "episodes per LIBERO task (0: min(episodes, 10))")
+
+
+LIST_KEYS = ("tasks", "libero_tasks")
+
+
+def run(cfg: MeasureConfig) -> list[Measurement]:
+    """Measure every task of `cfg`, printing one line each."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    results = []
+    for task in cfg.tasks:
+        if task == "libero":
+            for item in cfg.libero_tasks:
+                suite, tid = item.split(":")
+                kw = {"suite": suite, "task_id": int(tid)}
+                n = cfg.libero_episodes or min(cfg.episodes, 10)
+                results.append(measure_task(task, n, cfg.obs_mode, cfg.seed, kw, label=f"libero/{suite}:{tid}"))
+                print(results[-1].line(), flush=True)
+        else:
+            results.append(measure_task(task, cfg.episodes, cfg.obs_mode, cfg.seed))
+            print(results[-1].line(), flush=True)
+    return results
+
+
+def load_config(overrides: Sequence[str] = ()) -> MeasureConfig:
+    """The validated ``streamdp-sim-measure`` config of these ``key=value`` overrides."""
+    return cli.load_config("sim_measure", MeasureConfig, overrides, LIST_KEYS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; see the module docstring."""
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    args = _parse(sys.argv[1:] if argv is None else argv)
-    known = {"tasks", "episodes", "obs_mode", "seed", "libero_tasks", "libero_episodes"}
-    unknown = set(args) - known
-    if unknown:
-        raise SystemExit(f"unknown arguments {sorted(unknown)}; known: {sorted(known)}")
-    tasks = args.get("tasks", "arm_reach_dynamic,pusht,libero").split(",")
-    episodes = int(args.get("episodes", 20))
-    obs_mode = args.get("obs_mode", "state")
-    seed = int(args.get("seed", 1000))
-    results = []
-    for task in tasks:
-        if task == "libero":
-            for item in args.get("libero_tasks", "libero_object:0,libero_spatial:0").split(","):
-                suite, tid = item.split(":")
-                kw = {"suite": suite, "task_id": int(tid)}
-                n = int(args.get("libero_episodes", min(episodes, 10)))
-                m = measure_task(task, n, obs_mode, seed, kw, label=f"libero/{suite}:{tid}")
-                print(m.line(), flush=True)
-                results.append(m)
-        else:
-            m = measure_task(task, episodes, obs_mode, seed)
-            print(m.line(), flush=True)
-            results.append(m)
-    return 0
+    """Console entry point ``streamdp-sim-measure [key=value ...]``."""
+    return cli.run_job("streamdp-sim-measure", "sim_measure", MeasureConfig, run, argv,
+                       doc=__doc__.split("\n\n")[0], groups=(), list_keys=LIST_KEYS)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Simulated tasks: a registry of name -> (spec, env, scripted expert).
 
-``arm_reach_dynamic`` and ``pusht`` import eagerly (light); ``libero`` registers lazily so that
-importing ``streamdp.sim`` never pays LIBERO/robosuite's import time unless that task is used.
+Every task module is imported on first use (``arc``: a synthetic two-mode task; ``arm_reach_dynamic``,
+``pusht``, ``libero``), so importing ``streamdp.sim`` never pays a simulator's import time it does not use.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .base import (
     OBS_MODES,
     STATE_KEY,
     Expert,
+    TaskCard,
     TaskEntry,
     TaskSpec,
     check_obs_mode,
@@ -22,7 +23,7 @@ from .base import (
     task_names,
 )
 
-_LAZY = {"arm_reach_dynamic": ".arm_reach", "pusht": ".pusht", "libero": ".libero_tasks"}
+_LAZY = {"arc": ".arc", "arm_reach_dynamic": ".arm_reach", "pusht": ".pusht", "libero": ".libero_tasks"}
 
 
 def _entry(name: str) -> TaskEntry:
@@ -64,6 +65,7 @@ __all__ = [
     "OBS_MODES",
     "STATE_KEY",
     "Expert",
+    "TaskCard",
     "TaskEntry",
     "TaskSpec",
     "list_tasks",

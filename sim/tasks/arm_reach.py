@@ -22,7 +22,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from .base import STATE_KEY, TaskEntry, TaskSpec, check_obs_mode, register_task
+from .base import STATE_KEY, TaskEntry, TaskEnv, TaskSpec, check_obs_mode, register_task
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the first mujoco import
 import mujoco  # noqa: E402
@@ -58,8 +58,6 @@ def arm_spec(
         name=NAME,
         obs_mode=obs_mode,
         fps=FPS,
-        action_dim=3,
-        state_dim=len(state_names),
         joint_names=list(JOINT_NAMES),
         state_names=state_names,
         action_names=[f"{j}.target_pos" for j in JOINT_NAMES],
@@ -75,10 +73,8 @@ def arm_spec(
     )
 
 
-class ArmReachDynamicEnv(gym.Env):
+class ArmReachDynamicEnv(TaskEnv):
     """MuJoCo env of the task described in the module docstring."""
-
-    metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
     def __init__(
         self,
@@ -93,8 +89,7 @@ class ArmReachDynamicEnv(gym.Env):
         target_angle: float = 2.0,
         render_size: int | None = None,
     ) -> None:
-        self.task_spec = arm_spec(obs_mode, image_size, max_episode_steps, tolerance, hold_steps)
-        self.obs_mode = obs_mode
+        spec = arm_spec(obs_mode, image_size, max_episode_steps, tolerance, hold_steps)
         self.max_episode_steps = max_episode_steps
         self.tolerance = tolerance
         self.hold_steps = hold_steps
@@ -103,7 +98,6 @@ class ArmReachDynamicEnv(gym.Env):
         self.target_angle = target_angle
         self.image_size = image_size
         self.render_size = render_size or image_size
-        self.render_mode = "rgb_array"
 
         xml = resources.files("streamdp.sim").joinpath("assets", "arm_reach_dynamic.xml").read_text()
         self.model = mujoco.MjModel.from_xml_string(xml)
@@ -119,14 +113,8 @@ class ArmReachDynamicEnv(gym.Env):
         ]
         self._renderers: dict[int, mujoco.Renderer] = {}
 
-        spec = self.task_spec
-        obs_spaces: dict[str, gym.Space] = {
-            STATE_KEY: gym.spaces.Box(-np.inf, np.inf, (spec.state_dim,), np.float32),
-        }
-        for key in spec.image_keys:
-            obs_spaces[key] = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-        self.observation_space = gym.spaces.Dict(obs_spaces)
-        self.action_space = gym.spaces.Box(self.q_low.astype(np.float32), self.q_high.astype(np.float32))
+        self.init_spaces(spec, image_size,
+                         gym.spaces.Box(self.q_low.astype(np.float32), self.q_high.astype(np.float32)))
 
         self.target = np.zeros(2)
         self.target_history: list[np.ndarray] = []

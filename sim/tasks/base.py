@@ -11,7 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import gymnasium as gym
 import numpy as np
+
+from streamdp.policy.cli import opt
 
 OBS_MODES = ("state", "image")
 STATE_KEY = "observation.state"
@@ -28,13 +31,12 @@ class TaskSpec:
     task-relevant privileged quantities such as the target position: no task uses
     ``observation.environment_state``). In ``image`` mode the state is proprioception only and each
     camera ``c`` in ``camera_names`` appears as ``observation.images.<c>`` (uint8, ``image_shape``).
+    ``state_dim`` and ``action_dim`` are the numbers of names, so they cannot disagree with them.
     """
 
     name: str
     obs_mode: str
     fps: int
-    action_dim: int
-    state_dim: int
     joint_names: list[str]
     state_names: list[str]
     action_names: list[str]
@@ -49,16 +51,16 @@ class TaskSpec:
     def __post_init__(self) -> None:
         if self.obs_mode not in OBS_MODES:
             raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {self.obs_mode!r}")
-        if len(self.state_names) != self.state_dim:
-            raise ValueError(
-                f"{self.name}: {len(self.state_names)} state names for state_dim={self.state_dim}"
-            )
-        if len(self.action_names) != self.action_dim:
-            raise ValueError(
-                f"{self.name}: {len(self.action_names)} action names for action_dim={self.action_dim}"
-            )
         if self.obs_mode == "image" and (not self.camera_names or self.image_shape is None):
             raise ValueError(f"{self.name}: image mode needs camera_names and image_shape")
+
+    @property
+    def state_dim(self) -> int:
+        return len(self.state_names)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_names)
 
     @property
     def image_keys(self) -> list[str]:
@@ -79,6 +81,36 @@ class TaskSpec:
                 "names": ["height", "width", "channels"],
             }
         return feats
+
+
+class TaskEnv(gym.Env):
+    """What every task env shares: ``rgb_array`` rendering, and spaces that follow its ``task_spec``."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+    render_mode = "rgb_array"
+
+    def init_spaces(self, spec: TaskSpec, image_size: int, action_space: gym.Space) -> None:
+        """Set ``task_spec``, ``obs_mode``, the render fps and the observation / action spaces."""
+        self.task_spec, self.obs_mode = spec, spec.obs_mode
+        self.metadata = {"render_modes": ["rgb_array"], "render_fps": spec.fps}
+        spaces: dict[str, gym.Space] = {STATE_KEY: gym.spaces.Box(-np.inf, np.inf, (spec.state_dim,), np.float32)}
+        for key in spec.image_keys:
+            spaces[key] = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = action_space
+
+
+@dataclass
+class TaskCard:
+    """A task preset, ``config/task/NAME.yaml`` (``task=NAME`` on the command line of collect and eval)."""
+
+    name: str = opt("???", "task name (streamdp.sim.make_task)")
+    obs_mode: str = opt("state", "the card's default observation mode")
+    kwargs: dict[str, Any] = opt(help="make_task options, e.g. task.kwargs.task_id=3 (LIBERO)", factory=dict)
+    # what training reads (the card's YAML says what each means); collect and eval use the task spec
+    fps: float | None = None
+    max_episode_steps: int | None = None
+    features: dict[str, Any] = field(default_factory=dict)
 
 
 class Expert(Protocol):

@@ -19,13 +19,14 @@ import contextlib
 import io
 import logging
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from .base import STATE_KEY, TaskEntry, TaskSpec, check_obs_mode, register_task
+from .base import STATE_KEY, TaskEntry, TaskEnv, TaskSpec, check_obs_mode, register_task
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -87,8 +88,6 @@ def libero_spec(
         name=NAME,
         obs_mode=obs_mode,
         fps=FPS,
-        action_dim=7,
-        state_dim=len(state_names),
         joint_names=list(PANDA_JOINTS),
         state_names=state_names,
         action_names=["eef.dx", "eef.dy", "eef.dz", "eef.dax", "eef.day", "eef.daz", "gripper"],
@@ -111,10 +110,8 @@ def _quat2axisangle(q: np.ndarray) -> np.ndarray:
     return q[:3] * 2.0 * np.arccos(w) / den
 
 
-class LiberoTask(gym.Env):
+class LiberoTask(TaskEnv):
     """One LIBERO task; ``reset(seed=s)`` starts from fixed initial state ``s % n_init_states``."""
-
-    metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
     def __init__(
         self,
@@ -127,12 +124,11 @@ class LiberoTask(gym.Env):
         settle_steps: int = 10,
         render_size: int = 256,
     ) -> None:
-        self.task_spec = libero_spec(obs_mode, suite, task_id, image_size, max_episode_steps)
-        self.obs_mode = obs_mode
+        self.init_spaces(libero_spec(obs_mode, suite, task_id, image_size, max_episode_steps), image_size,
+                         gym.spaces.Box(-1.0, 1.0, (7,), np.float32))
         self.max_episode_steps = self.task_spec.max_episode_steps
         self.settle_steps = settle_steps
         self.render_size = render_size
-        self.render_mode = "rgb_array"
         self.language = self.task_spec.description
         with _quiet():
             from libero.libero.envs import OffScreenRenderEnv
@@ -149,13 +145,6 @@ class LiberoTask(gym.Env):
                 hard_reset=False,
             )
         self.object_name, self.container_name = self._env.env.obj_of_interest[:2]
-        spaces: dict[str, gym.Space] = {
-            STATE_KEY: gym.spaces.Box(-np.inf, np.inf, (self.task_spec.state_dim,), np.float32)
-        }
-        for key in self.task_spec.image_keys:
-            spaces[key] = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-        self.observation_space = gym.spaces.Dict(spaces)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, (7,), np.float32)
         self._seed = seed
         self.raw_obs: dict[str, np.ndarray] = {}
         self.init_state_id = 0
@@ -251,6 +240,7 @@ def _collision_extent(sim: Any, root_body: int) -> tuple[np.ndarray, np.ndarray]
     return allp.min(axis=0), allp.max(axis=0)
 
 
+@dataclass(eq=False)
 class LiberoPickPlaceExpert:
     """Scripted pick-and-place from privileged body poses and collision geometry.
 
@@ -268,27 +258,17 @@ class LiberoPickPlaceExpert:
 
     HOVER, DESCEND, CLOSE, LIFT, CARRY, LOWER, RELEASE, RETREAT = range(8)
 
-    def __init__(
-        self,
-        env: LiberoTask | None = None,
-        hover: float = 0.10,
-        lift_margin: float = 0.10,
-        grasp_depth: float = 0.03,
-        rim_depth: float = 0.02,
-        max_opening: float = 0.075,
-        release_clearance: float = 0.03,
-        gain: float = 2.0,
-        max_speed: float = 1.0,
-    ) -> None:
-        self.env = env
-        self.hover = hover
-        self.lift_margin = lift_margin
-        self.grasp_depth = grasp_depth
-        self.rim_depth = rim_depth
-        self.max_opening = max_opening
-        self.release_clearance = release_clearance
-        self.gain = gain
-        self.max_speed = max_speed
+    env: LiberoTask | None = None
+    hover: float = 0.10
+    lift_margin: float = 0.10
+    grasp_depth: float = 0.03
+    rim_depth: float = 0.02
+    max_opening: float = 0.075
+    release_clearance: float = 0.03
+    gain: float = 2.0
+    max_speed: float = 1.0
+
+    def __post_init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:

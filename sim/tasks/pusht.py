@@ -10,12 +10,13 @@ Success is the env's own: the block covers more than 95 % of the goal T (the epi
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from .base import STATE_KEY, TaskEntry, TaskSpec, check_obs_mode, register_task
+from .base import STATE_KEY, TaskEntry, TaskEnv, TaskSpec, check_obs_mode, register_task
 
 NAME = "pusht"
 FPS = 10
@@ -48,8 +49,6 @@ def pusht_spec(
         name=NAME,
         obs_mode=obs_mode,
         fps=FPS,
-        action_dim=2,
-        state_dim=len(state_names),
         joint_names=["agent.x", "agent.y"],
         state_names=state_names,
         action_names=["agent.target_x", "agent.target_y"],
@@ -62,10 +61,8 @@ def pusht_spec(
     )
 
 
-class PushTTask(gym.Env):
+class PushTTask(TaskEnv):
     """gym-pusht with LeRobot observation keys; ``info`` adds ``max_coverage`` over the episode."""
-
-    metadata = {"render_modes": ["rgb_array"], "render_fps": FPS}
 
     def __init__(
         self,
@@ -76,10 +73,9 @@ class PushTTask(gym.Env):
         render_size: int = 384,
     ) -> None:
         _import_gym_pusht()
-        self.task_spec = pusht_spec(obs_mode, image_size=image_size, max_episode_steps=max_episode_steps)
-        self.obs_mode = obs_mode
+        self.init_spaces(pusht_spec(obs_mode, image_size=image_size, max_episode_steps=max_episode_steps),
+                         image_size, gym.spaces.Box(0.0, 512.0, (2,), np.float32))
         self.max_episode_steps = max_episode_steps
-        self.render_mode = "rgb_array"
         self._env = gym.make(
             "gym_pusht/PushT-v0",
             obs_type="state" if obs_mode == "state" else "pixels_agent_pos",
@@ -91,13 +87,6 @@ class PushTTask(gym.Env):
             max_episode_steps=max_episode_steps,
             disable_env_checker=True,
         )
-        spaces: dict[str, gym.Space] = {
-            STATE_KEY: gym.spaces.Box(-np.inf, np.inf, (self.task_spec.state_dim,), np.float32)
-        }
-        for key in self.task_spec.image_keys:
-            spaces[key] = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-        self.observation_space = gym.spaces.Dict(spaces)
-        self.action_space = gym.spaces.Box(0.0, 512.0, (2,), np.float32)
         self._seed = seed
         self.max_coverage = 0.0
 
@@ -202,6 +191,7 @@ def _candidate_contacts(spacing: float = 7.5) -> tuple[np.ndarray, np.ndarray]:
     return pts_a[ok], normals_a[ok]
 
 
+@dataclass(eq=False)
 class PushTExpert:
     """Quasi-static pushing expert on privileged block pose.
 
@@ -214,23 +204,16 @@ class PushTExpert:
     dither), and pushes by the least-squares displacement, so pushes shrink near the goal.
     """
 
-    def __init__(
-        self,
-        env: PushTTask | None = None,
-        rho: float = 60.0,
-        gap: float = 8.0,
-        max_push: float = 30.0,
-        min_push: float = 1.0,
-        switch_ratio: float = 1.25,
-    ) -> None:
-        self.env = env
-        self.rho = rho
-        self.gap = gap
-        self.max_push = max_push
-        self.min_push = min_push
-        self.switch_ratio = switch_ratio
+    env: PushTTask | None = None
+    rho: float = 60.0
+    gap: float = 8.0
+    max_push: float = 30.0
+    min_push: float = 1.0
+    switch_ratio: float = 1.25
+
+    def __post_init__(self) -> None:
         self.contacts, self.normals = _candidate_contacts()
-        self.waypoints = _waypoints(gap + 6.0)
+        self.waypoints = _waypoints(self.gap + 6.0)
         self._current: int | None = None
         self._pushing = False
 

@@ -1,4 +1,4 @@
-"""streamdp-bench --quick on tiny models: the one table has every mode of every task and every field."""
+"""streamdp-bench quick=true on tiny models: the one table has every mode of every task and every field."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from streamdp.sim import bench
 
 pytestmark = pytest.mark.slow
 
-LOOPS = ["DDPM-100", "DDIM-10", "SDP K=", "RTI k'=", "SDP+RTI k'="]
+LOOPS = ["DDPM-100", "DDIM-10", "SDP K=", "RTI K=", "SDP+RTI K="]
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +34,9 @@ def tiny_ckpts(tmp_path_factory):
 
 def test_quick_bench_has_every_mode_and_field(tiny_ckpts, tmp_path, capsys):
     out = tmp_path / "bench"
-    argv = ["--quick", "--episodes", "1", "--latency-obs", "4", "--calib-obs", "2", "--out", str(out)]
+    argv = ["quick=true", "episodes=1", "latency_obs=4", "calib_obs=2", f"out={out}"]
     for task, path in tiny_ckpts.items():
-        argv += ["--checkpoint", f"{task}={path}"]
+        argv += [f"+checkpoints.{task}={path}"]
     assert bench.main(argv) == 0
     printed = capsys.readouterr().out
     doc = json.loads((out / "results.json").read_text())
@@ -72,8 +72,31 @@ def test_quick_bench_has_every_mode_and_field(tiny_ckpts, tmp_path, capsys):
     assert "Triton kernels and CUDA graphs: no CUDA device" in printed
 
 
-def test_bench_refuses_a_missing_checkpoint(tmp_path):
-    with pytest.raises(SystemExit, match="not a checkpoint directory"):
-        bench.main(["--checkpoint", f"arm_reach_dynamic={tmp_path}", "--out", str(tmp_path / "o")])
-    with pytest.raises(SystemExit, match="expected TASK=DIR"):
-        bench.main(["--checkpoint", "nonsense", "--out", str(tmp_path / "o")])
+def test_bench_refuses_a_missing_checkpoint(tmp_path, capsys):
+    assert bench.main([f"+checkpoints.arm_reach_dynamic={tmp_path}", f"out={tmp_path / 'o'}"]) == 2
+    assert "not a checkpoint directory" in capsys.readouterr().err
+    assert bench.main(["--checkpoint", "nonsense"]) == 2  # the old argparse flags are gone: key=value only
+    assert "expected key=value" in capsys.readouterr().err
+
+
+def test_bench_keys_compose():
+    cfg = bench.load_config(["quick=true", "workers=2", "tasks=arm_reach_dynamic,arc", "+checkpoints.arc=/x"])
+    assert cfg.quick and cfg.workers == 2 and cfg.tasks == ["arm_reach_dynamic", "arc"]
+    assert cfg.checkpoints == {"arc": "/x"} and cfg.preset("episodes") == 4 and cfg.preset("calib_episodes") == 2
+
+
+def test_arc_task_benches_without_a_checkpoint(tmp_path):
+    """The synthetic two-mode task has no bundled policy: the bench trains a small one first."""
+    import torch
+
+    torch.set_num_threads(1)
+    out = tmp_path / "arc"
+    argv = ["tasks=arc", "quick=true", "train_steps=30", "episodes=1", "latency_obs=3", "calib_obs=2", f"out={out}"]
+    assert bench.main(argv) == 0
+    doc = json.loads((out / "results.json").read_text())
+    (t,) = doc["tasks"]
+    assert t["task"] == "arc" and t["denoiser"] == "transformer" and len(t["rows"]) == 10
+    assert (out / "arc" / "trained" / "config.json").is_file()
+    for r in t["rows"]:
+        assert r["episodes"] == 1 and any(r["label"].startswith(p) for p in LOOPS)
+        assert (r["start_level"] is not None) == (r["sampler"] in ("rti", "sdp_rti"))

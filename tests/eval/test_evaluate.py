@@ -68,7 +68,7 @@ def test_result_has_every_field_with_sane_values(two_samplers):
         assert key in data, key
     assert data["seeds"] == [5, 6] and data["task"] == TASK and data["obs_mode"] == "state"
     assert data["hardware"]["cpu"] and data["hardware"]["logical_cores"] >= 1
-    assert [r["label"] for r in data["runs"]] == ["DDIM-10", "SDP (K=12)"]
+    assert [r["label"] for r in data["runs"]] == ["DDIM-10", "SDP K=12"]
     for run in data["runs"]:
         assert _summary_keys() <= set(run), _summary_keys() - set(run)
         lo, hi = run["success_ci95"]
@@ -95,7 +95,7 @@ def test_result_has_every_field_with_sane_values(two_samplers):
 def test_network_calls_match_the_sampler(two_samplers):
     res, _ = two_samplers
     runs = res.by_label()
-    ddim, sdp = runs["DDIM-10"], runs["SDP (K=12)"]
+    ddim, sdp = runs["DDIM-10"], runs["SDP K=12"]
     # DDIM-10 with Ta = 4: exactly 10 calls per inference, one inference every 4 ticks.
     assert ddim.calls_per_inference == {"mean": 10.0, "min": 10.0, "max": 10.0}
     assert ddim.calls_per_tick == pytest.approx(10 / 4)
@@ -112,7 +112,7 @@ def test_network_calls_match_the_sampler(two_samplers):
 def test_seeds_make_episodes_repeatable(tiny_ckpt, two_samplers):
     res, _ = two_samplers
     again = evaluate(tiny_ckpt, TASK, sampler="sdp", episodes=1, seed=5, max_steps=SHORT)
-    a, b = again.run.episodes[0], res.by_label()["SDP (K=12)"].episodes[0]
+    a, b = again.run.episodes[0], res.by_label()["SDP K=12"].episodes[0]
     assert a.seed == b.seed == 5
     np.testing.assert_array_equal(np.array(a.actions), np.array(b.actions))
 
@@ -211,7 +211,7 @@ def test_cli_writes_json_plots_and_video(tiny_ckpt, tmp_path):
     assert rc == 0
     data = json.loads((out / "result.json").read_text())
     assert data["latency_aware"] is True and data["latency_model"]["fixed_s"] == 0.06
-    assert [r["label"] for r in data["runs"]] == ["DDIM-4", "SDP (K=12)"]
+    assert [r["label"] for r in data["runs"]] == ["DDIM-4", "SDP K=12"]
     assert all(ep["held_steps"] > 0 for r in data["runs"] for ep in r["per_episode"])
     vids = data["files"]["videos"]
     assert len(vids) == 2 and all(v.endswith(".mp4") for v in vids)

@@ -8,9 +8,9 @@ import pytest
 from streamdp.sim.evaluate import (
     LatencyModel,
     SamplerSpec,
-    _hydra_args,
     chunk_jumps,
     delay_steps,
+    load_config,
     mean_abs_jerk,
     percentiles,
     wilson_interval,
@@ -96,8 +96,8 @@ def test_percentiles_and_sampler_parsing():
     assert SamplerSpec.parse("SDP", default_k=7) == SamplerSpec("sdp", 7)
     with pytest.raises(ValueError):
         SamplerSpec.parse("ddim=10")
-    assert _hydra_args(["sampler=ddpm,sdp", "episodes=3", "sampler=[a,b]"]) == [
-        "sampler=[ddpm,sdp]",
-        "episodes=3",
-        "sampler=[a,b]",
-    ]
+    cfg = load_config(["checkpoint=c", "sampler=ddpm,sdp", "episodes=3"])
+    assert cfg.sampler == ["ddpm", "sdp"] and cfg.episodes == 3  # a list, not a hydra sweep
+    assert load_config(["checkpoint=c", "sampler=[a,b]"]).sampler == ["a", "b"]
+    assert load_config(["checkpoint=c", "sampler=sdp"]).sampler == ["sdp"]
+    assert load_config(["checkpoint=c"]).sampler is None  # the checkpoint's

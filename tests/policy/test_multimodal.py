@@ -5,7 +5,7 @@ import pytest
 
 from streamdp.policy import Policy
 from streamdp.policy.config import UnetConfig
-from streamdp.policy.synthetic import arc_rollouts, mode_summary, train_arc_policy
+from streamdp.sim.tasks.arc import arc_rollouts, mode_summary, train_arc_policy
 
 from .helpers import tiny_config
 

@@ -47,7 +47,9 @@ def test_main_job_end_to_end_reduced(ros_env, tmp_path, capsys):
     assert "trained 30 steps" in doc["policy"]
     assert [x["label"] for x in doc["offline_latency"]] == ["SDP K=16", "DDIM-4"]
     assert doc["offline_latency"][1]["calls"] == 4
-    assert [r["sampler"] for r in doc["ros"]] == ["SDP (K=16)", "DDIM-4"]
+    # one name per run: the offline timing and the ROS episodes of a sampler carry the same label
+    assert [r["sampler"] for r in doc["ros"]] == [x["label"] for x in doc["offline_latency"]]
+    assert doc["hardware"]["device"] == "cpu" and doc["hardware"]["threads"] == 1
     assert all(r["episodes"] == 1 for r in doc["ros"])
     assert (out / "success_latency.png").stat().st_size > 0 and (out / "distance.png").stat().st_size > 0
     assert (out / "data" / "arm_reach_dynamic" / "meta" / "info.json").is_file()  # a LeRobot dataset

