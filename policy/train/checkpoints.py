@@ -6,18 +6,27 @@ Layout of ``<run>/checkpoints/``::
       pretrained/                 Policy.from_pretrained(...) loads this (EMA weights when EMA is on)
         config.json  model.safetensors  stats.safetensors
       training_state/
-        model.safetensors         raw (non-EMA) weights being optimised
-        ema.safetensors           EMA weights           ema.json       EMA step count and decay settings
-        optimizer.safetensors     optimiser tensors     optimizer.json param groups and scalar state
+        model.safetensors         raw (non-EMA) weights being optimised; only with EMA (else pretrained/
+                                  holds exactly these)
+        ema.json                  EMA step count and decay settings (its weights: pretrained/)
+        optimizer.safetensors     optimiser tensors (AdamW: two fp32 moments per parameter)
+        optimizer.json            param groups and scalar state
         scheduler.json            LR scheduler state (LambdaLR: step counters, base and last LRs)
         rng.safetensors           torch (uint8) / cuda / numpy RNG states, per rank
         rng.json                  numpy scalars and Python's `random` state, per rank
         trainer.json              step, epoch, batch position in the epoch, seed, batch size, world size
     last -> step_00005000         symlink to the newest complete checkpoint
 
+So a checkpoint is four fp32 copies of the parameters (EMA export, raw weights, two Adam moments), the
+least that continues a run exactly; each is written once (older checkpoints also held the EMA weights a
+second time in ``training_state/ema.safetensors``; they still load).
+
 No pickle anywhere: tensors go to safetensors, everything else to JSON. Each step directory is written
-with ``atomic_write_dir`` (temporary sibling, then rename), so a process killed at any moment leaves
-complete checkpoints only; ``last`` is replaced atomically after the directory is in place.
+with ``atomic_write_dir`` (temporary sibling, then rename) and fsynced (files, folders, the rename), and
+only then is ``last`` replaced (a new symlink renamed over it, fsynced too); so a process killed at any
+moment leaves complete checkpoints and a ``last`` that names one of them. Should ``last`` still dangle
+(a crash of an older version, a copy gone wrong), resume ignores it: it takes the newest step directory
+that verifies, and says so.
 """
 
 from __future__ import annotations
@@ -37,14 +46,13 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from streamdp.policy.checkpoint import CheckpointError, atomic_write_dir, read_tensors
+from streamdp.policy.checkpoint import REQUIRED, WEIGHTS_FILE, CheckpointError, atomic_write_dir, read_tensors
 from streamdp.policy.policy import Policy
 
 STEP_RE = re.compile(r"^step_(\d+)$")
 PRETRAINED = "pretrained"
 STATE_DIR = "training_state"
-STATE_FILES = (
-    "model.safetensors",
+STATE_FILES = (  # always there; model.safetensors too when ema.json is
     "optimizer.safetensors",
     "optimizer.json",
     "scheduler.json",
@@ -158,10 +166,10 @@ def save_training_checkpoint(
     export = ema.shadow.state_dict() if ema is not None else model.state_dict()
 
     def write_state(tmp: Path) -> None:
-        save_file(_tensors(model.state_dict()), str(tmp / "model.safetensors"))
-        if ema is not None:
+        if ema is not None:  # without EMA the export is the raw model: not written twice
+            save_file(_tensors(model.state_dict()), str(tmp / "model.safetensors"))
             e = ema.state_dict()
-            save_file(_tensors(e.pop("shadow")), str(tmp / "ema.safetensors"))
+            e.pop("shadow")  # = the export in pretrained/
             (tmp / "ema.json").write_text(json.dumps(e, indent=2))
         ot, om = optimizer_to_flat(optimizer.state_dict())
         save_file(ot, str(tmp / "optimizer.safetensors"))
@@ -181,8 +189,10 @@ def save_training_checkpoint(
         atomic_write_dir(tmp / STATE_DIR, write_state)  # (atomic_write_dir applies the umask to all of it)
 
     target = atomic_write_dir(ckpt_root / step_dir_name(trainer.step), write)
-    _point_last(ckpt_root, target.name)
-    prune(ckpt_root, keep_last)
+    for d in (*sorted(p for p in target.rglob("*") if p.is_dir()), target, ckpt_root):
+        fsync_dir(d)  # the files are fsynced by atomic_write_dir; their folders and the rename here
+    point_last(ckpt_root, target.name)
+    prune(ckpt_root, keep_last, keep=target)
     return target
 
 
@@ -196,12 +206,25 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _point_last(ckpt_root: Path, name: str) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (new files, renames) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def point_last(ckpt_root: Path, name: str) -> None:
+    """Point ``last`` at the complete checkpoint `name`: a new symlink renamed over the old (atomic)."""
+    if not (ckpt_root / name).is_dir():
+        raise CheckpointError(f"refusing to point {ckpt_root / 'last'} at {name}, which does not exist")
     tmp = ckpt_root / f".last.tmp-{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     os.symlink(name, tmp)
     os.replace(tmp, ckpt_root / "last")
+    fsync_dir(ckpt_root)
 
 
 def list_checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
@@ -217,12 +240,14 @@ def list_checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def prune(ckpt_root: str | Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` checkpoints, and leftovers of interrupted writes."""
+def prune(ckpt_root: str | Path, keep_last: int, keep: Path | None = None) -> None:
+    """Delete all but the newest `keep_last` checkpoints (never `keep`, the one just written), and
+    leftovers of interrupted writes."""
     root = Path(ckpt_root)
     ckpts = list_checkpoints(root)
     for _, p in ckpts[: max(0, len(ckpts) - keep_last)]:
-        shutil.rmtree(p, ignore_errors=True)
+        if keep is None or p.name != keep.name:
+            shutil.rmtree(p, ignore_errors=True)
     for p in root.iterdir():
         if p.name.startswith(".last.tmp-") and p.is_symlink() and not p.name.endswith(f"-{os.getpid()}"):
             p.unlink(missing_ok=True)
@@ -234,9 +259,11 @@ def verify_checkpoint(path: str | Path) -> None:
     """Every expected file exists and every safetensors file loads (CheckpointError otherwise)."""
     path = Path(path)
     state = path / STATE_DIR
-    missing = [f for f in STATE_FILES if not (state / f).is_file()]
-    if not (path / PRETRAINED).is_dir() or missing:
-        raise CheckpointError(f"training checkpoint {path} is incomplete: missing {missing or [PRETRAINED]}")
+    wanted = [*STATE_FILES, *(["model.safetensors"] if (state / "ema.json").is_file() else [])]
+    missing = [f"{STATE_DIR}/{f}" for f in wanted if not (state / f).is_file()]
+    missing += [f"{PRETRAINED}/{f}" for f in REQUIRED if not (path / PRETRAINED / f).is_file()]
+    if missing:
+        raise CheckpointError(f"training checkpoint {path} is incomplete: missing {missing}")
     for f in sorted(path.rglob("*.safetensors")):
         read_tensors(f)
     for f in sorted(path.rglob("*.json")):
@@ -248,28 +275,54 @@ def verify_checkpoint(path: str | Path) -> None:
 
 def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
     """The newest checkpoint that verifies; a broken newer one is skipped with a warning."""
-    for step, p in reversed(list_checkpoints(ckpt_root)):
+    found, notes = find_checkpoint(ckpt_root)
+    for note in notes:
+        log.warning("%s", note)
+    return found
+
+
+def find_checkpoint(ckpt_root: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint whatever ``last`` says, and what was skipped on the way (a
+    dangling or stale ``last``, broken step directories), as sentences for the run's log."""
+    root = Path(ckpt_root)
+    notes: list[str] = []
+    found = None
+    for step, p in reversed(list_checkpoints(root)):
         try:
             verify_checkpoint(p)
-            return p
+            found = p
+            break
         except CheckpointError as e:
-            log.warning("skipping checkpoint at step %d: %s", step, e)
-    return None
+            notes.append(f"skipping checkpoint at step {step}: {e}")
+    last = root / "last"
+    if last.is_symlink() or last.exists():
+        target = Path(os.readlink(last)).name if last.is_symlink() else "?"
+        if found is None or not last.is_symlink() or target != found.name:
+            state = "does not exist" if not last.exists() else "is not the newest complete checkpoint"
+            notes.append(
+                f"{last} points at {target}, which {state}: using the newest complete checkpoint "
+                f"({found.name if found else 'none'}) instead"
+            )
+    return found, notes
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
     """Everything in ``<ckpt>/training_state`` as tensors and plain values."""
     state = Path(path) / STATE_DIR
+    export = read_tensors(Path(path) / PRETRAINED / WEIGHTS_FILE)  # EMA weights, or the raw ones without EMA
+    raw = state / "model.safetensors"
     out: dict[str, Any] = {
-        "model": read_tensors(state / "model.safetensors"),
+        "model": read_tensors(raw) if raw.is_file() else export,
         "optimizer": optimizer_from_flat(
             read_tensors(state / "optimizer.safetensors"), json.loads((state / "optimizer.json").read_text())
         ),
         "scheduler": json.loads((state / "scheduler.json").read_text()),
         "trainer": TrainerState(**json.loads((state / "trainer.json").read_text())),
     }
-    if (state / "ema.safetensors").is_file():
-        out["ema"] = {**json.loads((state / "ema.json").read_text()), "shadow": read_tensors(state / "ema.safetensors")}
+    if (state / "ema.json").is_file():
+        old = state / "ema.safetensors"  # checkpoints written before the export doubled as the EMA weights
+        shadow = read_tensors(old) if old.is_file() else export
+        out["ema"] = {**json.loads((state / "ema.json").read_text()), "shadow": shadow}
     rt = read_tensors(state / "rng.safetensors")
     rm = json.loads((state / "rng.json").read_text())
     out["rng"] = {

@@ -5,13 +5,17 @@
     streamdp-train task=generic dataset.format=zarr dataset.root=/data/pusht.zarr task.fps=10 \\
         dataset.zarr.state=[agent_pos] dataset.zarr.images={top: img}
     streamdp-train --cfg job task=pusht dataset.root=/data/pusht      # print the resolved config
-    streamdp-train ... train.output_dir=runs/arm resume=true            # continue runs/arm exactly
+    streamdp-train train.output_dir=runs/arm resume=true                 # continue runs/arm exactly
 
 (``python -m streamdp.policy.train`` is the same.) Each run directory (``train.output_dir``, else
-hydra's ``hydra.run.dir``) holds ``config.yaml`` (resolved), ``dataset.json``, ``.hydra/``, the log,
+hydra's ``hydra.run.dir``) holds ``config.yaml`` (resolved), ``dataset.json``, ``.hydra/``,
+``train.log`` (a progress line with loss, learning rate, speed and ETA every ``train.log_interval_s``),
 ``tb/`` (TensorBoard), ``metrics.jsonl`` (loss per step) and ``checkpoints/step_<N>/`` (see
 ``streamdp.policy.train.checkpoints``) with ``checkpoints/last`` pointing at the newest;
 ``Policy.from_pretrained("<run>/checkpoints/last/pretrained")`` loads the trained (EMA) policy.
+A new run refuses a folder holding a run (``train.overwrite=true`` deletes that run's files first); a
+resumed one runs with its saved ``config.yaml`` (see ``streamdp.policy.train.rundir``). Every check
+(config, run directory, dataset) runs before the run directory is created.
 
 Data-parallel training (DDP: NCCL on GPUs, gloo on CPU) under torchrun; ``train.batch_size`` is the
 GLOBAL batch, split evenly across ranks; rank 0 logs and writes checkpoints; every rank reads the
@@ -33,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -50,9 +55,12 @@ from streamdp.policy.config import ConfigError, PolicyConfig
 from streamdp.policy.policy import Policy
 from streamdp.policy.train.checkpoints import (
     PRETRAINED,
+    STEP_RE,
     TrainerState,
-    latest_checkpoint,
+    find_checkpoint,
+    list_checkpoints,
     load_training_state,
+    point_last,
     restore_rng,
     save_training_checkpoint,
 )
@@ -66,6 +74,7 @@ from streamdp.policy.train.config import (
     to_dataclass,
 )
 from streamdp.policy.train.data import DataError, ResumableSampler, Window, WindowedDataset, make_loader, prefork
+from streamdp.policy.train.rundir import check_fresh, check_resume, clear_run, resume_config, saved_config
 from streamdp.policy.train.sources import load_dataset
 from streamdp.policy.train.trainer import (
     DistInfo,
@@ -83,12 +92,20 @@ USER_ERRORS = (DataError, ConfigError, CheckpointError)
 
 # -------------------------------------------------------------------------------------------- config
 def load_config(overrides: Sequence[str] = ()) -> Any:
-    """Compose ``config/train.yaml`` with hydra overrides (programmatic use; the CLI uses hydra.main)."""
+    """Compose ``config/train.yaml`` with hydra overrides (programmatic use; the CLI composes the same).
+
+    With ``resume=true`` and a ``train.output_dir`` that holds a run, the result is that run's saved
+    ``config.yaml`` with these overrides on top (see :mod:`streamdp.policy.train.rundir`), so
+    ``train.output_dir=runs/arm resume=true`` alone continues the run as it was configured.
+    """
     from hydra import compose, initialize_config_dir
 
     register("train", TrainJobConfig)
     with initialize_config_dir(config_dir=str(config_dir("train.yaml")), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+        cfg = compose(config_name="train", overrides=list(overrides))
+    out = cfg.train.output_dir
+    saved = saved_config(Path(out)) if cfg.get("resume") and out else None
+    return resume_config(cfg, overrides, saved) if saved is not None else cfg
 
 
 @dataclass
@@ -99,9 +116,38 @@ class TrainResult:
     last_loss: float | None
 
 
+@dataclass
+class RunPlan:
+    """A run that passed every check (config, run directory, saved config, dataset); nothing written yet."""
+
+    cfg: Any
+    tcfg: TrainConfig
+    dcfg: DatasetConfig
+    task: dict[str, Any]
+    policy_node: dict[str, Any]
+    resume: bool
+    run_dir: Path
+    ds: WindowedDataset
+    pcfg: PolicyConfig
+    ckpt: Path | None  # the checkpoint to resume from
+    clear: bool  # an old run's files are to be deleted first (train.overwrite, or resume with no checkpoint)
+    notes: list[str]  # for the run's log, once it has one
+
+
 # ---------------------------------------------------------------------------------------------- train
 def train(cfg: Any, output_dir: str | Path | None = None) -> TrainResult:
     """Run (or resume) training as configured by a composed hydra config (see ``load_config``)."""
+    threads_before = torch.get_num_threads()
+    try:
+        return execute(prepare(cfg, output_dir))
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def prepare(cfg: Any, output_dir: str | Path | None = None, check_run_dir: bool = True) -> RunPlan:
+    """Every check a run can fail, before anything is written: the config, the run directory (a new
+    run refuses a folder holding one; a resumed run's config must match its saved one), the dataset.
+    `check_run_dir`: False on ranks > 0 of a data-parallel run (rank 0 owns the run directory)."""
     from omegaconf import OmegaConf
 
     tcfg: TrainConfig = to_dataclass(TrainConfig, cfg.train, "train")
@@ -109,76 +155,103 @@ def train(cfg: Any, output_dir: str | Path | None = None) -> TrainResult:
     task = OmegaConf.to_container(cfg.task, resolve=True)
     policy_node = OmegaConf.to_container(cfg.policy, resolve=True)
     resume = bool(cfg.get("resume", False))
-
-    threads_before = torch.get_num_threads()
     if tcfg.num_threads:
         torch.set_num_threads(int(tcfg.num_threads))
-    d, device = init_distributed(tcfg.device)
-    try:
-        return _train(cfg, tcfg, dcfg, task, policy_node, resume, d, device, output_dir)
-    finally:
-        torch.set_num_threads(threads_before)
-        if d.world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+    run_dir, notes = _run_dir(tcfg, output_dir, resume), []
+    if resume and tcfg.overwrite:
+        raise ConfigError("resume=true and train.overwrite=true contradict each other: pick one")
+    saved = saved_config(run_dir) if resume else None
+    if saved is not None:
+        notes += [f"resume: {c} (given now)" for c in check_resume(run_dir, saved, cfg)]
+    elif resume:
+        if not dcfg.root:
+            raise ConfigError(f"resume=true: {run_dir} holds no run to continue (no config.yaml), and no "
+                              "dataset.root is given to start one there")  # fmt: skip
+        notes.append(f"resume=true but {run_dir} holds no run: starting one")
+    clear = check_fresh(run_dir, tcfg.overwrite) if check_run_dir and not resume else False
+
+    window = Window(int(policy_node.get("n_obs_steps") or 2), int(policy_node.get("horizon") or 16))
+    ds = load_dataset(task, dcfg, window)
+    pcfg = policy_config(policy_node, ds.info)
+    ckpt = None
+    if resume:
+        ckpt, found = find_checkpoint(run_dir / "checkpoints")
+        notes += found
+        if ckpt is None:
+            notes.append(f"resume=true but {run_dir} holds no complete checkpoint: starting from scratch")
+            clear = saved is not None and check_run_dir  # that run's metrics and events would mix in
+    return RunPlan(cfg, tcfg, dcfg, task, policy_node, resume, run_dir, ds, pcfg, ckpt, clear, notes)
 
 
-def _run_dir(tcfg: TrainConfig, output_dir: str | Path | None, d: DistInfo) -> Path:
+def _run_dir(tcfg: TrainConfig, output_dir: str | Path | None, resume: bool) -> Path:
     run = output_dir or tcfg.output_dir
+    if run is None and resume:
+        raise ConfigError("resume=true needs the run to continue: train.output_dir=<its run directory>")
     if run is None:
         from hydra.core.hydra_config import HydraConfig
 
         if not HydraConfig.initialized():
             raise ConfigError("no run directory: set train.output_dir (or run through the streamdp-train CLI)")
         run = HydraConfig.get().runtime.output_dir
-    return Path(broadcast(str(Path(run).resolve()), d))
+    return Path(run).resolve()
 
 
-def _train(
-    cfg: Any,
-    tcfg: TrainConfig,
-    dcfg: DatasetConfig,
-    task: dict[str, Any],
-    policy_node: dict[str, Any],
-    resume: bool,
-    d: DistInfo,
-    device: torch.device,
-    output_dir: str | Path | None,
-) -> TrainResult:
+def start_run_dir(plan: RunPlan) -> None:
+    """Delete an old run's files when the plan says so (once; rank 0 only)."""
+    if plan.clear:
+        everything = not plan.resume  # resume with no checkpoint keeps the config, .hydra/ and the log
+        gone = clear_run(plan.run_dir, everything=everything)
+        plan.notes.append(f"{'train.overwrite=true' if everything else 'starting over'}: deleted {plan.run_dir}'s "
+                          f"run files {gone}")  # fmt: skip
+        plan.clear = False
+
+
+def execute(plan: RunPlan) -> TrainResult:
+    """Run a prepared plan: join the data-parallel group, set up the run directory, train."""
+    d, device = init_distributed(plan.tcfg.device)
+    try:
+        return _train(plan, d, device)
+    finally:
+        if d.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(plan: RunPlan, d: DistInfo, device: torch.device) -> TrainResult:
+    tcfg, ds, pcfg = plan.tcfg, plan.ds, plan.pcfg
     if tcfg.batch_size % d.world:
         raise ConfigError(f"train.batch_size={tcfg.batch_size} (global) is not divisible by {d.world} ranks")
-    run_dir = _run_dir(tcfg, output_dir, d)
+    run_dir = Path(broadcast(str(plan.run_dir), d))
     ckpt_root = run_dir / "checkpoints"
     seed_everything(tcfg.seed)
-
-    window = Window(int(policy_node.get("n_obs_steps") or 2), int(policy_node.get("horizon") or 16))
-    ds = load_dataset(task, dcfg, window)
-    pcfg = policy_config(policy_node, ds.info)
     policy = Policy(pcfg, stats=ds.stats, device=device, seed=tcfg.seed)
     assert policy.normalizer is not None
     trainer = Trainer(policy.model, policy.normalizer, tcfg, device, d)
     sampler = ResumableSampler(ds, tcfg.batch_size, num_replicas=d.world, rank=d.rank, seed=tcfg.seed)
-    loader = make_loader(ds, sampler, dcfg.num_workers, pin_memory=device.type == "cuda", seed=tcfg.seed)
-    batches = EpochBatches(loader, sampler, prefork_workers=dcfg.num_workers > 0)
+    loader = make_loader(ds, sampler, plan.dcfg.num_workers, pin_memory=device.type == "cuda", seed=tcfg.seed)
+    batches = EpochBatches(loader, sampler, prefork_workers=plan.dcfg.num_workers > 0)
 
-    ckpt = latest_checkpoint(ckpt_root) if resume else None
-    if resume and ckpt is None and d.main:
-        log.warning("resume=true but %s holds no checkpoint: starting from scratch", ckpt_root)
+    ckpt = plan.ckpt
     if ckpt is not None:
         _resume(ckpt, pcfg, tcfg, trainer, batches, d)
-        if d.main:
-            log.info("resumed from %s: step %d, epoch %d, batch %d", ckpt, trainer.step, batches.epoch, batches.pos)
     if d.main:
-        _write_run_files(run_dir, cfg, ds, resumed=ckpt is not None, step=trainer.step)
+        start_run_dir(plan)
+        _write_run_files(run_dir, plan, step=trainer.step)
+        for note in plan.notes:
+            log.warning("%s", note)
+        if ckpt is not None:
+            log.info("resumed from %s: step %d, epoch %d, batch %d", ckpt, trainer.step, batches.epoch, batches.pos)
         n_params = sum(p.numel() for p in policy.model.parameters())
         log.info(
             "run %s | %s: %d episodes, %d frames | policy %s/%s, %.2fM parameters | global batch %d on %d rank(s), %s",
             run_dir, ds.info.source, ds.info.num_episodes, ds.info.num_frames, pcfg.denoiser, pcfg.sampler,
             n_params / 1e6, tcfg.batch_size, d.world, device,
         )  # fmt: skip
+    if d.world > 1:
+        dist.barrier()  # rank 0 has cleared and set up the run directory
 
     eval_batches = _eval_batches(ds, tcfg.batch_size // d.world, tcfg) if d.main and tcfg.ema else []
     run_log = RunLog(run_dir, tcfg, trainer.step, batches) if d.main else None
-    saver = Checkpointer(ckpt_root, policy, trainer, batches, _extras(task, dcfg, ds), eval_batches, ckpt)
+    saver = Checkpointer(ckpt_root, policy, trainer, batches, _extras(plan.task, plan.dcfg, ds), eval_batches, ckpt)
 
     def on_step(r: StepResult) -> None:
         if run_log is not None:
@@ -211,14 +284,28 @@ def _extras(task: dict[str, Any], dcfg: DatasetConfig, ds: WindowedDataset) -> d
     }
 
 
-def _write_run_files(run_dir: Path, cfg: Any, ds: WindowedDataset, resumed: bool, step: int) -> None:
+def _write_run_files(run_dir: Path, plan: RunPlan, step: int) -> None:
     from omegaconf import OmegaConf
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resumed:
+    if plan.ckpt is not None:
         _truncate_metrics(run_dir / "metrics.jsonl", step)  # drop steps the interrupted run did past it
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    (run_dir / "dataset.json").write_text(json.dumps(asdict(ds.info), indent=2))
+        _tidy_checkpoints(run_dir / "checkpoints", plan.ckpt, plan.notes)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(plan.cfg, resolve=True))
+    (run_dir / "dataset.json").write_text(json.dumps(asdict(plan.ds.info), indent=2))
+
+
+def _tidy_checkpoints(root: Path, ckpt: Path, notes: list[str]) -> None:
+    """Before continuing from `ckpt`: drop the (broken) step directories past it, which this run will
+    write again, and point ``last`` at it if it pointed elsewhere."""
+    step = int(STEP_RE.match(ckpt.name).group(1))  # type: ignore[union-attr]
+    for s, p in list_checkpoints(root):
+        if s > step:
+            shutil.rmtree(p, ignore_errors=True)
+            notes.append(f"deleted {p.name}: incomplete, and this run writes it again")
+    last = root / "last"
+    if not (last.is_symlink() and os.readlink(last) == ckpt.name):
+        point_last(root, ckpt.name)
 
 
 # -------------------------------------------------------------------------------------------- batches
@@ -257,7 +344,9 @@ class EpochBatches:
 # --------------------------------------------------------------------------------- logs, checkpoints
 class RunLog:
     """Rank 0's record of a run: ``metrics.jsonl`` (every step), TensorBoard scalars and the tqdm bar
-    (every ``train.log_every`` steps). Losses stay on the device until then (reading one is a sync)."""
+    (every ``train.log_every`` steps), and a progress line in the log (train.log) at most every
+    ``train.log_interval_s`` seconds, so ``tail -f`` follows a run. Losses stay on the device until
+    then (reading one is a sync)."""
 
     def __init__(self, run_dir: Path, tcfg: TrainConfig, step: int, batches: EpochBatches) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -271,6 +360,7 @@ class RunLog:
         self.pending: list[StepResult] = []
         self.last_loss: float | None = None
         self.t_log = time.perf_counter()
+        self.line = _ProgressLine(step, self.t_log)
 
     def record(self, r: StepResult) -> None:
         self.pending.append(r)
@@ -296,6 +386,10 @@ class RunLog:
         w.add_scalar("perf/samples_per_s", sps, r.step)
         w.add_scalar("perf/data_wait_fraction", self.batches.data_time / elapsed, r.step)
         self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{r.lr:.2e}", samples_s=f"{sps:.0f}", refresh=False)
+        self.line.add(losses, self.batches.data_time)
+        if now - self.line.t0 >= self.tcfg.log_interval_s or r.step == self.tcfg.steps:
+            log.info("%s", self.line.text(r, now, self.tcfg, self.batches.progress))
+            self.line = _ProgressLine(r.step, now)
         self.pending.clear()
         self.t_log, self.batches.data_time = now, 0.0
 
@@ -303,6 +397,36 @@ class RunLog:
         self.bar.close()
         self.writer.close()
         self.metrics.close()
+
+
+class _ProgressLine:
+    """Losses and data wait since the last progress line in the log."""
+
+    def __init__(self, step: int, t0: float) -> None:
+        self.step0, self.t0, self.losses, self.data_time = step, t0, 0.0, 0.0
+        self.n = 0
+
+    def add(self, losses: list[float], data_time: float) -> None:
+        self.losses += float(np.sum(losses))
+        self.n += len(losses)
+        self.data_time += data_time
+
+    def text(self, r: StepResult, now: float, tcfg: TrainConfig, epochs: float) -> str:
+        dt = max(now - self.t0, 1e-9)
+        rate = (r.step - self.step0) / dt
+        eta = (tcfg.steps - r.step) / rate if rate > 0 else float("inf")
+        return (
+            f"step {r.step}/{tcfg.steps} ({100 * r.step / tcfg.steps:.1f}%) | epoch {epochs:.2f} | "
+            f"loss {self.losses / max(self.n, 1):.4f} | lr {r.lr:.2e} | {rate:.2f} steps/s, "
+            f"{rate * tcfg.batch_size:.0f} samples/s | data wait {100 * self.data_time / dt:.0f}% | ETA {_hms(eta)}"
+        )
+
+
+def _hms(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class Checkpointer:
@@ -333,11 +457,13 @@ class Checkpointer:
             self.last = save_training_checkpoint(
                 self.root, state, self.policy, t.opt, t.sched, t.ema, rng, self.extras, tcfg.keep_last
             )
+            ev = ""
             if self.eval_batches:
-                ev = t.ema_loss(self.eval_batches, tcfg.seed)
+                loss = t.ema_loss(self.eval_batches, tcfg.seed)
                 assert run_log is not None
-                run_log.writer.add_scalar("eval/ema_loss", ev, step)
-                log.info("step %d: checkpoint %s, EMA loss on fixed batches %.4f", step, self.last.name, ev)
+                run_log.writer.add_scalar("eval/ema_loss", loss, step)
+                ev = f", EMA loss on fixed batches {loss:.4f}"
+            log.info("step %d: checkpoint %s%s", step, self.last.name, ev)
             if run_log is not None:
                 run_log.writer.flush()
         if d.world > 1:
@@ -396,32 +522,66 @@ def _eval_batches(ds: WindowedDataset, batch: int, tcfg: TrainConfig) -> list[di
 
 # ------------------------------------------------------------------------------------------------ CLI
 PROG = "streamdp-train"
+# hydra flags that print something instead of running: no checks, no run directory
+INFO_FLAGS = ("-c", "--cfg", "-i", "--info", "-sc", "--shell-completion", "-p", "--package", "--resolve")
 
 
-def _fail(e: BaseException) -> NoReturn:
+def _fail(e: BaseException, to_log: bool = True) -> NoReturn:
     """The one-line error of the job convention (streamdp.policy.cli), exit code 2; also in train.log
     once the run has one."""
-    if logging.getLogger().handlers:
+    if to_log and logging.getLogger().handlers:
         log.error("%s: %s", type(e).__name__, e)
     print(one_line(PROG, e), file=sys.stderr)
     raise SystemExit(2) from None
 
 
-def _task(cfg: Any, debug: bool = False) -> None:
+def _task(cfg: Any, plan: RunPlan | None = None, debug: bool = False) -> None:
     try:
-        train(cfg)
+        if plan is None:
+            threads_before = torch.get_num_threads()
+            try:
+                plan = prepare(cfg)
+            finally:
+                torch.set_num_threads(threads_before)
+        execute(plan)
     except USER_ERRORS as e:
         if debug:
             raise
         _fail(e)
 
 
+def _hydra_run_dir(overrides: Sequence[str]) -> str:
+    """hydra.run.dir as hydra will resolve it now (``${now:...}``, the preset choices)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(config_dir("train.yaml")), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    try:
+        return str(OmegaConf.select(cfg, "hydra.run.dir"))
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def _preflight(overrides: Sequence[str], rank0: bool) -> RunPlan:
+    """Compose and check everything before hydra creates the run directory (a failing run leaves none)."""
+    cfg = load_config(overrides)
+    run_dir = cfg.train.output_dir or _hydra_run_dir(overrides)
+    plan = prepare(cfg, run_dir, check_run_dir=rank0)
+    if rank0:
+        start_run_dir(plan)  # train.overwrite: the old run's files go before hydra writes the new ones
+    return plan
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point (hydra): ``streamdp-train [--cfg job] [--debug] key=value ...``.
 
     The job convention of every streamdp job (see streamdp.policy.cli): ``--help`` lists the keys, a
-    wrong key or value is one line and exit code 2. Hydra's own runner still drives the run, so the run
-    directory, ``.hydra/`` and ``--cfg job`` behave as hydra users expect.
+    wrong key or value is one line and exit code 2. Every check (config, run directory, saved config on
+    resume, dataset) runs before hydra's runner creates the run directory, so a run that fails one
+    leaves nothing behind; then hydra drives the run (its ``.hydra/``, ``train.log``, ``--cfg job``).
     """
     import functools
 
@@ -435,19 +595,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         groups = {g: presets("train.yaml", g) for g in ("task", "policy")}
         print(help_text(PROG, __doc__.split("\n\n")[0], TrainJobConfig, groups))
         return
-    try:  # compose once up front: a wrong key or value fails here, in one line, before any run dir exists
-        load_config([a for a in args if "=" in a and not a.startswith("-")])
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    plan = None
+    try:  # a wrong key or value, run directory or dataset fails here, in one line, before any run dir exists
+        if any(a.split("=")[0] in INFO_FLAGS for a in args):
+            load_config(overrides)
+        else:
+            plan = _preflight(overrides, rank0)
     except user_errors() as e:
         if debug:
             raise
-        _fail(e)
-    out = override_value(args, "train.output_dir")
-    if out and override_value(args, "hydra.run.dir") is None:
+        _fail(e, to_log=False)
+    if override_value(args, "hydra.job.name") is None:
+        args.append("hydra.job.name=train")  # the log is <run>/train.log
+    if plan is not None and rank0:
+        args = [a for a in args if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={plan.run_dir}"]
+        if plan.resume:
+            args.append("hydra.output_subdir=null")  # .hydra/ keeps the command that started the run
+    elif rank0 and (out := override_value(args, "train.output_dir")) and override_value(args, "hydra.run.dir") is None:
         args.append(f"hydra.run.dir={out}")  # one run directory for hydra's files and ours
-    if int(os.environ.get("RANK", "0")) > 0:  # only rank 0 writes: the others get rank 0's run dir
+    if not rank0:  # only rank 0 writes: the others get rank 0's run dir
         args += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled",
                  "hydra.run.dir=."]  # fmt: skip
     sys.argv = [sys.argv[0], *args]
     register("train", TrainJobConfig)
-    task = functools.wraps(_task)(functools.partial(_task, debug=debug))
+    task = functools.wraps(_task)(functools.partial(_task, plan=plan, debug=debug))
     hydra.main(config_path=str(config_dir("train.yaml")), config_name="train", version_base="1.3")(task)()

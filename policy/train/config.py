@@ -96,10 +96,13 @@ class TrainConfig:
     device: str = opt("auto", "auto: cuda:<LOCAL_RANK> when CUDA is available, else cpu")
     num_threads: int | None = opt(None, "torch CPU threads (1 when sharing the CPU with a simulator)")
     log_every: int = opt(50, "steps between TensorBoard / metrics.jsonl scalars")
+    log_interval_s: float = opt(30.0, "seconds between progress lines (loss, lr, steps/s, ETA) in train.log; "
+                                "checked every log_every steps (0: every log_every steps)")  # fmt: skip
     checkpoint_every: int = opt(5000, "steps between training checkpoints")
     keep_last: int = opt(3, "training checkpoints kept (older ones are deleted)")
     eval_batches: int = opt(2, "EMA-model loss on this many fixed batches at each checkpoint (0: off)")
     output_dir: str | None = opt(None, "run directory; null: hydra's run dir (hydra.run.dir)")
+    overwrite: bool = opt(False, "start afresh in a run dir that holds a run: first delete that run's own files")
     progress: bool = opt(True, "tqdm progress bar on rank 0")
 
     def __post_init__(self) -> None:
@@ -108,6 +111,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.lr <= 0 or self.eval_batches < 0:
             raise ConfigError("train.warmup_steps, grad_clip and eval_batches must be >= 0 and train.lr > 0")
+        if self.log_interval_s < 0:
+            raise ConfigError(f"train.log_interval_s must be >= 0, got {self.log_interval_s}")
         if len(self.betas) != 2:
             raise ConfigError(f"train.betas must hold two numbers, got {self.betas}")
         if self.precision not in PRECISIONS:
@@ -134,7 +139,8 @@ class TrainJobConfig:
     policy: Any = opt(help="policy preset: policy=NAME, then policy.KEY=VALUE (PolicyConfig fields)", factory=dict)
     train: TrainConfig = opt(help="optimisation, EMA, logging, checkpoints", factory=TrainConfig)
     dataset: DatasetConfig = opt(help="what to train from", factory=DatasetConfig)
-    resume: bool = opt(False, "continue from the newest checkpoint in the run dir (train.output_dir)")
+    resume: bool = opt(False, "continue the run in train.output_dir from its newest complete checkpoint, with its "
+                              "saved config.yaml (only harmless keys and a higher train.steps may change)")  # fmt: skip
 
 
 def to_dataclass(cls: type, node: Any, where: str) -> Any:

@@ -60,9 +60,9 @@ def test_kill_and_resume_matches_uninterrupted_run(arm_state_ds, tmp_path):
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))  # step counter continued without a gap
     resumed_steps = range(killed_at + 1, STEPS + 1)
     assert [a[s] for s in resumed_steps] == [b[s] for s in resumed_steps]  # loss continuity, exactly
-    for name in ("model", "ema", "optimizer"):
-        x = load_file(str(run / "checkpoints" / "last" / "training_state" / f"{name}.safetensors"))
-        y = load_file(str(ref / "checkpoints" / "last" / "training_state" / f"{name}.safetensors"))
+    for name in ("training_state/model", "pretrained/model", "training_state/optimizer"):  # raw, EMA, Adam
+        x = load_file(str(run / "checkpoints" / "last" / f"{name}.safetensors"))
+        y = load_file(str(ref / "checkpoints" / "last" / f"{name}.safetensors"))
         assert x.keys() == y.keys()
         for k in x:
             assert torch.equal(x[k], y[k]), (name, k)

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from streamdp.policy import Policy
 from streamdp.policy.config import ConfigError
-from streamdp.policy.train.checkpoints import verify_checkpoint
+from streamdp.policy.train.checkpoints import load_training_state, verify_checkpoint
 
 from .helpers import python, read_metrics, subprocess_env, tiny_overrides, train_inprocess, write_zarr
 
@@ -36,9 +36,11 @@ def test_lowdim_training_learns_and_exports(arm_state_ds, tmp_path):
     verify_checkpoint(run / "checkpoints" / "last")
     # the export holds the EMA weights and is what Policy.from_pretrained loads
     pre = run / "checkpoints" / "last" / "pretrained"
-    ema = load_file(str(run / "checkpoints" / "last" / "training_state" / "ema.safetensors"))
+    ema = load_training_state(run / "checkpoints" / "last")["ema"]["shadow"]  # read back from the export
+    raw = load_file(str(run / "checkpoints" / "last" / "training_state" / "model.safetensors"))
     exported = load_file(str(pre / "model.safetensors"))
     assert ema.keys() == exported.keys() and all(torch.equal(ema[k], exported[k]) for k in ema)
+    assert any(not torch.equal(raw[k], exported[k]) for k in raw)  # the raw weights are not the EMA ones
     policy = Policy.from_pretrained(pre)
     c = policy.config
     assert (c.state_dim, c.action_dim, c.fps) == (8, 3, 20.0)
@@ -91,9 +93,9 @@ def test_zarr_replay_buffer_trains(tmp_path):
 def test_resume_refuses_a_different_policy(arm_state_ds, tmp_path):
     run = tmp_path / "run"
     train_inprocess(tiny_overrides(arm_state_ds, run, steps=4, batch=8, **{"train.checkpoint_every": 2}))
-    with pytest.raises(ConfigError, match=r"policy config differs in \['horizon'\]"):
+    with pytest.raises(ConfigError, match=r"would change the run: policy.horizon 12 -> 16"):
         train_inprocess([*tiny_overrides(arm_state_ds, run, steps=8, batch=8), "resume=true", "policy.horizon=16"])
-    with pytest.raises(ConfigError, match=r"train.batch_size=8"):
+    with pytest.raises(ConfigError, match=r"train.batch_size 8 -> 4"):
         train_inprocess([*tiny_overrides(arm_state_ds, run, steps=8, batch=4), "resume=true"])
 
 
