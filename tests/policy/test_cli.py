@@ -47,3 +47,16 @@ def test_train_mistakes_are_one_line_exit_2_and_debug_shows_the_traceback(tmp_pa
     assert "train.steps" in r.stderr and not (tmp_path / "run").exists()  # refused before any run dir
     r = subprocess.run([*run, "train.steps=abc", "--debug"], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_bac_on_a_unet_checkpoint_names_the_preset_to_train(tmp_path, capsys):
+    from streamdp.policy.calibration import save_observations
+
+    from ..accel.util import obs_stream, perturb
+    from .helpers import tiny_policy
+
+    ckpt = perturb(tiny_policy(sampler="sdp", denoiser="unet")).save_pretrained(tmp_path / "ckpt")
+    data = save_observations(tmp_path / "obs.npz", [obs_stream(9)])
+    assert bac_main([f"checkpoint={ckpt}", f"dataset={data}", "max_obs=2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "policy=sdp_transformer" in err
