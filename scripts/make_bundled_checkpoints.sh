@@ -19,8 +19,11 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MUJOCO_GL=${MUJOCO_GL:-egl}
 work=${WORK:-build/bundle}
 episodes=${EPISODES:-200}
 bin=.venv/bin
-for task in ${TASKS:-arm_reach_dynamic pusht}; do
-  data=$work/data/$task run=$work/runs/$task dst=sim/assets/checkpoints/$task
+for bundle in ${TASKS:-arm_reach_dynamic arm_reach_dynamic_tick pusht}; do
+  # arm_reach_dynamic_tick: the same arm, Ta=1 and K=h=15: one network call per control tick.
+  task=${bundle%_tick} extra=() bac=1
+  [[ $bundle == *_tick ]] && extra=(policy.n_action_steps=1 policy.num_inference_steps=15) bac=
+  data=$work/data/$task run=$work/runs/$bundle dst=sim/assets/checkpoints/$bundle
   case $task in arm_reach_dynamic) default_steps=20000 ;; *) default_steps=12000 ;; esac
   steps=${STEPS:-$default_steps}
   rm -rf "$data" "$run"
@@ -31,14 +34,14 @@ for task in ${TASKS:-arm_reach_dynamic pusht}; do
     cp -r "$dst" "$ckpt"
   else
     "$bin/streamdp-train" task="$task" policy=sdp_transformer policy.transformer.d_model=128 \
-      policy.transformer.n_layers=4 dataset.root="$data" train.steps="$steps" train.lr=3e-4 train.seed=0 \
+      policy.transformer.n_layers=4 "${extra[@]}" dataset.root="$data" train.steps="$steps" train.lr=3e-4 train.seed=0 \
       train.num_threads="${THREADS:-1}" train.checkpoint_every="$steps" train.progress=false train.output_dir="$run"
   fi
   if [[ " ${CALIBRATE:-rti bac} " == *" rti "* ]]; then
     "$bin/streamdp-calibrate-rti" checkpoint="$ckpt" dataset="$data" max_obs=40
   fi
   bac_runs=(sampler=sdp sampler=rti sampler=sdp_rti "sampler=ddim num_inference_steps=10" sampler=ddpm)
-  [[ " ${CALIBRATE:-rti bac} " == *" bac "* ]] || bac_runs=()
+  [[ " ${CALIBRATE:-rti bac} " == *" bac "* && -n $bac ]] || bac_runs=()  # one call per solve: nothing to cache
   for s in "${bac_runs[@]}"; do
     # shellcheck disable=SC2086 # $s is one or two key=value words on purpose
     "$bin/streamdp-calibrate-bac" checkpoint="$ckpt" dataset="$data" $s max_obs=20 max_frames=2000 ||
@@ -47,5 +50,5 @@ for task in ${TASKS:-arm_reach_dynamic pusht}; do
   rm -rf "$dst"
   mkdir -p "$(dirname "$dst")"
   cp -r "$ckpt" "$dst"
-  echo "[bundle] $task -> $dst"
+  echo "[bundle] $bundle -> $dst"
 done
