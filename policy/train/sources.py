@@ -489,12 +489,41 @@ def check_card(name: str, obs_mode: str, expect: Mapping[str, Any], info: Datase
         )
 
 
+def _no_camera_named(dcfg: DatasetConfig) -> None:
+    """obs_mode=image with no camera named would silently train a state-only policy: refuse, listing
+    the dataset's image keys and the override that names one."""
+    root = Path(str(dcfg.root))
+    if dcfg.format == "lerobot":
+        try:
+            feats = json.loads((root / "meta" / "info.json").read_text()).get("features", {})
+        except (OSError, ValueError):
+            feats = {}
+        keys = sorted(k for k, v in feats.items() if isinstance(v, dict) and v.get("dtype") in ("image", "video"))
+        fix = f"task.features.images=[{keys[0] if keys else 'observation.images.<cam>'}]"
+    else:
+        import zarr
+
+        try:
+            data = zarr.open(str(root), mode="r")["data"]
+            keys = sorted(k for k in data.array_keys() if data[k].ndim == 4)
+        except (KeyError, ValueError, OSError):
+            keys = []
+        fix = f"dataset.zarr.images={{top: {keys[0] if keys else '<array>'}}}"
+    raise ConfigError(
+        f"task.obs_mode=image but no camera is named for {root}; its image keys: {keys or 'none'}. "
+        f"Name one, e.g. {fix}"
+    )
+
+
 def load_dataset(task: Mapping[str, Any], dcfg: DatasetConfig, window: Window) -> WindowedDataset:
     """Open the dataset described by the task card and the dataset config, checked against the card."""
     if not dcfg.root:
         raise ConfigError("dataset.root is not set: pass dataset.root=/path/to/dataset")
     fmap, expect = card_features(task)
     name, obs_mode = str(task.get("name", "?")), str(task.get("obs_mode") or "state")
+    named = fmap.cameras if dcfg.format == "lerobot" else dcfg.zarr.images
+    if obs_mode == "image" and not named:
+        _no_camera_named(dcfg)
     if dcfg.format == "lerobot":
         ds: WindowedDataset = LeRobotWindows(
             dcfg.root,

@@ -13,7 +13,7 @@ from streamdp.policy import Policy
 from streamdp.policy.config import ConfigError
 from streamdp.policy.train.checkpoints import load_training_state, verify_checkpoint
 
-from .helpers import python, read_metrics, subprocess_env, tiny_overrides, train_inprocess, write_zarr
+from .helpers import make_lerobot, python, read_metrics, subprocess_env, tiny_overrides, train_inprocess, write_zarr
 
 
 def test_lowdim_training_learns_and_exports(arm_state_ds, tmp_path):
@@ -114,3 +114,20 @@ def test_cli_prints_resolved_config_and_reports_bad_data(arm_state_ds, tmp_path)
     )  # fmt: skip
     assert bad.returncode == 2, bad.stderr[-2000:]
     assert "DataError" in bad.stderr and "action has 3 dims, the card says action_dim=5" in bad.stderr
+
+
+def test_image_mode_without_a_named_camera_lists_the_datasets_image_keys(tmp_path):
+    """task.obs_mode=image alone used to train a state-only policy without a word."""
+    lerobot = make_lerobot(tmp_path / "ds", [20, 20], image=(16, 16))
+    base = ["task=generic", "task.obs_mode=image"]
+    want = r"no camera is named.*image keys: \[.observation.images.cam.\].*task.features.images=\[observation.images.cam\]"
+    with pytest.raises(ConfigError, match=want):
+        train_inprocess([*tiny_overrides(lerobot, tmp_path / "run", steps=2, batch=4), *base])
+    rng = np.random.default_rng(0)
+    eps = [{"state": rng.normal(size=(30, 2)).astype(np.float32), "action": rng.normal(size=(30, 2)).astype(np.float32),
+            "img": rng.integers(0, 255, (30, 16, 16, 3), dtype=np.uint8)}]  # fmt: skip
+    buf = write_zarr(tmp_path / "replay.zarr", eps)
+    with pytest.raises(ConfigError, match=r"its image keys: \['img'\].*dataset.zarr.images=\{top: img\}"):
+        train_inprocess([*tiny_overrides(buf, tmp_path / "run2", steps=2, batch=4), *base, "task.fps=10",
+                         "dataset.format=zarr"])  # fmt: skip
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run2").exists()
