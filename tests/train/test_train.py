@@ -120,7 +120,7 @@ def test_image_mode_without_a_named_camera_lists_the_datasets_image_keys(tmp_pat
     """task.obs_mode=image alone used to train a state-only policy without a word."""
     lerobot = make_lerobot(tmp_path / "ds", [20, 20], image=(16, 16))
     base = ["task=generic", "task.obs_mode=image"]
-    want = r"no camera is named.*image keys: \[.observation.images.cam.\].*task.features.images=\[observation.images.cam\]"
+    want = r"no camera is named.*image keys: \[.observation.images.cam.\].*images=\[observation.images.cam\]"
     with pytest.raises(ConfigError, match=want):
         train_inprocess([*tiny_overrides(lerobot, tmp_path / "run", steps=2, batch=4), *base])
     rng = np.random.default_rng(0)
