@@ -131,3 +131,27 @@ def test_image_mode_without_a_named_camera_lists_the_datasets_image_keys(tmp_pat
         train_inprocess([*tiny_overrides(buf, tmp_path / "run2", steps=2, batch=4), *base, "task.fps=10",
                          "dataset.format=zarr"])  # fmt: skip
     assert not (tmp_path / "run").exists() and not (tmp_path / "run2").exists()
+
+
+def test_readme_zarr_example_trains_on_a_diffusion_policy_pusht_layout(tmp_path):
+    """The README's zarr command on a buffer with diffusion_policy's PushT arrays
+    (action, img, keypoint, n_contacts, state)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    line = re.search(r"streamdp-train task=generic .*dataset.format=zarr.*\\\n(.*)\n", readme)
+    assert line is not None
+    args = shlex.split(line.group(0).replace("\\\n", " "))[1:]
+    rng = np.random.default_rng(0)
+    eps = [{"action": rng.uniform(0, 512, (n, 2)).astype(np.float32),
+            "img": rng.integers(0, 255, (n, 24, 24, 3), dtype=np.uint8),
+            "keypoint": rng.uniform(0, 512, (n, 9, 2)).astype(np.float32),
+            "n_contacts": rng.integers(0, 3, (n, 1)).astype(np.float32),
+            "state": rng.uniform(0, 512, (n, 5)).astype(np.float32)} for n in (30, 34)]  # fmt: skip
+    buf = write_zarr(tmp_path / "pusht.zarr", eps)
+    args = [a if not a.startswith("dataset.root=") else f"dataset.root={buf}" for a in args]
+    res = train_inprocess([*args, *tiny_overrides(buf, tmp_path / "run", steps=2, batch=4)])
+    c = Policy.from_pretrained(tmp_path / "run" / "checkpoints" / "last" / "pretrained").config
+    assert res.step == 2 and (c.state_dim, c.action_dim, c.camera_names) == (5, 2, ["top"])
