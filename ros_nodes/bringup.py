@@ -265,6 +265,38 @@ def _run_composed(descs: Sequence[NodeDescription], duration: float | None) -> i
     return 1 if any(getattr(n, "autostart_failed", False) for n in nodes) else 0
 
 
+def effective_parameter(desc: NodeDescription, name: str) -> Any:
+    """The value `name` ends up with for `desc` (its YAML files and override dicts applied in order)."""
+    import yaml
+
+    value = None
+    for p in desc.parameters:
+        if isinstance(p, str):
+            doc = yaml.safe_load(Path(p).read_text()) or {}
+            for node, body in doc.items():
+                if node.strip("/") in (desc.name, "**") and isinstance(body, Mapping):
+                    value = (body.get("ros__parameters") or {}).get(name, value)
+        else:
+            value = p.get(name, value)
+    return value
+
+
+def checkpoint_problem(descs: Sequence[NodeDescription]) -> str | None:
+    """A user mistake in the policy node's checkpoint, found before any node starts (one line)."""
+    from streamdp.policy.checkpoint import CheckpointError, read_config
+    from streamdp.policy.config import ConfigError
+
+    for d in descs:
+        ckpt = effective_parameter(d, "checkpoint") if d.name == "policy_node" else None
+        if ckpt:
+            try:
+                read_config(ckpt)
+            except (CheckpointError, ConfigError) as e:
+                fix = f"set -p {d.name}.checkpoint:=DIR, or leave it unset for the bundled policy"
+                return f"{d.name}.checkpoint: {e} ({fix})"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="streamdp-bringup", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -294,6 +326,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"streamdp-bringup: parameter file(s) not found: {sorted(set(missing))}", file=sys.stderr)
         return 2
     Path(os.environ["ROS_LOG_DIR"]).mkdir(parents=True, exist_ok=True)
+    bad = None if a.dry_run else checkpoint_problem(descs)
+    if bad:
+        print(f"streamdp-bringup: {bad}", file=sys.stderr)
+        return 2
     if a.dry_run:
         param_dir = dry_run_param_dir()
         for d in descs:

@@ -103,7 +103,8 @@ def test_bringup_dry_run_prints_the_node_commands(ros_env, tmp_path):
     assert sorted(p.name for p in params.iterdir()) == sorted(f.name for f in files if f.parent == params)
     assert yaml.safe_load((params / "policy_node_2.yaml").read_text())["policy_node"]["ros__parameters"] == {
         "checkpoint": "/ck"}
-    assert list(tmp.iterdir()) == []
+    ours = [p for p in tmp.iterdir() if not p.name.startswith("torchinductor")]  # torch's own cache folder
+    assert ours == []
     r = _bringup(["sim", "--params", "/no/such.yaml", "--dry-run"], dict(os.environ))
     assert r.returncode == 2 and "not found" in r.stderr
 
@@ -218,3 +219,23 @@ def test_launch_files_share_one_launch_description(monkeypatch):
         want = bringup.describe(name, ["/p.yaml"], {"policy_node": {"checkpoint": "/ck"}})
         assert [n.kwargs["executable"] for n in nodes] == [d.executable for d in want]
         assert [n.kwargs["parameters"] for n in nodes] == [list(d.parameters) for d in want]
+
+
+def test_bringup_refuses_a_bad_checkpoint_in_one_line_before_starting_nodes(ros_env, tmp_path):
+    """A missing or truncated checkpoint is a user mistake: one line, exit 2, no node started."""
+    env = {**os.environ, **ros_env}
+    r = _bringup(["sim", "-p", "policy_node.checkpoint:=/nonexistent/ckpt"], env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "is not a directory" in r.stderr
+    assert "policy_node.checkpoint" in r.stderr
+    assert "starting" not in r.stdout + r.stderr  # refused before any node process
+    broken = tmp_path / "ckpt"
+    broken.mkdir()
+    for f in ("config.json", "model.safetensors", "stats.safetensors"):
+        (broken / f).write_text("{not json")
+    r = _bringup(["sim", "-p", f"policy_node.checkpoint:={broken}"], env)
+    assert r.returncode == 2 and "not valid JSON" in r.stderr, r.stderr
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump({"policy_node": {"ros__parameters": {"checkpoint": "/from/yaml"}}}))
+    r = _bringup(["sim", "--params", str(params)], env)
+    assert r.returncode == 2 and "/from/yaml" in r.stderr, r.stderr
