@@ -207,6 +207,17 @@ def schedules_from_extras(extras: Mapping[str, Any]) -> dict[str, SolveSchedule]
     return {key: SolveSchedule.from_dict(v) for key, v in bac.get("schedules", {}).items()}
 
 
+def require_schedules(schedules: Mapping[str, SolveSchedule], keys: Iterable[str], sampler: str = "<...>") -> None:
+    """Refuse solve kinds the checkpoint holds no schedule for, saying how to calibrate them."""
+    missing = [k for k in keys if k not in schedules]
+    if missing:
+        raise BACScheduleError(
+            f"no BAC schedule for solve kind {missing[0]!r} in this checkpoint (have {sorted(schedules)}); "
+            f"calibrate for the sampler you run: `streamdp-calibrate-bac checkpoint=<dir> dataset=<...> "
+            f"sampler={sampler}` with the same grid/RTI settings"
+        )
+
+
 # ----------------------------------------------------------------------------------------------
 # Runtime cache and calibration recorder (both plug into Branch.cache_hook via Policy.attach_cache)
 # ----------------------------------------------------------------------------------------------
@@ -251,12 +262,7 @@ class BlockCache:
         self.order = [branch_name(b) for b in branches]
 
     def begin_solve(self, key: str) -> None:
-        if key not in self.schedules:
-            raise BACScheduleError(
-                f"no BAC schedule for solve kind {key!r} in this checkpoint (have {sorted(self.schedules)}); "
-                "calibrate for the sampler you run: `streamdp-calibrate-bac checkpoint=<dir> dataset=<...> "
-                "sampler=<...>` with the same grid/RTI settings"
-            )
+        require_schedules(self.schedules, [key])
         self.key, self.active, self.step, self.remaining = key, self.schedules[key], 0, None
         self.valid.clear()
 

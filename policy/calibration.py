@@ -129,6 +129,7 @@ def run_select_action(
     every frame; returns the number of inferences (observations that ran the sampler). The actions are
     appended, normalised, to `actions` when it is given."""
     from streamdp.policy.encoders import STATE_KEY
+    from streamdp.policy.policy import ACTION_KEY
 
     inferences = 0
     for ep in episodes:
@@ -138,23 +139,24 @@ def run_select_action(
             before = policy.nfe_total
             a = policy.select_action(frame)
             if actions is not None:
-                actions.append(policy.normalizer.normalize("action", torch.as_tensor(a, dtype=torch.float32)))
+                actions.append(policy.normalizer.normalize(ACTION_KEY, torch.as_tensor(a, dtype=torch.float32)))
             inferences += policy.nfe_total > before
             if max_obs and inferences >= max_obs:
                 return inferences
     return inferences
 
 
-def open_loop_error(
-    reference: Any, other: Any, episodes: list[list[dict[str, Any]]], max_obs: int | None
-) -> float:
-    """Mean |a_other - a_reference| (normalised units) over the actions both emit on the same logged frames."""
-    a: list[torch.Tensor] = []
-    b: list[torch.Tensor] = []
-    run_select_action(reference, episodes, max_obs, a)
-    run_select_action(other, episodes, max_obs, b)
+def open_loop_actions(policy: Any, episodes: list[list[dict[str, Any]]], max_obs: int | None) -> torch.Tensor:
+    """The normalised actions (n, D) `policy` emits on the logged frames (run_select_action's loop)."""
+    actions: list[torch.Tensor] = []
+    run_select_action(policy, episodes, max_obs, actions)
+    return torch.stack(actions) if actions else torch.zeros(0)
+
+
+def mean_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean |a - b| over the actions both runs emitted."""
     n = min(len(a), len(b))
-    return float((torch.stack(a[:n]) - torch.stack(b[:n])).abs().mean()) if n else 0.0
+    return float((a[:n] - b[:n]).abs().mean()) if n else 0.0
 
 
 # ---------------------------------------------------------------------------------------------- RTI
@@ -191,7 +193,7 @@ def calibrate_rti(
     """
     c = policy.config
     n_train = c.schedule.num_train_steps
-    steps = int(steps or policy.rti_steps)
+    steps = int(steps or policy.settings.rti_steps)
     if candidates is None:
         candidates = sorted(set(sampler_grid(n_train, min(10, n_train))))
     candidates = sorted({int(k) for k in candidates})
@@ -200,7 +202,7 @@ def calibrate_rti(
     to, ta = c.n_obs_steps, c.n_action_steps
     window = slice(to - 1, to - 1 + ta)
     disc = list(c.discrete_action_dims)
-    full_grid = policy.full_grid()
+    full_grid = policy.settings.full_grid()
     shape = (1, c.horizon, c.action_dim)
     errors: dict[int, list[float]] = {k: [] for k in candidates}
     baseline: list[float] = []
@@ -244,7 +246,7 @@ def calibrate_rti(
         "within_tolerance": bool(within),
         "tolerance": float(tol),
         "steps": steps,
-        "step_mode": policy.step_mode,
+        "step_mode": policy.settings.step_mode,
         "full_grid_levels": len(full_grid),
         "errors": {str(k): v for k, v in mean_err.items()},
         "baseline_full_vs_full": spread,
@@ -291,9 +293,10 @@ def calibrate_bac(
     # Vouch for the schedule: its effect on the executed actions (same draws, cached vs not) next to how
     # much two independent full samples differ. A schedule worse than sampling noise is not trusted.
     seed = 4242
+    reference = open_loop_actions(policy.twin(seed=seed), episodes, max_obs)
     cached = policy.twin(seed=seed, cache="bac", extras={**policy.extras, "bac": entry})
-    entry["open_loop_error"] = open_loop_error(policy.twin(seed=seed), cached, episodes, max_obs)
-    entry["sample_spread"] = open_loop_error(policy.twin(seed=seed), policy.twin(seed=seed + 1), episodes, max_obs)
+    entry["open_loop_error"] = mean_abs_diff(open_loop_actions(cached, episodes, max_obs), reference)
+    entry["sample_spread"] = mean_abs_diff(open_loop_actions(policy.twin(seed=seed + 1), episodes, max_obs), reference)
     return entry
 
 

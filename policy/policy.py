@@ -152,14 +152,21 @@ class Policy:
         sd = state_dict if state_dict is not None else self.model.state_dict()
         return save_checkpoint(path, self.config, sd, self.normalizer.to_flat(), {**self.extras, **(extras or {})})
 
-    def twin(self, seed: int = 0, extras: dict[str, Any] | None = None, **overrides: Any) -> Policy:
+    def twin(
+        self,
+        seed: int = 0,
+        extras: dict[str, Any] | None = None,
+        device: str | torch.device | None = None,
+        **overrides: Any,
+    ) -> Policy:
         """A policy with the same weights and stats, its own RNG and state, config fields changed as given
-        (validated), and `extras` (default: a copy of these). Used to compare settings on equal weights."""
+        (validated), `extras` (default: a copy of these) and `device` (default: this one). Used to compare
+        settings, or devices, on equal weights."""
         try:
             cfg = PolicyConfig.from_dict({**self.config.to_dict(), **overrides})
         except ConfigError as e:
             raise ConfigError(f"twin of a policy: {e}") from e
-        other = type(self)(cfg, stats=self.normalizer, device=self.device, seed=seed)
+        other = type(self)(cfg, stats=self.normalizer, device=self.device if device is None else device, seed=seed)
         other.model.load_state_dict(self.model.state_dict())
         other.extras = dict(self.extras if extras is None else extras)
         return other
@@ -209,34 +216,11 @@ class Policy:
         self.call.take_spent()
         self.sampler_impl.reset(self._primer(state))
 
-    # ------------------------------------------------------------------ sampler settings (read-only views)
+    # ------------------------------------------------------------------ sampler state (read-only views)
     @property
     def settings(self) -> SolveSettings:
+        """Grids, step mode, k' and solve keys of this policy (config + calibration): policy.settings.X."""
         return self.sampler_impl.ctx.settings
-
-    @property
-    def step_mode(self) -> str:
-        return self.settings.step_mode
-
-    @property
-    def rti_start_level(self) -> int:
-        return self.settings.rti_start_level
-
-    @property
-    def rti_steps(self) -> int:
-        return self.settings.rti_steps
-
-    def full_grid(self) -> list[int]:
-        return self.settings.full_grid()
-
-    def warm_grid(self) -> list[int]:
-        return self.settings.warm_grid()
-
-    def hybrid_grid(self) -> list[int]:
-        return self.settings.stream_grid()
-
-    def solve_key(self, kind: str) -> str:
-        return self.settings.solve_key(kind)
 
     def solve_kinds(self) -> list[str]:
         """Kinds of solve this sampler runs (each needs its own BAC schedule)."""
@@ -262,9 +246,9 @@ class Policy:
     def cache(self) -> Any:
         return self.call.cache
 
-    def attach_cache(self, cache: Any, owned: bool = False) -> None:
+    def attach_cache(self, cache: Any) -> None:
         """Route every transformer residual branch through `cache.hook` (a BAC BlockCache or a recorder)."""
-        self.call.attach_cache(cache, owned)
+        self.call.attach_cache(cache)
 
     def detach_cache(self) -> None:
         self.call.detach_cache()
@@ -274,16 +258,9 @@ class Policy:
         for a solve kind this sampler runs. from_pretrained calls it."""
         if self.config.cache != "bac":
             return
-        from streamdp.policy.bac import BACScheduleError, schedules_from_extras
+        from streamdp.policy.bac import require_schedules, schedules_from_extras
 
-        have = schedules_from_extras(self.extras)
-        missing = [k for k in self.sampler_impl.solve_keys() if k not in have]
-        if missing:
-            raise BACScheduleError(
-                f"no BAC schedule for solve kind {missing[0]!r} in this checkpoint (have {sorted(have)}); "
-                f"calibrate for the sampler you run: `streamdp-calibrate-bac checkpoint=<dir> dataset=<...> "
-                f"sampler={self.config.sampler}` with the same grid/RTI settings"
-            )
+        require_schedules(schedules_from_extras(self.extras), self.sampler_impl.solve_keys(), self.config.sampler)
 
     def _primer(self, state: np.ndarray | torch.Tensor | None) -> torch.Tensor | None:
         c = self.config

@@ -172,7 +172,7 @@ def latency(ckpt: Path, mode: Mode, observations: list[dict], device: str, warmu
     pol = Policy.from_pretrained(ckpt, device=device, **mode.overrides())
     c = pol.config
     n_branch = 3 * c.transformer.n_layers if c.denoiser == "transformer" else None
-    start = pol.rti_start_level if c.sampler in ("rti", "sdp_rti") else None
+    start = pol.settings.rti_start_level if c.sampler in ("rti", "sdp_rti") else None
     return {"label": policy_label(pol), "start_level": start, **summarize(measure(pol, observations, warmup), n_branch)}
 
 

@@ -34,12 +34,11 @@ class DenoiserCall:
         self.nfe_total = 0  # every network call made through this wrapper
         self.spent = 0  # calls since the last emitted chunk (Policy.last_nfe when a chunk is emitted)
         self.cache: Any = None  # attached block cache (BAC runtime or calibration recorder)
-        self.cache_owned = False  # built here from cache='bac' (vs attached by a tool)
         self._graph: Any = None
         self._compiled: Any = None
 
     # ------------------------------------------------------------------ block cache
-    def attach_cache(self, cache: Any, owned: bool = False) -> None:
+    def attach_cache(self, cache: Any) -> None:
         """Route every transformer residual branch through `cache.hook` (a BAC BlockCache or a recorder)."""
         branches = getattr(self.model.denoiser, "branches", None)
         if branches is None:
@@ -49,7 +48,7 @@ class DenoiserCall:
         cache.bind(bs)
         for b in bs:
             b.cache_hook = cache.hook
-        self.cache, self.cache_owned = cache, owned
+        self.cache = cache
         self._graph = None  # captured graphs baked in the old hooks
 
     def detach_cache(self) -> None:
@@ -57,7 +56,7 @@ class DenoiserCall:
             return
         for b in self.model.denoiser.branches():
             b.cache_hook = None
-        self.cache, self.cache_owned = None, False
+        self.cache = None
         self._graph = None
 
     def begin_solve(self, key: str) -> None:
@@ -65,7 +64,7 @@ class DenoiserCall:
         if self.config.cache == "bac" and self.cache is None:
             if self.cache_factory is None:
                 raise ConfigError("cache='bac' needs BAC schedules, but this policy has no source for them")
-            self.attach_cache(self.cache_factory(), owned=True)
+            self.attach_cache(self.cache_factory())
         if self.cache is not None:
             self.cache.begin_solve(key)
 

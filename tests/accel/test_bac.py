@@ -114,7 +114,7 @@ def test_bac_saves_branch_computations_not_network_calls(sampler):
 def test_bac_branch_computes_per_observation_follow_the_schedule():
     base = perturb(tiny_policy(seed=3, sampler="ddim", **KW))
     cached = twin(with_bac(base, ratio=0.25, top=2, n_obs=4), seed=0)
-    key = cached.solve_key("full")
+    key = cached.settings.solve_key("full")
     sched = SolveSchedule.from_dict(cached.extras["bac"]["schedules"][key])
     assert sched.num_steps == 8
     bc, cc = BranchCounter(cached), CallCounter(cached)

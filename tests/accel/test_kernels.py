@@ -178,7 +178,7 @@ def test_bac_runtime_with_fused_kernel_matches_reference_path():
     for fused in (False, True):
         pol = twin(cached, seed=1)
         pol.observe(obs_stream(1)[0])
-        pol.call.begin_solve(pol.solve_key("full"))  # builds the cache from extras
+        pol.call.begin_solve(pol.settings.solve_key("full"))  # builds the cache from extras
         pol.cache.fused = fused
         pol.denoise()
         outs.append(pol.pop_ready())

@@ -35,7 +35,7 @@ def test_rti_from_top_level_without_shift_reproduces_full_sampling(mode, denoise
     kw = {**KW, "denoiser": denoiser}
     p = tiny_policy(seed=3, sampler="rti", rti_start_level=99, rti_steps=8, step_mode=mode, rti_divergence=0.0, **kw)
     perturb(p)
-    assert p.warm_grid() == p.full_grid() == sampler_grid(100, 8)
+    assert p.settings.warm_grid() == p.settings.full_grid() == sampler_grid(100, 8)
     o = obs_stream(1)[0]
     p.observe(o)
     p.denoise()  # first call: full solve
@@ -145,8 +145,8 @@ def test_periodic_full_resample():
 def test_hybrid_fresh_tail_from_shifted_solution():
     p = perturb(tiny_policy(seed=6, sampler="sdp_rti", rti_divergence=0.0, **KW))
     buf = p.buffer
-    k0 = p.rti_start_level
-    assert k0 == 29 and int(buf.grid_asc[-1]) == k0 and buf.K == p.hybrid_grid().__len__()
+    k0 = p.settings.rti_start_level
+    assert k0 == 29 and int(buf.grid_asc[-1]) == k0 and buf.K == len(p.settings.stream_grid())
     seen = []
     orig = buf.roll
 
@@ -171,7 +171,7 @@ def test_hybrid_divergence_triggers_full_resolve():
     p = perturb(tiny_policy(seed=6, sampler="sdp_rti", rti_divergence=1e-9, **KW))
     cc = CallCounter(p)
     _, calls = run_stream(p, obs_stream(12), cc)
-    steady = twin(p, sampler="sdp", num_inference_steps=len(p.hybrid_grid()))
+    steady = twin(p, sampler="sdp", num_inference_steps=len(p.settings.stream_grid()))
     cs = CallCounter(steady)
     _, sdp_calls = run_stream(steady, obs_stream(12), cs)
     assert calls[0] == 8 and calls[1:] == [c + 8 for c in sdp_calls[:2]]
@@ -205,9 +205,9 @@ def test_calibrate_rti_cli_picks_smallest_within_tolerance(tmp_path):
     meta = json.loads((ckpt / "config.json").read_text())
     assert meta["extras"]["rti"]["start_level"] == 9 and meta["policy"]["sampler"] == "sdp"
     loaded = Policy.from_pretrained(ckpt, sampler="rti")
-    assert loaded.rti_start_level == 9 and loaded.rti_steps == 3  # k' was calibrated for 3 warm steps
-    assert Policy.from_pretrained(ckpt, sampler="rti", rti_steps=5).rti_steps == 5
-    assert Policy.from_pretrained(ckpt, sampler="rti", rti_start_level=40).rti_start_level == 40
+    assert loaded.settings.rti_start_level == 9 and loaded.settings.rti_steps == 3  # k' was calibrated for 3 warm steps
+    assert Policy.from_pretrained(ckpt, sampler="rti", rti_steps=5).settings.rti_steps == 5
+    assert Policy.from_pretrained(ckpt, sampler="rti", rti_start_level=40).settings.rti_start_level == 40
     entry = rti_cli(
         [f"checkpoint={ckpt}", f"dataset={data}", "tol=0", "candidates=9,49,99", "max_obs=5"]
     )
