@@ -3,6 +3,8 @@ branches, Bubbling Union ranked by the all-pairs l1 change, and a calibration th
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,30 +13,21 @@ from streamdp.policy.bac import BlockCache, BranchRecorder, SolveSchedule, alloc
 from streamdp.policy.calibration import CalibrateBACConfig, run_bac_calibration, save_observations
 from streamdp.policy.cli import UserError
 
-from .util import KW, obs_stream, perturb, tiny_policy, twin, with_bac
+from .util import KW, BranchCounter, obs_stream, perturb, tiny_policy, twin, with_bac
 
 
 class PerCallBranches:
-    """Branch computes of every network call, with the call's `remaining` count."""
+    """Branch computes of every network call (util.BranchCounter), with the call's `remaining` count."""
 
     def __init__(self, policy) -> None:
         self.rows: list[tuple[int | None, int]] = []
-        self._n = 0
-        for b in policy.model.denoiser.branches():
-            f = b.forward
-
-            def counted(*a, _f=f, **k):
-                self._n += 1
-                return _f(*a, **k)
-
-            b.forward = counted
-        rows = self
+        branches, rows = BranchCounter(policy), self.rows
 
         class Spy(type(policy.call)):  # the samplers call ctx.call(...): watch every call with its `remaining`
             def __call__(self, x, k, cond, remaining=None):
-                rows._n = 0
+                branches.take()
                 out = super().__call__(x, k, cond, remaining=remaining)
-                rows.rows.append((remaining, rows._n))
+                rows.append((remaining, branches.take()))
                 return out
 
         policy.call.__class__ = Spy
@@ -143,7 +136,7 @@ def test_calibration_refuses_a_schedule_worse_than_sampling_noise(tmp_path, monk
     cfg = CalibrateBACConfig(checkpoint=str(ckpt), dataset=str(data), max_obs=4)
     with pytest.raises(UserError, match="not stored.*force=true"):
         run_bac_calibration(cfg)
-    assert "bac" not in __import__("json").loads((ckpt / "config.json").read_text())["extras"]
+    assert "bac" not in json.loads((ckpt / "config.json").read_text())["extras"]
     cfg.force = True
     run_bac_calibration(cfg)
-    assert "bac" in __import__("json").loads((ckpt / "config.json").read_text())["extras"]
+    assert "bac" in json.loads((ckpt / "config.json").read_text())["extras"]

@@ -19,11 +19,7 @@ NTOL = dict(atol=1e-4, rtol=1e-4)
 
 
 def _to_cuda(policy: Policy, **overrides) -> Policy:
-    cfg = policy.config.replace(**overrides)
-    other = Policy(cfg, stats=policy.normalizer, device="cuda", seed=0)
-    other.model.load_state_dict(policy.model.state_dict())
-    other.extras = dict(policy.extras)  # rebuilds and resets the sampler
-    return other
+    return policy.twin(seed=0, device="cuda", **overrides)
 
 
 def test_kernels_compiled_on_gpu_match_reference():

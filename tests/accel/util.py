@@ -51,11 +51,7 @@ class BranchCounter:
 
 def twin(policy: Policy, seed: int = 0, **overrides) -> Policy:
     """A second policy with the same weights and stats (and the given config changes)."""
-    cfg = policy.config.replace(**overrides)
-    other = Policy(cfg, stats=policy.normalizer, seed=seed)
-    other.model.load_state_dict(policy.model.state_dict())
-    other.extras = dict(policy.extras)  # rebuilds and resets the sampler
-    return other
+    return policy.twin(seed=seed, **overrides)
 
 
 def with_bac(policy: Policy, updates: int | None = None, ratio: float = 0.5, top: int = 2, n_obs: int = 6) -> Policy:
