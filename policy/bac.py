@@ -79,20 +79,14 @@ def acs_value(sim: np.ndarray, updates: Iterable[int]) -> float:
     return total
 
 
-def acs_schedule(sim: np.ndarray, m: int) -> list[int]:
-    """M update steps (step 0 always) maximising the summed similarity of every reused step to the
-    step whose output it reuses. Dynamic programming over (count, last update), O(M K^2).
+def _acs_table(sim: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ACS dynamic programme over (count, last update), O(M K^2): (dp, arg, seg).
 
     dp[c][j]: best value of steps before j with c update steps, the c-th at j.
     dp[c][j] = max_{i<j} dp[c-1][i] + seg(i, j), seg(i, j) = sum_{t=i+1}^{j-1} sim[t, i].
+    Row c holds the optimum for every count up to m, so one table serves all budgets.
     """
-    sim = np.asarray(sim, dtype=np.float64)
     k = sim.shape[0]
-    if sim.shape != (k, k) or k == 0:
-        raise ValueError(f"similarity matrix must be square and non-empty, got {sim.shape}")
-    m = max(1, min(int(m), k))
-    if m == k:
-        return list(range(k))
     col = np.cumsum(sim, axis=0)  # col[t, i] = sum_{s<=t} sim[s, i]
     # seg[i, j] for j in 0..K (j = K closes the last segment); -inf where j <= i (not a valid successor)
     seg = np.full((k, k + 1), -np.inf)
@@ -107,12 +101,39 @@ def acs_schedule(sim: np.ndarray, m: int) -> list[int]:
         cand = dp[c - 1][:, None] + seg[:, :k]  # cand[i, j]: previous update i, this one at j
         arg[c] = np.argmax(cand, axis=0)  # first maximum: deterministic tie-breaking
         dp[c] = cand[arg[c], np.arange(k)]
+    return dp, arg, seg
+
+
+def _square(sim: np.ndarray) -> np.ndarray:
+    sim = np.asarray(sim, dtype=np.float64)
+    if sim.ndim != 2 or sim.shape[0] != sim.shape[1] or sim.shape[0] == 0:
+        raise ValueError(f"similarity matrix must be square and non-empty, got {sim.shape}")
+    return sim
+
+
+def acs_schedule(sim: np.ndarray, m: int) -> list[int]:
+    """M update steps (step 0 always) maximising the summed similarity of every reused step to the
+    step whose output it reuses (see :func:`_acs_table`)."""
+    sim = _square(sim)
+    k = sim.shape[0]
+    m = max(1, min(int(m), k))
+    if m == k:
+        return list(range(k))
+    dp, arg, seg = _acs_table(sim, m)
     j = int(np.argmax(dp[m] + seg[:, k]))
     steps = [j]
     for c in range(m, 1, -1):
         j = int(arg[c, j])
         steps.append(j)
     return sorted(steps)
+
+
+def acs_best_values(sim: np.ndarray) -> np.ndarray:
+    """The ACS objective of the optimal schedule for every count m = 1 .. K (index m - 1), from one table."""
+    sim = _square(sim)
+    k = sim.shape[0]
+    dp, _, seg = _acs_table(sim, k)
+    return np.max(dp[1:] + seg[:, k][None, :], axis=1)
 
 
 def acs_brute_force(sim: np.ndarray, m: int) -> tuple[list[int], float]:
@@ -441,11 +462,8 @@ def _reuse_costs(sim: np.ndarray, weight: float) -> list[float]:
     """cost[m] for m = 1 .. K-1 update steps among the first K-1 steps (the last always updates): the
     weighted dissimilarity of every reused step to the step whose delta it reuses, ACS-optimal."""
     k1 = sim.shape[0] - 1
-    head = sim[:k1, :k1]
-    costs = [0.0]  # placeholder at m = 0
-    for m in range(1, k1 + 1):
-        costs.append(weight * ((k1 - m) - acs_value(head, acs_schedule(head, m))))
-    return costs
+    best = acs_best_values(sim[:k1, :k1])
+    return [0.0] + [weight * ((k1 - m) - float(best[m - 1])) for m in range(1, k1 + 1)]  # [0]: placeholder
 
 
 def allocate_updates(

@@ -233,3 +233,13 @@ def test_graph_accounting_matches_eager_counting():
     assert np.array_equal(a_graph, a_eager)
     assert (graphlike.cache.computed, graphlike.cache.reused) == (eager.cache.computed, eager.cache.reused)
     assert eager.cache.reused > 0
+
+
+def test_one_acs_table_gives_the_optimum_of_every_budget():
+    from streamdp.policy.bac import acs_best_values
+
+    rng = np.random.default_rng(1)
+    for k in (1, 3, 8, 20):
+        sim = rng.random((k, k))
+        best = acs_best_values(sim)
+        assert [round(b, 9) for b in best] == [round(acs_value(sim, acs_schedule(sim, m)), 9) for m in range(1, k + 1)]
