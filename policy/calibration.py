@@ -406,17 +406,27 @@ def _float(value: str, key: str) -> float:
         raise UserError(f"{key} must be a number or 'auto', got {value!r}") from None
 
 
+RTI_LIST_KEYS = ("candidates",)
+
+
+def rti_config(argv: Sequence[str]) -> CalibrateRTIConfig:
+    """The validated ``streamdp-calibrate-rti`` config of these ``key=value`` overrides."""
+    return load_config("calibrate_rti", CalibrateRTIConfig, argv, RTI_LIST_KEYS)
+
+
+def bac_config(argv: Sequence[str]) -> CalibrateBACConfig:
+    """The validated ``streamdp-calibrate-bac`` config of these ``key=value`` overrides."""
+    return load_config("calibrate_bac", CalibrateBACConfig, argv)
+
+
 def rti_cli(argv: Sequence[str]) -> dict[str, Any]:
     """``streamdp-calibrate-rti`` as a function (tests, notebooks): returns the stored entry."""
-    return run_rti_calibration(load_config("calibrate_rti", CalibrateRTIConfig, argv, RTI_LIST_KEYS))
+    return run_rti_calibration(rti_config(argv))
 
 
 def bac_cli(argv: Sequence[str]) -> dict[str, Any]:
     """``streamdp-calibrate-bac`` as a function: returns the stored entry."""
-    return run_bac_calibration(load_config("calibrate_bac", CalibrateBACConfig, argv))
-
-
-RTI_LIST_KEYS = ("candidates",)
+    return run_bac_calibration(bac_config(argv))
 
 
 def rti_main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ accepts the options written there.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
 import shlex
@@ -36,23 +37,9 @@ HYDRA_TOOLS = {
     "streamdp.sim.evaluate": "load_config",
     "streamdp.sim.bench": "load_config",
     "streamdp.sim.measure": "load_config",
-    "streamdp-calibrate-rti": "rti_config",
-    "streamdp-calibrate-bac": "bac_config",
+    "streamdp-calibrate-rti": "streamdp.policy.calibration:rti_config",
+    "streamdp-calibrate-bac": "streamdp.policy.calibration:bac_config",
 }
-
-
-def rti_config(overrides: list[str]):
-    from streamdp.policy.calibration import RTI_LIST_KEYS, CalibrateRTIConfig
-    from streamdp.policy.cli import load_config
-
-    return load_config("calibrate_rti", CalibrateRTIConfig, overrides, RTI_LIST_KEYS)
-
-
-def bac_config(overrides: list[str]):
-    from streamdp.policy.calibration import CalibrateBACConfig
-    from streamdp.policy.cli import load_config
-
-    return load_config("calibrate_bac", CalibrateBACConfig, overrides)
 
 
 def blocks(lang: str) -> list[str]:
@@ -151,7 +138,8 @@ def test_readme_command_exists_and_accepts_its_options(cmd):
         assert not flags and all("=" in a for a in args if not a.startswith("-") and a != "job"), (
             f"{cmd!r}: a key=value tool takes key=value overrides only")
         overrides = [a for a in args if "=" in a and not a.startswith("-")]
-        load = globals()[loader] if loader in globals() else getattr(__import__(module, fromlist=[loader]), loader)
+        where, _, name = loader.rpartition(":")
+        load = getattr(importlib.import_module(where or module), name)
         load(overrides)  # unknown keys or bad groups raise here
         return
     text = help_text(module, script)
