@@ -19,6 +19,7 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MUJOCO_GL=${MUJOCO_GL:-egl}
 work=${WORK:-build/bundle}
 episodes=${EPISODES:-200}
 bin=.venv/bin
+collected=""
 for bundle in ${TASKS:-arm_reach_dynamic arm_reach_dynamic_tick pusht}; do
   # arm_reach_dynamic_tick: the same arm, Ta=1 and K=h=15: one network call per control tick.
   task=${bundle%_tick} extra=() bac=1
@@ -26,8 +27,12 @@ for bundle in ${TASKS:-arm_reach_dynamic arm_reach_dynamic_tick pusht}; do
   data=$work/data/$task run=$work/runs/$bundle dst=sim/assets/checkpoints/$bundle
   case $task in arm_reach_dynamic) default_steps=20000 ;; *) default_steps=12000 ;; esac
   steps=${STEPS:-$default_steps}
-  rm -rf "$data" "$run"
-  "$bin/streamdp-collect" task="$task" episodes="$episodes" seed=0 root="$data" progress=false
+  rm -rf "$run"
+  if [[ " $collected " != *" $task "* ]]; then  # the _tick bundle trains on the same demos
+    rm -rf "$data"
+    "$bin/streamdp-collect" task="$task" episodes="$episodes" seed=0 root="$data" progress=false
+    collected="$collected $task"
+  fi
   ckpt=$run/checkpoints/last/pretrained
   if [[ -n ${CALIBRATE_ONLY:-} ]]; then
     mkdir -p "$(dirname "$ckpt")"
