@@ -122,7 +122,8 @@ class Sampler(ABC):
 
     def begin_solve(self, kind: str) -> None:
         """Tell the call wrapper (and so the block cache) that a solve of `kind` starts."""
-        self.ctx.call.begin_solve(self.ctx.settings.solve_key(kind))
+        if self.ctx.call.caching:  # the key is only for block caching: no work per observation without it
+            self.ctx.call.begin_solve(self.ctx.settings.solve_key(kind))
 
     def state_dict(self) -> dict[str, Any]:
         out = {k: copy.deepcopy(getattr(self, k)) for k in self.state_keys}

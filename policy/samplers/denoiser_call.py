@@ -59,6 +59,11 @@ class DenoiserCall:
         self.cache = None
         self._graph = None
 
+    @property
+    def caching(self) -> bool:
+        """A block cache is attached, or will be at the next solve (cache='bac')."""
+        return self.cache is not None or self.config.cache == "bac"
+
     def begin_solve(self, key: str) -> None:
         """A solve of kind `key` starts: its block-caching schedule (and step count) starts over."""
         if self.config.cache == "bac" and self.cache is None:
