@@ -25,7 +25,7 @@ import torch
 
 from streamdp.policy.cli import UserError, load_config, opt, run_job
 from streamdp.policy.samplers import ChunkSolve, rti_grid
-from streamdp.policy.samplers.rti import guess, snap_discrete, warm_start
+from streamdp.policy.samplers.rti import divergence, guess, snap_discrete, warm_start
 from streamdp.policy.schedule import sampler_grid
 
 OBS_PREFIX = "observation."
@@ -173,6 +173,23 @@ def _solve(
     return snap_discrete(s.x[0], list(c.discrete_action_dims))
 
 
+def bootstrap_upper(groups: Sequence[Sequence[float]], confidence: float, resamples: int = 2000) -> float:
+    """One-sided upper `confidence` bound on the mean of all values, resampling whole groups (episodes):
+    errors of one chained episode are correlated, so the episode is the unit. The resampling RNG is
+    fixed, so the bound is a function of the data alone."""
+    groups = [np.asarray(g, dtype=np.float64) for g in groups if len(g)]
+    if not groups:
+        return float("inf")
+    if len(groups) < 5:  # too few episodes to resample: use the individual values
+        groups = [np.asarray([v]) for g in groups for v in g]
+    sums = np.array([g.sum() for g in groups])
+    counts = np.array([len(g) for g in groups], dtype=np.float64)
+    rng = np.random.default_rng(20250613)
+    idx = rng.integers(0, len(groups), size=(resamples, len(groups)))
+    means = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+    return float(np.quantile(means, confidence))
+
+
 def calibrate_rti(
     policy: Any,
     episodes: list[list[dict[str, Any]]],
@@ -181,15 +198,32 @@ def calibrate_rti(
     tol: float | str = "auto",
     max_obs: int | None = 50,
     seed: int = 0,
+    draws: int = 3,
+    confidence: float = 0.95,
+    follow: float = 0.5,
+    per_episode: int = 10,
 ) -> dict[str, Any]:
-    """Errors of warm starts from each candidate k' against full sampling; returns the extras["rti"] entry.
+    """Pick k' on chained warm starts, as deployed; returns the extras["rti"] entry.
 
-    Inference happens every Ta frames (as under select_action); the history advances every frame. For each
-    inference the reference is a full solve on the policy's configured grid; the warm start uses the
-    previous reference shifted by Ta as its guess and the same noise draws (common random numbers, which
-    reduce but, with stochastic DDPM steps, do not remove sampling noise). `baseline` is the distance
-    between two full solves with different draws: how much full sampling itself varies. tol='auto' uses it
-    as the tolerance ("a warm start is as close to full sampling as another full sample is").
+    Inference happens every Ta frames (as under select_action); the history advances every frame; at
+    most `per_episode` inferences per episode (0: no cap), so the `max_obs` inferences span many episodes
+    (the bootstrap resamples episodes; a few long ones would make the bound too optimistic). Each
+    candidate k' runs its own chain per episode and noise draw: the first inference is a full solve, each
+    later one a warm start from the candidate's *own previous warm solution* shifted by Ta (with the
+    sampler's periodic and divergence resamples), so errors compound as they do on the robot. The
+    reference is a full solve with the same noise (common random numbers); the error is mean
+    |warm - ref| on the executed rows, pooled over `draws` noise draws.
+
+    A warm solve of `steps` calls cannot beat its own discretisation, so k' is judged by its *excess*
+    error over the best candidate (paired: same inference, same draw). Acceptance, on bounds rather than
+    means so that calibrations with other seeds agree:
+    - the one-sided `confidence` bootstrap upper bound (episodes resampled) of the mean excess is within
+      `tol`; tol='auto' is the *median* distance between two independent full samples, the spread within
+      one mode (the mean is inflated by pairs of samples that land in different modes, as on PushT);
+    - it follows the reference when the reference jumps (multimodal data): on inferences where the
+      reference is more than 2 x tol away from the guess, the warm start must remove at least
+      1 - `follow` of that distance; a k' that stays locked in the previous mode keeps all of it.
+    The smallest accepted k' is stored; if none is, the best candidate (`within_tolerance: false`).
     """
     c = policy.config
     n_train = c.schedule.num_train_steps
@@ -199,57 +233,109 @@ def calibrate_rti(
     candidates = sorted({int(k) for k in candidates})
     if not candidates or candidates[0] < 0 or candidates[-1] > n_train - 1:
         raise UserError(f"candidates must lie in [0, {n_train - 1}], got {candidates}")
+    if draws < 1 or not 0.5 <= confidence < 1 or not 0 < follow <= 1:
+        raise UserError(f"need draws >= 1, 0.5 <= confidence < 1, 0 < follow <= 1; got {draws}, {confidence}, {follow}")
     to, ta = c.n_obs_steps, c.n_action_steps
     window = slice(to - 1, to - 1 + ta)
     disc = list(c.discrete_action_dims)
     full_grid = policy.settings.full_grid()
     shape = (1, c.horizon, c.action_dim)
-    errors: dict[int, list[float]] = {k: [] for k in candidates}
+
+    def dist(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a[window] - b[window]).abs().mean())
+
+    # per candidate: errors per episode; jump rows: (warm error, jump size) pairs
+    errors: dict[int, list[list[float]]] = {k: [] for k in candidates}
+    jumps: dict[int, list[tuple[float, float]]] = {k: [] for k in candidates}
     baseline: list[float] = []
+    resamples = {k: 0 for k in candidates}
     inferences = 0
     for ep in episodes:
+        if max_obs and inferences >= max_obs:
+            break
         policy.reset()
-        prev = None  # the previous inference's full solution: the warm starts' guess
+        for k in candidates:
+            errors[k].append([])
+        chain: dict[tuple[int, int], tuple[torch.Tensor, int]] = {}  # (k, draw) -> (solution, since_full)
+        prev_ref: dict[int, torch.Tensor] = {}
+        in_episode = 0
         for t, frame in enumerate(ep):
+            if per_episode and in_episode >= per_episode:
+                break
             policy.observe(frame)
             if t % ta:
                 continue
+            in_episode += 1
             cond = policy.condition()
-            s = seed * 1_000_003 + inferences + 1
-            ref = _solve(policy, full_grid, cond, torch.Generator().manual_seed(s))
-            other = _solve(policy, full_grid, cond, torch.Generator().manual_seed(s + 7919))
-            if prev is not None:
-                baseline.append(float((other[window] - ref[window]).abs().mean()))
-                gs = guess(prev, ta, disc)
+            for d in range(draws):
+                s = (seed * 7_919 + d) * 1_000_003 + inferences + 1
+                ref = _solve(policy, full_grid, cond, torch.Generator().manual_seed(s))
+                other = _solve(policy, full_grid, cond, torch.Generator().manual_seed(s + 104_729))
+                baseline.append(dist(other, ref))
+                jump = dist(guess(prev_ref[d], ta, disc), ref) if d in prev_ref else None
+                prev_ref[d] = ref
                 for k in candidates:
+                    if (k, d) not in chain:  # first inference of the episode: a full solve, as deployed
+                        chain[k, d] = (ref, 0)
+                        continue
+                    sol, since_full = chain[k, d]
+                    if c.rti_full_every > 0 and since_full + 1 >= c.rti_full_every:
+                        chain[k, d] = (ref, 0)
+                        continue
+                    g = guess(sol, ta, disc)
                     gk = torch.Generator().manual_seed(s)  # common random numbers with the reference
                     noise = torch.randn(*shape, generator=gk).to(policy.device)
-                    xk = warm_start(policy.model.schedule, gs[None], noise, k)
+                    xk = warm_start(policy.model.schedule, g[None], noise, k)
                     warm = _solve(policy, rti_grid(k, steps), cond, gk, xk)
-                    errors[k].append(float((warm[window] - ref[window]).abs().mean()))
-            prev = ref
+                    if c.rti_divergence > 0 and divergence(warm, g, c.horizon - ta, disc) > c.rti_divergence:
+                        resamples[k] += 1
+                        warm = ref  # the sampler re-solves from noise: a full sample
+                    e = dist(warm, ref)
+                    errors[k][-1].append(e)
+                    if jump is not None:
+                        jumps[k].append((e, jump))
+                    chain[k, d] = (warm, since_full + 1)
             inferences += 1
             if max_obs and inferences >= max_obs:
                 break
-        if max_obs and inferences >= max_obs:
-            break
-    compared = len(errors[candidates[0]])
+    compared = sum(len(g) for g in errors[candidates[0]])
     if compared == 0:
         raise UserError("calibration needs at least two inferences in one episode (Ta frames apart)")
-    mean_err = {k: sum(v) / len(v) for k, v in errors.items()}
-    spread = sum(baseline) / len(baseline)
-    tol = spread if tol == "auto" else float(tol)
-    within = [k for k in candidates if mean_err[k] <= tol]
-    chosen = within[0] if within else min(candidates, key=lambda k: (mean_err[k], k))
+    spread_median = float(np.median(baseline))
+    tol = spread_median if tol == "auto" else float(tol)
+    mean_err = {k: sum(map(sum, v)) / compared for k, v in errors.items()}
+    best = min(candidates, key=lambda k: (mean_err[k], k))
+    excess = {  # paired (same inference, same draw) error beyond the best candidate's, per episode
+        k: [[a - b for a, b in zip(ek, eb, strict=True)] for ek, eb in zip(errors[k], errors[best], strict=True)]
+        for k in candidates
+    }
+    upper = {k: bootstrap_upper(v, confidence) for k, v in excess.items()}
+    kept: dict[int, float | None] = {}
+    for k in candidates:
+        big = [(e, j) for e, j in jumps[k] if j > 2 * tol]
+        kept[k] = sum(e for e, _ in big) / sum(j for _, j in big) if len(big) >= 5 else None
+    accepted = [k for k in candidates if upper[k] <= tol and (kept[k] is None or kept[k] <= follow)]
+    chosen = accepted[0] if accepted else best
     return {
         "start_level": int(chosen),
-        "within_tolerance": bool(within),
+        "within_tolerance": bool(accepted),
         "tolerance": float(tol),
         "steps": steps,
         "step_mode": policy.settings.step_mode,
         "full_grid_levels": len(full_grid),
+        "chained": True,
+        "draws": draws,
+        "confidence": confidence,
         "errors": {str(k): v for k, v in mean_err.items()},
-        "baseline_full_vs_full": spread,
+        "best": int(best),
+        "excess_upper": {str(k): v for k, v in upper.items()},
+        "jump_kept": {str(k): v for k, v in kept.items()},
+        "jumps": sum(1 for _, j in jumps[candidates[0]] if j > 2 * tol),
+        "follow": follow,
+        "episodes": sum(1 for g in errors[candidates[0]] if g),
+        "divergence_resamples": {str(k): v for k, v in resamples.items()},
+        "baseline_full_vs_full": float(np.mean(baseline)),
+        "baseline_median": spread_median,
         "inferences": inferences,
         "compared": compared,
     }
@@ -341,7 +427,12 @@ class CalibrationInput:
 
 @dataclass
 class CalibrateRTIConfig(CalibrationInput):
-    tol: str = opt("auto", "max mean |warm - full| on executed actions (normalised); auto: full-vs-full spread")
+    max_obs: int = opt(120, "inferences (observations that run the sampler) to use, over all episodes")
+    tol: str = opt("auto", "bound on |warm - full| (executed actions, normalised); auto: median full-vs-full spread")
+    draws: int = opt(3, "noise draws per inference (independent chains per candidate)")
+    confidence: float = opt(0.95, "one-sided bootstrap bound on the mean chained error (episodes resampled)")
+    follow: float = opt(0.5, "on reference jumps (> 2 x tol), largest share of the jump a warm start may keep")
+    per_episode: int = opt(10, "inferences used per episode (0: all), so max_obs spans many episodes")
     steps: int = opt(0, "warm-solve calls (0: the policy's: config, earlier calibration, or 4)")
     candidates: list[int] = opt(help="k' candidates, e.g. candidates=9,49,99 (empty: 10 evenly spaced)", factory=list)
 
@@ -360,13 +451,25 @@ def run_rti_calibration(cfg: CalibrateRTIConfig) -> dict[str, Any]:
 
     policy, episodes = cfg.load()
     tol: float | str = cfg.tol if cfg.tol == "auto" else _float(cfg.tol, "tol")
-    entry = calibrate_rti(policy, episodes, cfg.candidates or None, cfg.steps or None, tol, cfg.max_obs, cfg.seed)
+    entry = calibrate_rti(
+        policy, episodes, cfg.candidates or None, cfg.steps or None, tol, cfg.max_obs, cfg.seed,
+        cfg.draws, cfg.confidence, cfg.follow, cfg.per_episode,
+    )  # fmt: skip
     entry["dataset"] = str(cfg.dataset)
     Policy.from_pretrained(cfg.checkpoint).save_pretrained(cfg.checkpoint, extras={"rti": entry})
-    errs = ", ".join(f"k'={k}: {v:.4f}" for k, v in entry["errors"].items())
-    print(f"[rti] mean |warm - full| on executed actions: {errs}")
-    print(f"[rti] full vs full (sampling spread): {entry['baseline_full_vs_full']:.4f}")
-    verdict = "within" if entry["within_tolerance"] else "NONE within; smallest error"
+    n, draws, jumps = entry["compared"], entry["draws"], entry["jumps"]
+    print(f"[rti] chained warm starts: {n} comparisons ({draws} draws per inference), {jumps} reference jumps")
+    for k, v in entry["errors"].items():
+        kept = entry["jump_kept"][k]
+        print(
+            f"[rti]   k'={k}: mean |warm - full| {v:.4f}, excess bound {entry['excess_upper'][k]:.4f}"
+            + ("" if kept is None else f", keeps {kept:.0%} of jumps")
+        )
+    print(
+        f"[rti] full vs full (sampling spread): median {entry['baseline_median']:.4f}, "
+        f"mean {entry['baseline_full_vs_full']:.4f}"
+    )
+    verdict = "accepted" if entry["within_tolerance"] else "NONE accepted; smallest error"
     chosen = f"k'={entry['start_level']}"
     print(f"[rti] tolerance {entry['tolerance']}: {verdict} -> {chosen}; wrote extras['rti'] to {cfg.checkpoint}")
     return entry

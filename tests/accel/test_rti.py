@@ -193,35 +193,59 @@ def test_rti_config_validation():
         tiny_policy(sampler="sdp_rti", **{**KW, "n_action_steps": 8})
 
 
-def test_calibrate_rti_cli_picks_smallest_within_tolerance(tmp_path):
+def test_calibrate_rti_cli_picks_smallest_accepted_level(tmp_path):
     pol = perturb(tiny_policy(seed=1, sampler="sdp", **KW))
     ckpt = pol.save_pretrained(tmp_path / "ckpt")
     data = save_observations(tmp_path / "obs.npz", [obs_stream(13, seed=0), obs_stream(9, seed=1)])
     assert [len(e) for e in load_episodes(data)] == [13, 9]
-    entry = rti_cli(
-        [f"checkpoint={ckpt}", f"dataset={data}", "tol=1e9", "candidates=9,49,99", "steps=3", "max_obs=5"]
-    )
-    assert entry["start_level"] == 9 and entry["within_tolerance"] and entry["compared"] == 3
+    base = [f"checkpoint={ckpt}", f"dataset={data}", "candidates=9,49,99", "max_obs=5", "per_episode=0"]
+    entry = rti_cli([*base, "tol=1e9", "steps=3", "follow=1"])
+    # chained: 5 inferences (4 in episode 0, 1 in episode 1), 3 warm starts x 3 draws
+    assert entry["start_level"] == 9 and entry["within_tolerance"] and entry["compared"] == 9
+    assert entry["chained"] and entry["draws"] == 3 and entry["episodes"] == 1
     meta = json.loads((ckpt / "config.json").read_text())
     assert meta["extras"]["rti"]["start_level"] == 9 and meta["policy"]["sampler"] == "sdp"
     loaded = Policy.from_pretrained(ckpt, sampler="rti")
     assert loaded.settings.rti_start_level == 9 and loaded.settings.rti_steps == 3  # k' was calibrated for 3 warm steps
     assert Policy.from_pretrained(ckpt, sampler="rti", rti_steps=5).settings.rti_steps == 5
     assert Policy.from_pretrained(ckpt, sampler="rti", rti_start_level=40).settings.rti_start_level == 40
-    entry = rti_cli(
-        [f"checkpoint={ckpt}", f"dataset={data}", "tol=0", "candidates=9,49,99", "max_obs=5"]
-    )
+    entry = rti_cli([*base, "tol=0"])
     errs = {int(k): v for k, v in entry["errors"].items()}
-    assert not entry["within_tolerance"] and entry["start_level"] == min(errs, key=errs.get)
-    # a tolerance between the errors selects the smallest level that meets it
-    mid = sorted(errs.values())[1]
-    entry = rti_cli([f"checkpoint={ckpt}", f"dataset={data}", f"tol={mid}", "candidates=9,49,99", "max_obs=5"])
-    assert entry["start_level"] == min(k for k, v in errs.items() if v <= mid)
-    # default tolerance: the spread between two full samples
-    entry = rti_cli([f"checkpoint={ckpt}", f"dataset={data}", "candidates=9,49,99", "max_obs=5"])
-    assert entry["tolerance"] == entry["baseline_full_vs_full"] > 0
-    within = [k for k, v in errs.items() if v <= entry["tolerance"]]
-    assert entry["start_level"] == (min(within) if within else min(errs, key=errs.get))
+    best = min(errs, key=errs.get)
+    assert entry["best"] == best and entry["excess_upper"][str(best)] == 0.0
+    # tol=0: only the best candidate has no excess (unless a jump check rejects it)
+    assert entry["start_level"] == best
+    # a tolerance between the excess bounds selects the smallest level that meets it
+    ub = {int(k): v for k, v in entry["excess_upper"].items()}
+    mid = sorted(ub.values())[1]
+    entry = rti_cli([*base, f"tol={mid}", "follow=1"])
+    assert entry["start_level"] == min(k for k, v in ub.items() if v <= mid)
+    # default tolerance: the median spread between two full samples
+    entry = rti_cli(base)
+    assert entry["tolerance"] == entry["baseline_median"] > 0
+    # the jump check: a level that must remove all of every jump is never accepted
+    entry = rti_cli([*base, "tol=1e-6", "follow=1e-9"])
+    kept = {int(k): v for k, v in entry["jump_kept"].items()}
+    assert entry["jumps"] >= 5 and all(v is not None and v > 0 for v in kept.values())
+    assert not entry["within_tolerance"] and entry["start_level"] == entry["best"]
+
+
+def test_calibrate_rti_is_reproducible_across_seeds(tmp_path):
+    """Two calibrations of the same policy on the same episodes with different noise seeds agree (the
+    bound, not the mean, decides), and the counts are those of the chained protocol."""
+    pol = perturb(tiny_policy(seed=2, sampler="sdp", **KW))
+    ckpt = pol.save_pretrained(tmp_path / "ckpt")
+    data = save_observations(tmp_path / "obs.npz", [obs_stream(9, seed=s) for s in range(6)])
+    levels, counts = set(), set()
+    for seed in (0, 1, 2):
+        entry = rti_cli(
+            [f"checkpoint={ckpt}", f"dataset={data}", "candidates=9,49,99", "steps=3", "max_obs=18",
+             "per_episode=3", "draws=2", f"seed={seed}"]
+        )  # fmt: skip
+        levels.add(entry["start_level"])
+        counts.add((entry["inferences"], entry["compared"], entry["episodes"]))
+    assert counts == {(18, 6 * 2 * 2, 6)}  # 6 episodes x 3 inferences; 2 warm starts each; 2 draws
+    assert len(levels) == 1
 
 
 def test_lerobot_dataset_source(tmp_path):
