@@ -285,3 +285,17 @@ def test_calibration_refuses_a_dataset_with_nan_like_training(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "DataError" in err
     assert "'observation.state' has a non-finite value (nan) at episode 1, frame 4, dim 1" in err
     assert (ckpt / "config.json").read_text() == before  # nothing written
+
+
+def test_one_action_per_prediction_loop():
+    """RTI-DP's own loop: Ta = 1, a fresh observation every control tick, the previous solution shifted
+    by one action; after the first (full) solve every tick is one warm solve of rti_steps calls."""
+    p = perturb(tiny_policy(seed=4, sampler="rti", rti_start_level=29, rti_steps=3, **{**KW, "n_action_steps": 1}))
+    calls = []
+    for o in obs_stream(10):
+        before = p.nfe_total
+        a = p.select_action(o)
+        assert np.isfinite(a).all()
+        calls.append(p.nfe_total - before)
+    assert calls == [len(p.settings.full_grid())] + [3] * 9
+    assert p.rti_stats["full"] == 1 and p.rti_stats["warm"] == 9
