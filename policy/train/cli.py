@@ -274,19 +274,17 @@ def _train(plan: RunPlan, d: DistInfo, device: torch.device) -> TrainResult:
         dist.barrier()  # rank 0 has cleared and set up the run directory
 
     eval_batches = _eval_batches(ds, tcfg.batch_size // d.world, tcfg) if d.main and tcfg.ema else []
-    run_log = RunLog(run_dir, tcfg, trainer.step, batches) if d.main else None
     closed_loop = ClosedLoop(plan.sim, plan.ecfg, ckpt_root) if d.main and plan.sim is not None else None
+    if closed_loop is not None:
+        closed_loop.restore_best()  # (a resumed run: after the checkpoints past its step are gone)
+        e, sim = plan.ecfg, closed_loop.task
+        best = f"; best so far: step {closed_loop.best.step}" if closed_loop.best else ""
+        log.info("closed-loop evaluation in %s/%s: %d episodes (seeds %d..%d) of the checkpoint's sampler every %d "
+                 "steps and at step %d%s", sim.name, sim.obs_mode, e.episodes, e.seed, e.seed + e.episodes - 1,
+                 e.every, tcfg.steps, best)  # fmt: skip
+    run_log = RunLog(run_dir, tcfg, trainer.step, batches) if d.main else None
     saver = Checkpointer(ckpt_root, policy, trainer, batches, _extras(plan.task, plan.dcfg, ds), eval_batches, ckpt,
                          plan.ecfg if plan.sim is not None else None, closed_loop)  # fmt: skip
-    if closed_loop is not None and run_log is not None:
-        closed_loop.restore_best()
-        e = plan.ecfg
-        log.info("closed-loop evaluation in %s/%s: %d episodes (seeds %d..%d) of the checkpoint's sampler every %d "
-                 "steps and at step %d%s", plan.sim.name, plan.sim.obs_mode, e.episodes, e.seed,  # type: ignore[union-attr]
-                 e.seed + e.episodes - 1, e.every, tcfg.steps,
-                 f"; best so far: step {closed_loop.best.step}" if closed_loop.best else "")  # fmt: skip
-        if ckpt is not None and trainer.step % e.every == 0:
-            saver.catch_up(ckpt, trainer.step, run_log)
 
     def on_step(r: StepResult) -> None:
         if run_log is not None:
@@ -295,6 +293,9 @@ def _train(plan: RunPlan, d: DistInfo, device: torch.device) -> TrainResult:
 
     try:
         with run_log.redirect_logging() if run_log is not None else contextlib.nullcontext():
+            if closed_loop is not None and run_log is not None and ckpt is not None:
+                if trainer.step % plan.ecfg.every == 0:
+                    saver.catch_up(ckpt, trainer.step, run_log)
             trainer.run(batches, on_step)
     finally:
         if run_log is not None:
