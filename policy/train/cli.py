@@ -294,7 +294,7 @@ def _train(plan: RunPlan, d: DistInfo, device: torch.device) -> TrainResult:
     try:
         with run_log.redirect_logging() if run_log is not None else contextlib.nullcontext():
             if closed_loop is not None and run_log is not None and ckpt is not None:
-                if trainer.step % plan.ecfg.every == 0:
+                if plan.ecfg.due(trainer.step, tcfg.steps):
                     saver.catch_up(ckpt, trainer.step, run_log)
             trainer.run(batches, on_step)
     finally:
@@ -558,10 +558,17 @@ class Checkpointer:
             dist.barrier()
 
     def _evaluate(self, ckpt: Path, step: int, run_log: RunLog) -> None:
+        """Evaluate `ckpt`; a failure (a simulator that cannot start, say) is logged and ends evaluation for
+        the rest of the run, not the training."""
         assert self.closed_loop is not None
         run_log.bar.set_description("eval", refresh=True)
         try:
             score = self.closed_loop.evaluate(ckpt, step)
+        except Exception as e:  # noqa: BLE001 - hours of training are worth more than the evaluation
+            log.error("step %d: closed-loop evaluation failed, and is off for the rest of this run: %s",
+                      step, f"{type(e).__name__}: {' '.join(str(e).split())}")  # fmt: skip
+            self.closed_loop = None
+            return
         finally:
             run_log.bar.set_description("train", refresh=False)
         run_log.record_eval(score, self.closed_loop.is_best(step))

@@ -147,6 +147,23 @@ def test_a_dataset_of_no_simulated_task_trains_without_evaluation(tmp_path, capl
     assert _is_png(run / "training_curve.png")  # the loss alone
 
 
+def test_a_failing_evaluation_does_not_stop_training(arm_state_ds, tmp_path, caplog, monkeypatch):
+    import streamdp.sim.evaluate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("EGL: no display\nsecond line")
+
+    monkeypatch.setattr(streamdp.sim.evaluate, "evaluate", broken)
+    run = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="streamdp.train"):
+        res = train_inprocess(_ov(arm_state_ds, run, 6, **{"eval.every": 2}))
+    assert res.step == 6 and res.best is None and not _evals(run)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors == ["step 2: closed-loop evaluation failed, and is off for the rest of this run: "
+                      "RuntimeError: EGL: no display second line"], errors  # fmt: skip
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [2, 4, 6]  # training and checkpoints went on
+
+
 def _info(**kw) -> DatasetInfo:
     base = dict(source="d", fps=20.0, state_dim=8, action_dim=3, state_names=[], action_names=[], camera_names=[],
                 image_shape=None, num_episodes=1, num_frames=10, episode_lengths=[10], robot_type="planar_arm_3dof",
