@@ -3,7 +3,8 @@
 Every ``eval.every`` steps and at the last step, ``streamdp-train`` writes a training checkpoint and runs
 ``eval.episodes`` seeded episodes of its ``pretrained/`` export with the checkpoint's own sampler, through
 the evaluator of ``streamdp-eval`` (:func:`streamdp.sim.evaluate.evaluate`; episode i resets env and
-policy with ``eval.seed + i``, so every evaluation of a run sees the same initial states). Its
+policy with ``eval.seed + i``, so every evaluation of a run sees the same initial states; on the CPU, in
+this process, with the training's torch threads). Its
 ``result.json`` goes into the checkpoint (``step_<N>/eval/``, written atomically), the summary into
 ``metrics.jsonl``, TensorBoard and the log.
 
