@@ -15,7 +15,11 @@ Layout of ``<run>/checkpoints/``::
         rng.safetensors           torch (uint8) / cuda / numpy RNG states, per rank
         rng.json                  numpy scalars and Python's `random` state, per rank
         trainer.json              step, epoch, batch position in the epoch, seed, batch size, world size
+      eval/result.json            closed-loop evaluation of pretrained/ (streamdp-eval's result.json), at
+                                  evaluation steps only (see streamdp.policy.train.closed_loop)
     last -> step_00005000         symlink to the newest complete checkpoint
+    best -> step_00003000         symlink to the best evaluated one (closed-loop evaluation on); pruning
+                                  never deletes it
 
 So a checkpoint is four fp32 copies of the parameters (EMA export, raw weights, two Adam moments), the
 least that continues a run exactly; each is written once (older checkpoints also held the EMA weights a
@@ -50,6 +54,7 @@ from streamdp.policy.checkpoint import REQUIRED, WEIGHTS_FILE, CheckpointError, 
 from streamdp.policy.policy import Policy
 
 STEP_RE = re.compile(r"^step_(\d+)$")
+LAST, BEST = "last", "best"  # symlinks in the checkpoints folder
 PRETRAINED = "pretrained"
 STATE_DIR = "training_state"
 STATE_FILES = (  # always there; model.safetensors too when ema.json is
@@ -215,16 +220,26 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def point_last(ckpt_root: Path, name: str) -> None:
-    """Point ``last`` at the complete checkpoint `name`: a new symlink renamed over the old (atomic)."""
+def point_last(ckpt_root: Path, name: str, link: str = LAST) -> None:
+    """Point ``last`` (or `link`: ``best``) at the complete checkpoint `name`: a new symlink renamed over
+    the old (atomic)."""
     if not (ckpt_root / name).is_dir():
-        raise CheckpointError(f"refusing to point {ckpt_root / 'last'} at {name}, which does not exist")
-    tmp = ckpt_root / f".last.tmp-{os.getpid()}"
+        raise CheckpointError(f"refusing to point {ckpt_root / link} at {name}, which does not exist")
+    tmp = ckpt_root / f".{link}.tmp-{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     os.symlink(name, tmp)
-    os.replace(tmp, ckpt_root / "last")
+    os.replace(tmp, ckpt_root / link)
     fsync_dir(ckpt_root)
+
+
+def linked(ckpt_root: str | Path, link: str) -> Path | None:
+    """The step directory `link` (``last``, ``best``) names, when it exists."""
+    p = Path(ckpt_root) / link
+    if not p.is_symlink():
+        return None
+    target = Path(ckpt_root) / Path(os.readlink(p)).name
+    return target if STEP_RE.match(target.name) and target.is_dir() else None
 
 
 def list_checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
@@ -241,15 +256,18 @@ def list_checkpoints(ckpt_root: str | Path) -> list[tuple[int, Path]]:
 
 
 def prune(ckpt_root: str | Path, keep_last: int, keep: Path | None = None) -> None:
-    """Delete all but the newest `keep_last` checkpoints (never `keep`, the one just written), and
-    leftovers of interrupted writes."""
+    """Delete all but the newest `keep_last` checkpoints (never `keep`, the one just written, nor the one
+    ``best`` names), and leftovers of interrupted writes."""
     root = Path(ckpt_root)
     ckpts = list_checkpoints(root)
+    best = linked(root, BEST)
+    spared = {p.name for p in (keep, best) if p is not None}
     for _, p in ckpts[: max(0, len(ckpts) - keep_last)]:
-        if keep is None or p.name != keep.name:
+        if p.name not in spared:
             shutil.rmtree(p, ignore_errors=True)
     for p in root.iterdir():
-        if p.name.startswith(".last.tmp-") and p.is_symlink() and not p.name.endswith(f"-{os.getpid()}"):
+        mine = p.name.endswith(f"-{os.getpid()}")
+        if p.name.startswith((".last.tmp-", ".best.tmp-")) and p.is_symlink() and not mine:
             p.unlink(missing_ok=True)
         elif p.name.startswith(".step_") and (".tmp-" in p.name or ".old-" in p.name):
             shutil.rmtree(p, ignore_errors=True)
@@ -264,9 +282,10 @@ def verify_checkpoint(path: str | Path) -> None:
     missing += [f"{PRETRAINED}/{f}" for f in REQUIRED if not (path / PRETRAINED / f).is_file()]
     if missing:
         raise CheckpointError(f"training checkpoint {path} is incomplete: missing {missing}")
-    for f in sorted(path.rglob("*.safetensors")):
+    own = [f for d in (path / PRETRAINED, state) for f in sorted(d.rglob("*"))]  # not eval/: written later
+    for f in (f for f in own if f.suffix == ".safetensors"):
         read_tensors(f)
-    for f in sorted(path.rglob("*.json")):
+    for f in (f for f in own if f.suffix == ".json"):
         try:
             json.loads(f.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:

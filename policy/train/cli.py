@@ -9,10 +9,17 @@
 
 (``python -m streamdp.policy.train`` is the same.) Each run directory (``train.output_dir``, else
 hydra's ``hydra.run.dir``) holds ``config.yaml`` (resolved), ``dataset.json``, ``.hydra/``,
-``train.log`` (a progress line with loss, learning rate, speed and ETA every ``train.log_interval_s``),
-``tb/`` (TensorBoard), ``metrics.jsonl`` (loss per step) and ``checkpoints/step_<N>/`` (see
-``streamdp.policy.train.checkpoints``) with ``checkpoints/last`` pointing at the newest;
+``train.log`` (a progress line with loss, learning rate, speed and ETA every ``train.log_interval_s``;
+on a terminal also a tqdm bar), ``tb/`` (TensorBoard), ``metrics.jsonl`` (loss per step, and one row per
+closed-loop evaluation), ``training_curve.png`` (loss and closed-loop success against steps, see
+``streamdp.policy.train.curve``) and ``checkpoints/step_<N>/`` (see ``streamdp.policy.train.checkpoints``)
+with ``checkpoints/last`` pointing at the newest and ``checkpoints/best`` at the best evaluated one;
 ``Policy.from_pretrained("<run>/checkpoints/last/pretrained")`` loads the trained (EMA) policy.
+
+Closed-loop evaluation (``eval.*``, see ``streamdp.policy.train.closed_loop``): every ``eval.every`` steps
+and at the last step, the exported policy runs ``eval.episodes`` seeded episodes of the dataset's
+simulated task with its own sampler (success, coverage, distance next to the loss); off, with a line in
+the log saying why, for datasets not collected in a simulated task. It never changes the training numbers.
 A new run refuses a folder holding a run (``train.overwrite=true`` deletes that run's files first); a
 resumed one runs with its saved ``config.yaml`` (see ``streamdp.policy.train.rundir``). Every check
 (config, run directory, dataset) runs before the run directory is created.
@@ -34,6 +41,7 @@ checkpoint follows the uninterrupted run exactly (on the same hardware), and N r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -54,17 +62,21 @@ from streamdp.policy.cli import config_dir, help_text, one_line, presets, regist
 from streamdp.policy.config import ConfigError, PolicyConfig
 from streamdp.policy.policy import Policy
 from streamdp.policy.train.checkpoints import (
+    BEST,
     PRETRAINED,
     STEP_RE,
     TrainerState,
     find_checkpoint,
+    linked,
     list_checkpoints,
     load_training_state,
     point_last,
     restore_rng,
     save_training_checkpoint,
 )
+from streamdp.policy.train.closed_loop import ClosedLoop, Score, SimTask, read_score, sim_task
 from streamdp.policy.train.config import (
+    ClosedLoopConfig,
     DatasetConfig,
     TrainConfig,
     TrainJobConfig,
@@ -73,8 +85,10 @@ from streamdp.policy.train.config import (
     policy_config,
     to_dataclass,
 )
+from streamdp.policy.train.curve import plot_training_curve
+from streamdp.policy.train.curve import read_metrics as read_metrics_file
 from streamdp.policy.train.data import DataError, ResumableSampler, Window, WindowedDataset, make_loader, prefork
-from streamdp.policy.train.rundir import check_fresh, check_resume, clear_run, resume_config, saved_config
+from streamdp.policy.train.rundir import CURVE, check_fresh, check_resume, clear_run, resume_config, saved_config
 from streamdp.policy.train.sources import load_dataset
 from streamdp.policy.train.trainer import (
     DistInfo,
@@ -114,6 +128,8 @@ class TrainResult:
     checkpoint: Path | None  # newest training checkpoint (its `pretrained/` loads with Policy.from_pretrained)
     step: int
     last_loss: float | None
+    best: Path | None = None  # best evaluated checkpoint (closed-loop evaluation on)
+    best_score: Score | None = None
 
 
 @dataclass
@@ -123,6 +139,8 @@ class RunPlan:
     cfg: Any
     tcfg: TrainConfig
     dcfg: DatasetConfig
+    ecfg: ClosedLoopConfig
+    sim: SimTask | None  # the simulated task closed-loop evaluation runs in (None: no evaluation)
     task: dict[str, Any]
     policy_node: dict[str, Any]
     resume: bool
@@ -152,6 +170,7 @@ def prepare(cfg: Any, output_dir: str | Path | None = None, check_run_dir: bool 
 
     tcfg: TrainConfig = to_dataclass(TrainConfig, cfg.train, "train")
     dcfg: DatasetConfig = to_dataclass(DatasetConfig, cfg.dataset, "dataset")
+    ecfg: ClosedLoopConfig = to_dataclass(ClosedLoopConfig, cfg.get("eval") or {}, "eval")  # none in older runs
     task = OmegaConf.to_container(cfg.task, resolve=True)
     policy_node = OmegaConf.to_container(cfg.policy, resolve=True)
     resume = bool(cfg.get("resume", False))
@@ -173,6 +192,11 @@ def prepare(cfg: Any, output_dir: str | Path | None = None, check_run_dir: bool 
     window = Window(int(policy_node.get("n_obs_steps") or 2), int(policy_node.get("horizon") or 16))
     ds = load_dataset(task, dcfg, window)
     pcfg = policy_config(policy_node, ds.info)
+    sim = None
+    if ecfg.every:
+        sim, why = sim_task(task, ds.info)
+        if sim is None:
+            notes.append(why)
     ckpt = None
     if resume:
         ckpt, found = find_checkpoint(run_dir / "checkpoints")
@@ -180,7 +204,7 @@ def prepare(cfg: Any, output_dir: str | Path | None = None, check_run_dir: bool 
         if ckpt is None:
             notes.append(f"resume=true but {run_dir} holds no complete checkpoint: starting from scratch")
             clear = saved is not None and check_run_dir  # that run's metrics and events would mix in
-    return RunPlan(cfg, tcfg, dcfg, task, policy_node, resume, run_dir, ds, pcfg, ckpt, clear, notes)
+    return RunPlan(cfg, tcfg, dcfg, ecfg, sim, task, policy_node, resume, run_dir, ds, pcfg, ckpt, clear, notes)
 
 
 def _run_dir(tcfg: TrainConfig, output_dir: str | Path | None, resume: bool) -> Path:
@@ -250,8 +274,17 @@ def _train(plan: RunPlan, d: DistInfo, device: torch.device) -> TrainResult:
         dist.barrier()  # rank 0 has cleared and set up the run directory
 
     eval_batches = _eval_batches(ds, tcfg.batch_size // d.world, tcfg) if d.main and tcfg.ema else []
+    closed_loop = ClosedLoop(plan.sim, plan.ecfg, ckpt_root) if d.main and plan.sim is not None else None
+    if closed_loop is not None:
+        closed_loop.restore_best()  # (a resumed run: after the checkpoints past its step are gone)
+        e, sim = plan.ecfg, closed_loop.task
+        best = f"; best so far: step {closed_loop.best.step}" if closed_loop.best else ""
+        log.info("closed-loop evaluation in %s/%s: %d episodes (seeds %d..%d) of the checkpoint's sampler every %d "
+                 "steps and at step %d%s", sim.name, sim.obs_mode, e.episodes, e.seed, e.seed + e.episodes - 1,
+                 e.every, tcfg.steps, best)  # fmt: skip
     run_log = RunLog(run_dir, tcfg, trainer.step, batches) if d.main else None
-    saver = Checkpointer(ckpt_root, policy, trainer, batches, _extras(plan.task, plan.dcfg, ds), eval_batches, ckpt)
+    saver = Checkpointer(ckpt_root, policy, trainer, batches, _extras(plan.task, plan.dcfg, ds), eval_batches, ckpt,
+                         plan.ecfg if plan.sim is not None else None, closed_loop)  # fmt: skip
 
     def on_step(r: StepResult) -> None:
         if run_log is not None:
@@ -259,14 +292,23 @@ def _train(plan: RunPlan, d: DistInfo, device: torch.device) -> TrainResult:
         saver.maybe_save(r.step, run_log)
 
     try:
-        trainer.run(batches, on_step)
+        with run_log.redirect_logging() if run_log is not None else contextlib.nullcontext():
+            if closed_loop is not None and run_log is not None and ckpt is not None:
+                if plan.ecfg.due(trainer.step, tcfg.steps):
+                    saver.catch_up(ckpt, trainer.step, run_log)
+            trainer.run(batches, on_step)
     finally:
         if run_log is not None:
             run_log.close()
+    best = best_score = None
+    if closed_loop is not None and closed_loop.best is not None:
+        best, best_score = linked(ckpt_root, BEST), closed_loop.best
     if d.main and trainer.step >= tcfg.steps:
         last = (saver.last / PRETRAINED) if saver.last else None
         log.info("done: step %d, final checkpoint %s", trainer.step, last)
-    return TrainResult(run_dir, saver.last, trainer.step, run_log.last_loss if run_log else None)
+        if best is not None and best_score is not None:
+            log.info("best checkpoint: %s (step %d: %s)", best / PRETRAINED, best_score.step, best_score.text())
+    return TrainResult(run_dir, saver.last, trainer.step, run_log.last_loss if run_log else None, best, best_score)
 
 
 def _extras(task: dict[str, Any], dcfg: DatasetConfig, ds: WindowedDataset) -> dict[str, Any]:
@@ -343,20 +385,24 @@ class EpochBatches:
 
 # --------------------------------------------------------------------------------- logs, checkpoints
 class RunLog:
-    """Rank 0's record of a run: ``metrics.jsonl`` (every step), TensorBoard scalars and the tqdm bar
-    (every ``train.log_every`` steps), and a progress line in the log (train.log) at most every
-    ``train.log_interval_s`` seconds, so ``tail -f`` follows a run. Losses stay on the device until
-    then (reading one is a sync)."""
+    """Rank 0's record of a run: ``metrics.jsonl`` (every step, and a row per closed-loop evaluation),
+    TensorBoard scalars and the tqdm bar (every ``train.log_every`` steps), a progress line in the log
+    (train.log) at most every ``train.log_interval_s`` seconds, so ``tail -f`` follows a run, and the
+    training-curve plot. Losses stay on the device until then (reading one is a sync). The bar (steps,
+    loss, samples/s, steps/s, ETA, last success rate) is drawn only on a terminal (``train.progress``);
+    log files get the progress lines."""
 
     def __init__(self, run_dir: Path, tcfg: TrainConfig, step: int, batches: EpochBatches) -> None:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm.auto import tqdm
 
-        self.tcfg, self.batches = tcfg, batches
+        self.run_dir, self.tcfg, self.batches = run_dir, tcfg, batches
         self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=step + 1 if step else None)
         self.metrics = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
-        self.bar = tqdm(total=tcfg.steps, initial=step, desc="train", unit="step", disable=not tcfg.progress,
-                        dynamic_ncols=True)  # fmt: skip
+        # disable=None: tqdm draws only on a terminal (redirected output keeps the log lines alone)
+        self.bar = tqdm(total=tcfg.steps, initial=step, desc="train", unit="step",
+                        disable=None if tcfg.progress else True, dynamic_ncols=True)  # fmt: skip
+        self.postfix: dict[str, str] = {}
         self.pending: list[StepResult] = []
         self.last_loss: float | None = None
         self.t_log = time.perf_counter()
@@ -385,13 +431,46 @@ class RunLog:
         w.add_scalar("train/epoch", self.batches.progress, r.step)
         w.add_scalar("perf/samples_per_s", sps, r.step)
         w.add_scalar("perf/data_wait_fraction", self.batches.data_time / elapsed, r.step)
-        self.bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{r.lr:.2e}", samples_s=f"{sps:.0f}", refresh=False)
+        self.postfix.update(loss=f"{mean_loss:.4f}", lr=f"{r.lr:.2e}", samples_s=f"{sps:.0f}")
+        self.bar.set_postfix(self.postfix, refresh=False)
         self.line.add(losses, self.batches.data_time)
         if now - self.line.t0 >= self.tcfg.log_interval_s or r.step == self.tcfg.steps:
             log.info("%s", self.line.text(r, now, self.tcfg, self.batches.progress))
             self.line = _ProgressLine(r.step, now)
         self.pending.clear()
         self.t_log, self.batches.data_time = now, 0.0
+
+    def redirect_logging(self) -> contextlib.AbstractContextManager:
+        """Log lines printed above the bar instead of through it (while the bar is drawn)."""
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
+        return contextlib.nullcontext() if self.bar.disable else logging_redirect_tqdm()
+
+    def record_eval(self, score: Score, best: bool) -> None:
+        """An evaluation: a ``metrics.jsonl`` row ``{"step", "eval": {...}}``, TensorBoard, log line, bar."""
+        self.metrics.write(json.dumps({"step": score.step, "eval": {**score.record(), "best": best}}) + "\n")
+        self.metrics.flush()
+        w = self.writer
+        w.add_scalar("eval/success_rate", score.success_rate, score.step)
+        if score.mean_max_coverage is not None:
+            w.add_scalar("eval/mean_max_coverage", score.mean_max_coverage, score.step)
+        if score.mean_final_distance is not None:
+            w.add_scalar("eval/mean_final_distance", score.mean_final_distance, score.step)
+        w.add_scalar("eval/seconds", score.seconds, score.step)
+        w.flush()
+        log.info("step %d: closed-loop %s%s", score.step, score.text(), " (best so far)" if best else "")
+        self.postfix["success"] = f"{score.success_rate:.2f}"
+        self.bar.set_postfix(self.postfix, refresh=False)
+
+    def has_eval(self, step: int) -> bool:
+        self.metrics.flush()
+        return step in read_metrics_file(self.run_dir / "metrics.jsonl")[1]
+
+    def plot(self, best_step: int | None) -> None:
+        """Rewrite ``training_curve.png`` from ``metrics.jsonl``."""
+        self.metrics.flush()
+        title = f"{self.run_dir.name}: {self.tcfg.steps} steps, batch {self.tcfg.batch_size}, lr {self.tcfg.lr:g}"
+        plot_training_curve(self.run_dir / "metrics.jsonl", self.run_dir / CURVE, title, best_step)
 
     def close(self) -> None:
         self.bar.close()
@@ -430,8 +509,10 @@ def _hms(seconds: float) -> str:
 
 
 class Checkpointer:
-    """Every ``train.checkpoint_every`` steps and at the end: rank 0 writes a training checkpoint (all
-    ranks' RNG states gathered) and the EMA loss on fixed batches; the ranks then wait for each other."""
+    """Every ``train.checkpoint_every`` steps, every ``eval.every`` steps (closed-loop evaluation on) and
+    at the end: rank 0 writes a training checkpoint (all ranks' RNG states gathered), the EMA loss on
+    fixed batches, the closed-loop evaluation of the checkpoint when one is due, and the training curve;
+    the ranks then wait for each other."""
 
     def __init__(
         self,
@@ -442,13 +523,17 @@ class Checkpointer:
         extras: dict[str, Any],
         eval_batches: list[dict[str, torch.Tensor]],
         last: Path | None,
+        ecfg: ClosedLoopConfig | None = None,
+        closed_loop: ClosedLoop | None = None,
     ) -> None:
         self.root, self.policy, self.trainer, self.batches = root, policy, trainer, batches
         self.extras, self.eval_batches, self.last = extras, eval_batches, last
+        self.ecfg, self.closed_loop = ecfg, closed_loop  # ecfg on every rank (the schedule), closed_loop on rank 0
 
     def maybe_save(self, step: int, run_log: RunLog | None) -> None:
         t, tcfg, d = self.trainer, self.trainer.cfg, self.trainer.dist
-        if step % tcfg.checkpoint_every and step != tcfg.steps:
+        evaluate = self.ecfg is not None and self.ecfg.due(step, tcfg.steps)
+        if step % tcfg.checkpoint_every and step != tcfg.steps and not evaluate:
             return
         rng = gather_rng(d)
         if d.main:
@@ -465,9 +550,40 @@ class Checkpointer:
                 ev = f", EMA loss on fixed batches {loss:.4f}"
             log.info("step %d: checkpoint %s%s", step, self.last.name, ev)
             if run_log is not None:
+                if evaluate and self.closed_loop is not None:
+                    self._evaluate(self.last, step, run_log)
                 run_log.writer.flush()
+                run_log.plot(self.closed_loop.best.step if self.closed_loop and self.closed_loop.best else None)
         if d.world > 1:
             dist.barrier()
+
+    def _evaluate(self, ckpt: Path, step: int, run_log: RunLog) -> None:
+        """Evaluate `ckpt`; a failure (a simulator that cannot start, say) is logged and ends evaluation for
+        the rest of the run, not the training."""
+        assert self.closed_loop is not None
+        run_log.bar.set_description("eval", refresh=True)
+        try:
+            score = self.closed_loop.evaluate(ckpt, step)
+        except Exception as e:  # noqa: BLE001 - hours of training are worth more than the evaluation
+            log.error("step %d: closed-loop evaluation failed, and is off for the rest of this run: %s",
+                      step, f"{type(e).__name__}: {' '.join(str(e).split())}")  # fmt: skip
+            self.closed_loop = None
+            return
+        finally:
+            run_log.bar.set_description("train", refresh=False)
+        run_log.record_eval(score, self.closed_loop.is_best(step))
+
+    def catch_up(self, ckpt: Path, step: int, run_log: RunLog) -> None:
+        """A resumed run whose checkpoint `ckpt` (at an evaluation step) was written but not evaluated, or
+        whose evaluation did not reach ``metrics.jsonl``, before the run stopped: finish that first."""
+        assert self.closed_loop is not None
+        stored = read_score(ckpt)
+        if stored is None:
+            log.info("step %d: evaluating %s, which the interrupted run did not", step, ckpt.name)
+            self._evaluate(ckpt, step, run_log)
+        elif not run_log.has_eval(step):
+            self.closed_loop.consider(stored, ckpt)
+            run_log.record_eval(stored, self.closed_loop.is_best(step))
 
 
 def _resume(
@@ -592,7 +708,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("STREAMDP_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
     if any(a in ("-h", "--help") for a in args):
-        groups = {g: presets("train.yaml", g) for g in ("task", "policy")}
+        groups = {g: presets("train.yaml", g) for g in ("task", "policy", "recipe")}
         print(help_text(PROG, __doc__.split("\n\n")[0], TrainJobConfig, groups))
         return
     overrides = [a for a in args if "=" in a and not a.startswith("-")]

@@ -8,6 +8,7 @@ Every default lives here: :class:`TrainJobConfig` is registered in hydra's Confi
     train.yaml           defaults list (the schema, then the task and policy presets) + hydra's run dir
     policy/*.yaml        PolicyConfig presets (sdp_unet, sdp_transformer, sdp_unet_tiny); data-derived ones null
     task/*.yaml          task cards (shared with streamdp-collect): feature keys and expected dims
+    recipe/*.yaml        a task's training recipe (task, policy size, steps, batch, lr): recipe=NAME
 
 The ``train`` and ``dataset`` nodes are validated by merging them into these dataclasses (unknown keys
 and wrong types fail with OmegaConf's message), and each dataclass checks its values on construction;
@@ -131,6 +132,28 @@ class TrainConfig:
 
 
 @dataclass
+class ClosedLoopConfig:
+    """The ``eval`` node: closed-loop evaluation of the exported (EMA) policy in the dataset's simulated
+    task during training (see :mod:`streamdp.policy.train.closed_loop`)."""
+
+    every: int = opt(5000, "steps between evaluations, and one at the last step; each writes a checkpoint "
+                     "(0: off; off anyway when the dataset is not from a simulated task)")  # fmt: skip
+    episodes: int = opt(5, "episodes per evaluation; episode i resets env and policy with seed + i")
+    seed: int = opt(10000, "first episode seed (streamdp-eval's default: held out from collection seeds 0..)")
+    max_steps: int | None = opt(None, "cap on env steps per episode (null: the task's max_episode_steps)")
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.episodes < 1:
+            raise ConfigError(f"eval.every must be >= 0 and eval.episodes >= 1, got {self.every}, {self.episodes}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"eval.max_steps must be >= 1 (or null), got {self.max_steps}")
+
+    def due(self, step: int, total: int) -> bool:
+        """Whether the schedule evaluates at `step` of a `total`-step run."""
+        return self.every > 0 and (step % self.every == 0 or step == total)
+
+
+@dataclass
 class TrainJobConfig:
     """``streamdp-train``: everything a run reads. `task` and `policy` come from presets (config/task/,
     config/policy/) and are checked against the dataset and by PolicyConfig."""
@@ -139,6 +162,7 @@ class TrainJobConfig:
     policy: Any = opt(help="policy preset: policy=NAME, then policy.KEY=VALUE (PolicyConfig fields)", factory=dict)
     train: TrainConfig = opt(help="optimisation, EMA, logging, checkpoints", factory=TrainConfig)
     dataset: DatasetConfig = opt(help="what to train from", factory=DatasetConfig)
+    eval: ClosedLoopConfig = opt(help="closed-loop evaluation in the simulated task", factory=ClosedLoopConfig)
     resume: bool = opt(False, "continue the run in train.output_dir from its newest complete checkpoint, with its "
                               "saved config.yaml (only harmless keys and a higher train.steps may change)")  # fmt: skip
 

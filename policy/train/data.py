@@ -112,7 +112,8 @@ class FeatureMap:
 
 @dataclass
 class DatasetInfo:
-    """What the policy configuration takes from the data instead of from the user."""
+    """What the policy configuration takes from the data instead of from the user, and what the data
+    records about where it came from (``robot_type`` and task strings: LeRobot's metadata)."""
 
     source: str
     fps: float
@@ -125,6 +126,8 @@ class DatasetInfo:
     num_episodes: int
     num_frames: int
     episode_lengths: list[int]
+    robot_type: str | None = None  # streamdp-collect writes its simulated task's (TaskSpec.robot_type)
+    tasks: list[str] = field(default_factory=list)  # the per-frame task strings (a simulated task's description)
 
     @property
     def joint_names(self) -> list[str]:

@@ -3,7 +3,8 @@ old one (or clearing the old one's files on request), and the saved config a res
 
 A run's own files (nothing else in the folder is ever deleted)::
 
-    config.yaml  dataset.json  metrics.jsonl  tb/events.out.tfevents.*  checkpoints/{step_*,last,...}
+    config.yaml  dataset.json  metrics.jsonl  training_curve.png  tb/events.out.tfevents.*
+    checkpoints/{step_*,last,best,...}
     .hydra/{config,hydra,overrides}.yaml  train.log (cli.log, __main__.log: older names of that log)
 
 ``resume=true`` continues the run as its ``config.yaml`` (resolved, written when it started) says; what
@@ -25,6 +26,7 @@ SAVED_CONFIG = "config.yaml"
 OUTPUTS = ("config.yaml", "dataset.json", "metrics.jsonl", "tb", "checkpoints")
 HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")
 LOG_FILES = ("train.log", "cli.log", "__main__.log")
+CURVE = "training_curve.png"  # loss and closed-loop success against steps (streamdp.policy.train.curve)
 # keys a resumed run takes from the command line as given, never from the saved run
 NOW_KEYS = ("resume", "train.output_dir", "train.overwrite")
 # resume-time changes that leave every computed number as it was (reported in the log)
@@ -37,6 +39,10 @@ HARMLESS = (
     "train.keep_last",
     "train.eval_batches",
     "dataset.num_workers",
+    "eval.every",  # closed-loop evaluation runs on its own RNG state: the training numbers stay the same
+    "eval.episodes",
+    "eval.seed",
+    "eval.max_steps",
 )
 
 
@@ -71,14 +77,14 @@ def clear_run(run: Path, everything: bool = True) -> list[str]:
             return
         removed.append(str(p.relative_to(run)))
 
-    for name in ("dataset.json", "metrics.jsonl", *((SAVED_CONFIG, *LOG_FILES) if everything else ())):
+    for name in ("dataset.json", "metrics.jsonl", CURVE, *((SAVED_CONFIG, *LOG_FILES) if everything else ())):
         rm(run / name)
     for p in sorted((run / "tb").glob("events.out.tfevents.*")):
         rm(p)
     ckpts = run / "checkpoints"
     if ckpts.is_dir():
         for p in sorted(ckpts.iterdir()):
-            if p.name == "last" or p.name.startswith(("step_", ".step_", ".last.tmp-")):
+            if p.name in ("last", "best") or p.name.startswith(("step_", ".step_", ".last.tmp-", ".best.tmp-")):
                 rm(p)
     for p in [run / ".hydra" / f for f in HYDRA_FILES] if everything else []:
         rm(p)

@@ -123,6 +123,8 @@ class LeRobotWindows(WindowedDataset):
             num_episodes=len(starts),
             num_frames=len(self),
             episode_lengths=[int(n) for n in ends - starts],
+            robot_type=meta.robot_type,
+            tasks=[str(t) for t in meta.tasks.index] if meta.tasks is not None else [],
         )
 
     # -- load-time checks ----------------------------------------------------------------------------

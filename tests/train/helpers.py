@@ -24,6 +24,7 @@ TINY = [
     "train.num_threads=1",
     "train.progress=false",
     "train.eval_batches=1",
+    "eval.every=0",  # closed-loop evaluation: tests/train/test_closed_loop.py turns it on
 ]
 
 
@@ -46,11 +47,13 @@ def train_inprocess(overrides: Sequence[str]):
 
 
 def read_metrics(run: Path | str) -> dict[int, float]:
-    """step -> loss; a later line for the same step (a resumed run) replaces an earlier one."""
+    """step -> loss; a later line for the same step (a resumed run) replaces an earlier one; closed-loop
+    evaluation rows are skipped."""
     out: dict[int, float] = {}
     for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        out[rec["step"]] = rec["loss"]
+        if "loss" in rec:
+            out[rec["step"]] = rec["loss"]
     return out
 
 
