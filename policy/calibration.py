@@ -170,7 +170,7 @@ def _solve(
         x = torch.randn(1, c.horizon, c.action_dim, generator=g).to(policy.device)
     s = ChunkSolve(x, grid, "calibration")
     s.run(dataclasses.replace(policy.sampler_impl.ctx, generator=g), cond, None)
-    return snap_discrete(s.x[0], list(c.discrete_action_dims))
+    return snap_discrete(s.x[0], c.snapped_dims)
 
 
 def bootstrap_upper(groups: Sequence[Sequence[float]], confidence: float, resamples: int = 2000) -> float:
@@ -237,7 +237,7 @@ def calibrate_rti(
         raise UserError(f"need draws >= 1, 0.5 <= confidence < 1, 0 < follow <= 1; got {draws}, {confidence}, {follow}")
     to, ta = c.n_obs_steps, c.n_action_steps
     window = slice(to - 1, to - 1 + ta)
-    disc = list(c.discrete_action_dims)
+    disc = c.snapped_dims
     full_grid = policy.settings.full_grid()
     shape = (1, c.horizon, c.action_dim)
 
@@ -287,7 +287,8 @@ def calibrate_rti(
                     noise = torch.randn(*shape, generator=gk).to(policy.device)
                     xk = warm_start(policy.model.schedule, g[None], noise, k)
                     warm = _solve(policy, rti_grid(k, steps), cond, gk, xk)
-                    if c.rti_divergence > 0 and divergence(warm, g, c.horizon - ta, disc) > c.rti_divergence:
+                    moved = divergence(warm, g, c.horizon - ta, c.discrete_action_dims)
+                    if c.rti_divergence > 0 and moved > c.rti_divergence:
                         resamples[k] += 1
                         warm = ref  # the sampler re-solves from noise: a full sample
                     e = dist(warm, ref)

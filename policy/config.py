@@ -95,7 +95,12 @@ class PolicyConfig:
     rti_steps: int | None = None  # calls of one warm solve on [k' ... clean]; None: calibrated steps, else 4
     rti_full_every: int = 50  # full resample every this many observations (0: never periodically)
     rti_divergence: float = 0.5  # full resample when mean |solution - guess| (normalised) exceeds this; 0: off
-    discrete_action_dims: list[int] = field(default_factory=list)  # gripper dims: snapped guess, thresholded output
+    discrete_action_dims: list[int] = field(default_factory=list)  # gripper dims (binary open/close commands)
+    # How warm starts treat them: snap (guess and solution snapped to the extremes) | scale (RTI-DP's
+    # alternative: the dims are shrunk by discrete_action_scale in the network's space, in training and
+    # inference alike, so the noise at k' can flip a gripper a snapped guess would keep locked).
+    discrete_action_mode: str = "snap"
+    discrete_action_scale: float = 10.0
     # Block caching of transformer residual branches (docs/algorithms.md, BAC); schedules live in extras["bac"].
     cache: str = "none"  # none | bac
     cuda_graph: bool = False  # on CUDA, replay the denoiser call from captured CUDA graphs
@@ -124,6 +129,21 @@ class PolicyConfig:
         self.camera_names = list(self.camera_names)
         self.discrete_action_dims = [int(i) for i in self.discrete_action_dims]
         self.validate()
+
+    @property
+    def snapped_dims(self) -> list[int]:
+        """The action dims warm starts snap to -1/+1 (none in 'scale' mode)."""
+        return list(self.discrete_action_dims) if self.discrete_action_mode == "snap" else []
+
+    def action_gain(self) -> list[float] | None:
+        """Per-dim factor on normalised actions (the network's space): 1/scale on discrete dims in 'scale'
+        mode; None when every factor is 1."""
+        if self.discrete_action_mode != "scale" or not self.discrete_action_dims:
+            return None
+        gain = [1.0] * self.action_dim
+        for i in self.discrete_action_dims:
+            gain[i] = 1.0 / self.discrete_action_scale
+        return gain
 
     # -- validation --------------------------------------------------------------------------
     def validate(self) -> None:
@@ -198,6 +218,10 @@ class PolicyConfig:
                 "discrete_action_dims are snapped to the normalised extremes -1/+1, which needs "
                 f"normalization='min_max' (got {self.normalization!r})"
             )
+        if self.discrete_action_mode not in ("snap", "scale"):
+            raise ConfigError(f"discrete_action_mode must be 'snap' or 'scale', got {self.discrete_action_mode!r}")
+        if not self.discrete_action_scale >= 1:
+            raise ConfigError(f"discrete_action_scale must be >= 1, got {self.discrete_action_scale}")
         if self.cache not in CACHES:
             raise ConfigError(f"cache must be one of {CACHES}, got {self.cache!r}")
         if self.compile and (self.cache != "none" or self.cuda_graph):

@@ -6,7 +6,7 @@ Images are not normalised here: encoders take them in [0, 1].
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,15 @@ class NormalizerError(ValueError):
 
 
 class Normalizer:
-    def __init__(self, stats: Mapping[str, Mapping[str, object]], mode: str = "min_max") -> None:
+    def __init__(
+        self,
+        stats: Mapping[str, Mapping[str, object]],
+        mode: str = "min_max",
+        gains: Mapping[str, Sequence[float]] | None = None,
+    ) -> None:
+        """`gains`: per-key, per-dim factors applied after normalising (and undone first when
+        unnormalising): the network's space may shrink some dims (PolicyConfig.action_gain)."""
+        self.gains = {k: torch.as_tensor(list(v), dtype=torch.float32) for k, v in (gains or {}).items()}
         if mode not in ("min_max", "mean_std"):
             raise NormalizerError(f"normalisation mode must be 'min_max' or 'mean_std', got {mode!r}")
         self.mode = mode
@@ -64,11 +72,15 @@ class Normalizer:
         if self.mode == "min_max":
             rng = s["max"] - s["min"]
             # A constant feature maps to 0 instead of dividing by zero.
-            return torch.where(rng > EPS, (x - s["min"]) / rng.clamp_min(EPS) * 2 - 1, torch.zeros_like(x))
-        return (x - s["mean"]) / s["std"].clamp_min(1e-6)
+            y = torch.where(rng > EPS, (x - s["min"]) / rng.clamp_min(EPS) * 2 - 1, torch.zeros_like(x))
+        else:
+            y = (x - s["mean"]) / s["std"].clamp_min(1e-6)
+        return y * self.gains[key].to(y) if key in self.gains else y
 
     def unnormalize(self, key: str, x: torch.Tensor) -> torch.Tensor:
         s = self._get(key, x)
+        if key in self.gains:
+            x = x / self.gains[key].to(x)
         if self.mode == "min_max":
             rng = s["max"] - s["min"]
             return torch.where(rng > EPS, (x + 1) / 2 * rng + s["min"], s["min"].expand_as(x))

@@ -103,7 +103,12 @@ class Policy:
 
     # ------------------------------------------------------------------ construction / I/O
     def set_stats(self, stats: Mapping[str, Mapping[str, Any]] | Normalizer) -> None:
-        norm = stats if isinstance(stats, Normalizer) else Normalizer(stats, self.config.normalization)
+        gain = self.config.action_gain()
+        gains = {ACTION_KEY: gain} if gain else None
+        if isinstance(stats, Normalizer):  # the config, not the stats object, decides the network's space
+            norm = Normalizer(stats.stats, stats.mode, gains)
+        else:
+            norm = Normalizer(stats, self.config.normalization, gains)
         need = {ACTION_KEY: self.config.action_dim}
         if self.config.state_dim:
             need[STATE_KEY] = self.config.state_dim

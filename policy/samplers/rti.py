@@ -116,7 +116,7 @@ class RTISampler(WarmStartSampler):
         valid = c.horizon - executed
         if valid <= 0:  # everything planned has been executed: nothing left to warm-start from
             return self.full_solve()
-        g = guess(self.solution, executed, c.discrete_action_dims)
+        g = guess(self.solution, executed, c.snapped_dims)
         k0 = ctx.settings.rti_start_level
         x = warm_start(ctx.schedule, g[None], ctx.noise(1, c.horizon, c.action_dim), k0)
         self.stats["warm"] += 1
@@ -137,7 +137,7 @@ class RTISampler(WarmStartSampler):
                 continue
             break
         self.solve = None
-        x = snap_discrete(s.x[0], self.ctx.config.discrete_action_dims)
+        x = snap_discrete(s.x[0], self.ctx.config.snapped_dims)
         self.solution = x.clone()
         self.since_full = 0 if s.kind == "full" else self.since_full + 1
         return calls, executable(self.ctx, x)

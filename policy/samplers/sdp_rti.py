@@ -45,7 +45,7 @@ class SDPRTISampler(WarmStartSampler, SDPSampler):
         self.stream_open = False
         chunk = buf.ready_actions()
         c = self.ctx.config
-        disc, ta, to = c.discrete_action_dims, c.n_action_steps, c.n_obs_steps
+        disc, ta, to = c.snapped_dims, c.n_action_steps, c.n_obs_steps
         solution = snap_discrete(buf.x0_hat, disc)
         assert self.solution is not None
         prior = guess(self.solution, ta, disc)
@@ -67,8 +67,8 @@ class SDPRTISampler(WarmStartSampler, SDPSampler):
             return calls, None
         self.solve = None
         c = self.ctx.config
-        solution = snap_discrete(s.x[0], c.discrete_action_dims)
-        self.buffer.reset(guess(solution, c.n_action_steps, c.discrete_action_dims), generator=self.ctx.generator)
+        solution = snap_discrete(s.x[0], c.snapped_dims)
+        self.buffer.reset(guess(solution, c.n_action_steps, c.snapped_dims), generator=self.ctx.generator)
         self.solution = solution.clone()
         self.since_full = 0
         return calls, executable(self.ctx, solution)

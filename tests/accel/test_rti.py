@@ -122,6 +122,36 @@ def test_discrete_dims_snapped_in_guess_and_thresholded_in_output():
     assert set(p.sampler_impl.solve.guess[:, 1].tolist()) <= {-1.0, 1.0}
 
 
+def test_discrete_dims_scaled_mode(tmp_path):
+    """RTI-DP's alternative to snapping: the gripper dim lives on [-1/s, 1/s] in the network's space (the
+    trainer's targets and the sampler's outputs alike); guesses are not snapped; actions round-trip."""
+    p = perturb(
+        tiny_policy(seed=2, sampler="rti", discrete_action_dims=[1], discrete_action_mode="scale",
+                    discrete_action_scale=10.0, rti_divergence=0.0, **KW)
+    )  # fmt: skip
+    assert p.config.snapped_dims == [] and p.config.action_gain() == [1.0, 0.1]
+    from streamdp.policy.policy import ACTION_KEY
+
+    raw = torch.tensor([[-1.0, -1.0], [2.0, 2.0], [0.5, 0.5]])  # tiny stats: -1/2 are the extremes
+    net = p.normalizer.normalize(ACTION_KEY, raw)
+    assert torch.allclose(net[:, 0], torch.tensor([-1.0, 1.0, 0.0])) and torch.allclose(net[:, 1], net[:, 0] / 10)
+    assert torch.allclose(p.normalizer.unnormalize(ACTION_KEY, net), raw)
+    stream = obs_stream(12)
+    acts, _ = run_stream(p, stream[:8])
+    assert np.isfinite(acts).all()
+    p.observe(stream[8])
+    p.denoise(budget=1)
+    g = p.sampler_impl.solve.guess[:, 1]
+    assert not set(g.tolist()) <= {-1.0, 1.0}  # not snapped
+    # the gain comes from the config: it survives a checkpoint round trip
+    q = Policy.from_pretrained(p.save_pretrained(tmp_path / "ckpt"))
+    assert torch.allclose(q.normalizer.normalize(ACTION_KEY, raw), net)
+    from streamdp.policy import ConfigError
+
+    with pytest.raises(ConfigError, match="discrete_action_mode"):
+        tiny_policy(sampler="rti", discrete_action_dims=[1], discrete_action_mode="clip", **KW)
+
+
 def test_divergence_forces_full_resample_and_is_counted():
     p = perturb(tiny_policy(seed=4, sampler="rti", rti_steps=3, rti_divergence=1e-9, **KW))
     cc = CallCounter(p)
