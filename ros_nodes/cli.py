@@ -33,3 +33,11 @@ def sim_episodes() -> int:
     from streamdp.ros_nodes.sim_episodes import main
 
     return main()
+
+
+def record() -> int:
+    """``streamdp-record``: the demonstration recorder node (see :mod:`streamdp.ros_nodes.recorder_node`)."""
+    ensure_ros_env()
+    from streamdp.ros_nodes.recorder_node import main
+
+    return main()

@@ -1,9 +1,13 @@
 """Observation sync (no rclpy): sensor messages -> the policy's observation, one sample per control tick.
 
 Messages are matched to the checkpoint by joint *name*; out-of-order and duplicate header stamps are
-dropped and counted; a stream older than its max age makes the tick's sample stale (no new input), so
-the policy's To-step history is spaced exactly one control period apart, as in training. Images are
-decoded from ``sensor_msgs/Image`` payloads without cv_bridge.
+dropped and counted (``last_drop`` says why the latest one was); a stream older than its max age makes
+the tick's sample stale (no new input), so the policy's To-step history is spaced exactly one control
+period apart, as in training. Images are decoded from ``sensor_msgs/Image`` payloads without cv_bridge.
+
+The ``*_msg`` methods take the ROS messages themselves, duck-typed on their field names, so rclpy
+messages (the policy node, the recorder) and the message objects of a bag reader (``rosbags``, the bag
+converter) go through the same code and give the same arrays.
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ JOINT_FIELDS = ("position", "velocity", "effort")
 
 class SyncError(ValueError):
     """A sensor message that cannot be used (missing joints, wrong size, bad encoding)."""
+
+
+def stamp_seconds(stamp: Any) -> float:
+    """A ``builtin_interfaces/Time`` (``sec``, ``nanosec``) in seconds."""
+    return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
 
 
 # ---------------------------------------------------------------------------------------------- joints
@@ -144,6 +153,7 @@ class ObservationSync:
         self.max_age = float(max_age)
         self.max_image_age = float(max_age if max_image_age is None else max_image_age)
         self.counters = SyncCounters()
+        self.last_drop = ""  # why the latest dropped message was dropped (for logs and bag errors)
         self.history: collections.deque[tuple[float, float]] = collections.deque(maxlen=max(1, history))
         self.reset()
 
@@ -161,10 +171,22 @@ class ObservationSync:
         if last is not None and stamp <= last:
             if stamp == last:
                 self.counters.duplicate += 1
+                self.last_drop = f"duplicate header stamp {stamp:.6f}"
             else:
                 self.counters.out_of_order += 1
+                self.last_drop = f"header stamp {stamp:.6f} is older than the previous one ({last:.6f})"
             return False
         return True
+
+    def _reject(self, why: str) -> bool:
+        self.counters.rejected += 1
+        self.last_drop = why
+        return False
+
+    def _nonfinite(self) -> bool:
+        self.counters.nonfinite += 1
+        self.last_drop = "non-finite values (NaN/inf, or too large for float32)"
+        return False
 
     def _accept(self, stream: str, stamp: float) -> None:
         self._last_stamp[stream] = stamp
@@ -185,12 +207,10 @@ class ObservationSync:
         try:
             data = {f: select_joints(names, arrays[f], self.layout.joint_names)
                     for f in {"position", *self.layout.joint_fields}}
-        except SyncError:
-            self.counters.rejected += 1
-            return False
+        except SyncError as e:
+            return self._reject(str(e))
         if not all(_finite32(v) for v in data.values()):
-            self.counters.nonfinite += 1
-            return False
+            return self._nonfinite()
         self._joint = StreamSample(stamp, data)
         self._accept("joint_states", stamp)
         return True
@@ -199,13 +219,11 @@ class ObservationSync:
         """An extra state entry (already reduced to its fields)."""
         v = np.asarray(values, dtype=np.float64).reshape(-1)
         if v.size != self.layout.extra(name).dim:
-            self.counters.rejected += 1
-            return False
+            return self._reject(f"{v.size} values for extra state {name!r}, which has {self.layout.extra(name).dim}")
         if not self._order_ok("extra:" + name, stamp):
             return False
         if not _finite32(v):
-            self.counters.nonfinite += 1
-            return False
+            return self._nonfinite()
         self._extra[name] = StreamSample(stamp, v)
         self._accept("extra:" + name, stamp)
         return True
@@ -217,6 +235,32 @@ class ObservationSync:
         self._images[camera] = StreamSample(stamp, image)
         self._accept("image:" + camera, stamp)
         return True
+
+    # -- ROS messages (rclpy or bag-reader objects: only field names are used) -------------------
+    def add_joint_state_msg(self, msg: Any, stamp: float | None = None) -> bool:
+        """A ``sensor_msgs/JointState``; `stamp` replaces its header stamp (seconds) when given."""
+        t = stamp_seconds(msg.header.stamp) if stamp is None else stamp
+        return self.add_joint_state(t, msg.name, msg.position, msg.velocity, msg.effort)
+
+    def add_extra_msg(self, name: str, msg: Any, stamp: float | None = None) -> bool:
+        """A ``geometry_msgs/PointStamped`` feeding extra state `name` (its configured fields, in order)."""
+        t = stamp_seconds(msg.header.stamp) if stamp is None else stamp
+        return self.add_extra(name, t, [getattr(msg.point, c) for c in self.layout.extra(name).fields])
+
+    def add_image_msg(
+        self,
+        camera: str,
+        msg: Any,
+        expected_hw: tuple[int, int] | None = None,
+        channels: int = 3,
+        stamp: float | None = None,
+    ) -> bool:
+        """A ``sensor_msgs/Image`` of `camera`, decoded (:func:`decode_image`); a bad payload is rejected."""
+        try:
+            img = decode_image(msg.encoding, msg.height, msg.width, msg.step, msg.data, expected_hw, channels)
+        except SyncError as e:
+            return self._reject(f"camera {camera!r}: {e}")
+        return self.add_image(camera, stamp_seconds(msg.header.stamp) if stamp is None else stamp, img)
 
     # -- per-tick sample -----------------------------------------------------------------------
     @property

@@ -124,6 +124,18 @@ class Settings:
     limits: dict[str, Any]
 
 
+def extra_states(names: Any, topics: Any, fields: Any) -> list[ExtraState]:
+    """The ``extra_state_{names,topics,fields}`` parameters as ExtraState entries (fields default to 'xy')."""
+    names, topics, fields = list(names or []), list(topics or []), list(fields or [])
+    if not (len(names) == len(topics) and len(fields) in (0, len(names))):
+        raise ParameterError(f"extra_state_names {names}, extra_state_topics {topics} and extra_state_fields "
+                             f"{fields} must have the same length")
+    try:
+        return [ExtraState(n, t, f or "xy") for n, t, f in zip(names, topics, fields or [""] * len(names))]
+    except ValueError as e:
+        raise ParameterError(str(e)) from e
+
+
 def read_settings(get: Callable[[str], Any]) -> Settings:
     """The node's parameters checked and typed; `get(name)` gives a parameter's value (None when unset)."""
     ckpt = get("checkpoint")
@@ -132,13 +144,7 @@ def read_settings(get: Callable[[str], Any]) -> Settings:
     out = get("output_type")
     if out not in OUTPUT_TYPES:
         raise ParameterError(f"output_type must be one of {OUTPUT_TYPES}, got {out!r}")
-    names = list(get("extra_state_names") or [])
-    topics = list(get("extra_state_topics") or [])
-    fields = list(get("extra_state_fields") or [])
-    if not (len(names) == len(topics) and len(fields) in (0, len(names))):
-        raise ParameterError(f"extra_state_names {names}, extra_state_topics {topics} and extra_state_fields "
-                             f"{fields} must have the same length")
-    extras = [ExtraState(n, t, f or "xy") for n, t, f in zip(names, topics, fields or [""] * len(names))]
+    extras = extra_states(get("extra_state_names"), get("extra_state_topics"), get("extra_state_fields"))
     cams = list(get("camera_names") or [])
     cam_topics = list(get("camera_topics") or [])
     if len(cams) != len(cam_topics):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from streamdp.ros_nodes.observation import stamp_seconds
 
 
 @dataclass
@@ -82,3 +85,30 @@ class TrajectorySampler:
         i = int(np.searchsorted(self.t, t, side="right")) - 1
         w = (t - self.t[i]) / (self.t[i + 1] - self.t[i])
         return (1 - w) * self.p[i] + w * self.p[i + 1]
+
+
+def sampler_from_msg(
+    msg: Any, joint_names: Sequence[str], now: float, start: np.ndarray | None = None
+) -> TrajectorySampler:
+    """The :class:`TrajectorySampler` of a received ``trajectory_msgs/JointTrajectory`` (rclpy or bag-reader
+    object), joints matched by name; a zero header stamp starts it at `now` (joint_trajectory_controller
+    semantics) from `start`, the position held then (None: the first point's). Raises ValueError saying
+    what is wrong."""
+    names = list(msg.joint_names)
+    missing = [n for n in joint_names if n not in names]
+    if missing:
+        raise ValueError(f"trajectory joints {names} lack {missing}")
+    if len(msg.points) == 0:
+        raise ValueError("trajectory has no points")
+    idx = [names.index(n) for n in joint_names]
+    rows = []
+    for k, pt in enumerate(msg.points):
+        if len(pt.positions) != len(names):
+            raise ValueError(f"trajectory point {k} has {len(pt.positions)} positions for {len(names)} joints")
+        rows.append([pt.positions[i] for i in idx])
+    pos = np.asarray(rows, dtype=np.float64)
+    if not np.all(np.isfinite(pos)):
+        raise ValueError("trajectory holds non-finite positions")
+    t0 = stamp_seconds(msg.header.stamp) or now
+    times = [t0 + stamp_seconds(pt.time_from_start) for pt in msg.points]
+    return TrajectorySampler(t0, pos[0] if start is None else start, times, pos)

@@ -69,3 +69,48 @@ class CommandRecorder(Node):
                                  self.trajectories.append, QoSProfile(depth=100))
         self.create_subscription(Float64MultiArray, "/forward_position_controller/commands", self.arrays.append,
                                  QoSProfile(depth=100))
+
+
+# ------------------------------------------------------------------------------ message builders
+def stamp_of(msg: Any, t: float) -> Any:
+    """Set ``msg.header.stamp`` to `t` seconds; returns `msg`."""
+    msg.header.stamp.sec, msg.header.stamp.nanosec = int(t), int(round((t - int(t)) * 1e9))
+    return msg
+
+
+def joint_state(t: float, q, names=("gripper", "joint3", "joint1", "joint2")) -> JointState:
+    """A JointState of joints 1..3 at `q` in a shuffled order with an extra joint (matched by name)."""
+    by_name = {"joint1": q[0], "joint2": q[1], "joint3": q[2], "gripper": 0.0}
+    m = JointState(name=list(names), position=[float(by_name[n]) for n in names],
+                   velocity=[0.1 * float(by_name[n]) for n in names])
+    return stamp_of(m, t)
+
+
+def point(t: float, xy) -> PointStamped:
+    p = PointStamped()
+    p.point.x, p.point.y = float(xy[0]), float(xy[1])
+    return stamp_of(p, t)
+
+
+def image(t: float, pixels: np.ndarray):
+    """An rgb8 sensor_msgs/Image of an HxWx3 uint8 array."""
+    from sensor_msgs.msg import Image
+
+    from streamdp.ros_nodes.observation import encode_rgb8
+
+    h, w, step, data = encode_rgb8(pixels)
+    return stamp_of(Image(height=h, width=w, encoding="rgb8", step=step, data=data), t)
+
+
+def forward_command(values) -> Float64MultiArray:
+    return Float64MultiArray(data=[float(v) for v in values])
+
+
+def trajectory_command(t: float, positions, dt: float = 1e-3, names=("joint3", "joint1", "joint2")) -> JointTrajectory:
+    """A one-point JointTrajectory (joints shuffled) reaching `positions` `dt` after its stamp `t`."""
+    from trajectory_msgs.msg import JointTrajectoryPoint
+
+    by_name = dict(zip(JOINTS, positions))
+    pt = JointTrajectoryPoint(positions=[float(by_name.get(n, 0.0)) for n in names])
+    pt.time_from_start.nanosec = int(dt * 1e9)
+    return stamp_of(JointTrajectory(joint_names=list(names), points=[pt]), t)

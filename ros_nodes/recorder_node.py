@@ -1,0 +1,172 @@
+"""``streamdp-record``: a ROS 2 node that records demonstrations from a robot's topics into a LeRobot v3 dataset.
+
+It subscribes to what the policy node reads (``sensor_msgs/JointState`` matched by joint name,
+``geometry_msgs/PointStamped`` extra state, ``sensor_msgs/Image`` cameras) and, optionally, to a
+teleoperation or leader-arm command topic (``trajectory_msgs/JointTrajectory`` or
+``std_msgs/Float64MultiArray``); a control-rate timer samples one frame per tick. What a frame holds, how
+its action is chosen and how stale input is handled is :mod:`streamdp.ros_nodes.recording` (pure, shared
+with ``streamdp-convert-bag``); this node only wires topics, parameters, the timer and three
+``std_srvs/Trigger`` services:
+
+* ``~/start_episode``: start recording an episode (refused while one is being recorded);
+* ``~/save_episode``: end it and write it, or refuse it with the reason (stale or missing input between
+  good frames, too few frames); the response and the log say which;
+* ``~/discard_episode``: drop it.
+
+Run::
+
+    streamdp-record --ros-args -p root:=data/demos -p control_rate_hz:=20 \\
+        -p joint_names:="[joint1, joint2, joint3]" -p command_topic:=/teleop/joint_trajectory
+    ros2 service call /recorder/start_episode std_srvs/srv/Trigger   # ... then save_episode or discard_episode
+
+Stop it with Ctrl-C (SIGINT) or SIGTERM: an episode still being recorded is discarded and the dataset
+is finalised (lerobot writes the parquet footers then; a killed recorder leaves an unreadable dataset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Any
+
+from geometry_msgs.msg import PointStamped
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from streamdp.ros_nodes.episode_writer import EpisodeWriter
+from streamdp.ros_nodes.recording import EpisodeRecorder, RecordingError, RecordingOptions
+
+
+def _declared_type(default: Any) -> Any:
+    """What a RecordingOptions default is declared as: lists by type (ROS cannot type an empty list)."""
+    return Parameter.Type.STRING_ARRAY if isinstance(default, list) else default
+
+
+class RecorderNode(Node):
+    """Records episodes from ROS topics (see the module docstring); parameters are :class:`RecordingOptions`.
+
+    Raises :class:`~streamdp.policy.config.ConfigError` (bad parameters) or FileExistsError (a dataset is
+    already at ``root`` without ``resume``) at construction, before anything is subscribed."""
+
+    def __init__(self, node_name: str = "recorder", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        for f in dataclasses.fields(RecordingOptions):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            numeric = isinstance(default, float)  # -p control_rate_hz:=20 (an integer) must be accepted too
+            self.declare_parameter(f.name, _declared_type(default), ParameterDescriptor(
+                description=str(f.metadata.get("help", "")), dynamic_typing=numeric))
+        values = {}
+        for f in dataclasses.fields(RecordingOptions):
+            v = self.get_parameter(f.name).value
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            values[f.name] = (list(v) if v is not None else []) if isinstance(default, list) else (
+                float(v) if isinstance(default, float) else v)
+        self.options = RecordingOptions(**values)
+        self.writer = EpisodeWriter(self.options)
+        log = self.get_logger()
+        self.recorder = EpisodeRecorder(self.options, self.writer, warn=log.warning)
+        o = self.options
+        sensor = qos_profile_sensor_data
+        # The joint-state subscription first: the executor serves ready subscriptions in this order, so a joint
+        # state and a command waiting together are taken joint state first (a command's time is its arrival).
+        self.create_subscription(JointState, o.joint_states_topic, self._on_joint_state, sensor)
+        for e in o.extras:
+            self.create_subscription(PointStamped, e.topic, lambda m, n=e.name, t=e.topic: self._sensor(
+                self.recorder.extra_msg(n, m), t), sensor)
+        for cam, topic in zip(o.camera_names, o.camera_topics):
+            self.create_subscription(Image, topic, lambda m, c=cam, t=topic: self._sensor(
+                self.recorder.image_msg(c, m), t), sensor)
+        if o.command_topic:
+            kind = JointTrajectory if o.command_type == "joint_trajectory" else Float64MultiArray
+            # Best effort matches reliable and best-effort publishers alike (teleop devices differ).
+            qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+            self.create_subscription(kind, o.command_topic, self._on_command, qos)
+        self.create_service(Trigger, "~/start_episode", self._start)
+        self.create_service(Trigger, "~/save_episode", self._save)
+        self.create_service(Trigger, "~/discard_episode", self._discard)
+        self.timer = self.create_timer(o.period, lambda: self.recorder.tick(self._now()))
+        action = f"commands on {o.command_topic} ({o.command_type})" if o.command_topic else \
+            "the next measured joint positions"
+        log.info(f"recording {o.joint_names} from {o.joint_states_topic} at {o.fps} Hz, cameras {o.camera_names}, "
+                 f"action = {action}, into {self.writer.root}; call ~/start_episode")
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    # -- inputs ----------------------------------------------------------------------------------------
+    def _sensor(self, accepted: bool, topic: str) -> None:
+        if not accepted:
+            self.get_logger().warning(f"{topic}: message dropped: {self.recorder.last_drop}",
+                                      throttle_duration_sec=5.0)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        self._sensor(self.recorder.joint_state_msg(msg), self.options.joint_states_topic)
+
+    def _on_command(self, msg: Any) -> None:
+        if not self.recorder.command_msg(msg, self._now()):
+            self.get_logger().warning(f"{self.options.command_topic}: command dropped: "
+                                      f"{self.recorder.last_command_drop}", throttle_duration_sec=5.0)
+
+    # -- services ----------------------------------------------------------------------------------------
+    def _reply(self, response: Trigger.Response, ok: bool, message: str) -> Trigger.Response:
+        (self.get_logger().info if ok else self.get_logger().warning)(message)
+        response.success, response.message = ok, message
+        return response
+
+    def _start(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            self.recorder.start(self._now())
+        except RecordingError as e:
+            return self._reply(response, False, str(e))
+        return self._reply(response, True, f"recording episode {self.writer.num_episodes}")
+
+    def _save(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            out = self.recorder.save()
+        except RecordingError as e:
+            return self._reply(response, False, str(e))
+        except Exception as e:  # noqa: BLE001 - the dataset could not be written: say so, keep recording others
+            self.writer.clear()
+            return self._reply(response, False, f"episode not saved: writing it failed: {type(e).__name__}: {e}")
+        return self._reply(response, out.saved, out.message)
+
+    def _discard(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        try:
+            return self._reply(response, True, self.recorder.discard())
+        except RecordingError as e:
+            return self._reply(response, False, str(e))
+
+    def finalize(self) -> None:
+        """Before the process exits: drop an unsaved episode and finalise the dataset."""
+        if self.recorder.recording:
+            self.get_logger().warning(f"shutting down: {self.recorder.discard()}")
+        self.writer.close()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the recorder until SIGINT/SIGTERM (``streamdp-record`` reaches it through
+    :mod:`streamdp.ros_nodes.cli`); bad parameters end in one line on stderr and exit code 2."""
+    from streamdp.policy.config import ConfigError
+    from streamdp.ros_nodes import runtime
+
+    runtime.init(args if args is not None else sys.argv)
+    try:
+        node = RecorderNode()
+    except (ConfigError, FileExistsError, ValueError) as e:
+        print(f"streamdp-record: {type(e).__name__}: {e}", file=sys.stderr)
+        import rclpy
+
+        rclpy.shutdown()
+        return 2
+    runtime.spin_until_signal([node])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
