@@ -2,10 +2,10 @@
 of the recorder node and the bag converter, written with lerobot itself (``LeRobotDataset.create``,
 ``add_frame``, ``save_episode``, ``finalize``; cameras as video by default).
 
-The dataset is created at the first good frame (so the camera size is known) and finalised by
-:meth:`EpisodeWriter.close`: lerobot keeps its parquet writers open between episodes and a dataset is
-readable only once they are closed, so a recorder must be stopped with SIGINT/SIGTERM (it closes the
-writer on the way out), not killed. ``resume=true`` appends to an existing dataset whose features match.
+The dataset is created when an episode starts with the camera size known (else at its first good frame)
+and finalised by :meth:`EpisodeWriter.close`: lerobot keeps its parquet writers open between episodes and
+a dataset is readable only once they are closed, so a recorder must be stopped with SIGINT/SIGTERM (it
+closes the writer on the way out), not killed. ``resume=true`` appends to an existing dataset whose features match.
 """
 
 from __future__ import annotations
@@ -79,11 +79,16 @@ class EpisodeWriter:
         if problems:
             raise ValueError(f"cannot resume {self.root}: " + "; ".join(problems))
 
-    def _open(self, frame: dict[str, Any]) -> None:
+    def open(self, image_hw: tuple[int, int] | None) -> None:
+        """Create (or, with resume, open) the dataset now, e.g. when an episode starts, so the first frame's
+        control tick does not wait for it; cameras need their image size. No-op once open."""
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         o = self.options
-        image_hw = next((tuple(frame[IMAGE_PREFIX + c].shape[:2]) for c in o.camera_names), None)
+        if self._ds is not None:
+            return
+        if o.camera_names and image_hw is None:
+            raise ValueError("the camera image size is not known yet (set image_height/image_width)")
         threads = 2 if o.camera_names else 0  # PNGs are written off the control tick
         if self._existing is not None:
             self._check_existing(self._existing, image_hw)
@@ -99,7 +104,7 @@ class EpisodeWriter:
     # -- FrameSink --------------------------------------------------------------------------------
     def add(self, frame: dict[str, Any]) -> None:
         if self._ds is None:
-            self._open(frame)
+            self.open(next((tuple(frame[IMAGE_PREFIX + c].shape[:2]) for c in self.options.camera_names), None))
         self._ds.add_frame(frame)
 
     def save(self) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -43,9 +44,14 @@ from streamdp.ros_nodes.episode_writer import EpisodeWriter
 from streamdp.ros_nodes.recording import EpisodeRecorder, RecordingError, RecordingOptions
 
 
-def _declared_type(default: Any) -> Any:
-    """What a RecordingOptions default is declared as: lists by type (ROS cannot type an empty list)."""
-    return Parameter.Type.STRING_ARRAY if isinstance(default, list) else default
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(RecordingOptions)}
+
+
+def _declared(default: Any) -> Any:
+    """What a RecordingOptions default is declared as: an empty list by its type (ROS cannot type [])."""
+    return Parameter.Type.STRING_ARRAY if default == [] else default
 
 
 class RecorderNode(Node):
@@ -56,17 +62,19 @@ class RecorderNode(Node):
 
     def __init__(self, node_name: str = "recorder", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
-        for f in dataclasses.fields(RecordingOptions):
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        defaults = _defaults()
+        helps = {f.name: str(f.metadata.get("help", "")) for f in dataclasses.fields(RecordingOptions)}
+        for name, default in defaults.items():
             numeric = isinstance(default, float)  # -p control_rate_hz:=20 (an integer) must be accepted too
-            self.declare_parameter(f.name, _declared_type(default), ParameterDescriptor(
-                description=str(f.metadata.get("help", "")), dynamic_typing=numeric))
-        values = {}
-        for f in dataclasses.fields(RecordingOptions):
-            v = self.get_parameter(f.name).value
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            values[f.name] = (list(v) if v is not None else []) if isinstance(default, list) else (
-                float(v) if isinstance(default, float) else v)
+            self.declare_parameter(name, _declared(default), ParameterDescriptor(description=helps[name],
+                                                                                 dynamic_typing=numeric))
+        values: dict[str, Any] = {}
+        for name, default in defaults.items():
+            try:
+                v = self.get_parameter(name).value
+            except ParameterUninitializedException:  # a list declared by type and not given
+                v = []
+            values[name] = list(v) if isinstance(default, list) else float(v) if isinstance(default, float) else v
         self.options = RecordingOptions(**values)
         self.writer = EpisodeWriter(self.options)
         log = self.get_logger()
@@ -115,15 +123,23 @@ class RecorderNode(Node):
 
     # -- services ----------------------------------------------------------------------------------------
     def _reply(self, response: Trigger.Response, ok: bool, message: str) -> Trigger.Response:
-        (self.get_logger().info if ok else self.get_logger().warning)(message)
+        if ok:
+            self.get_logger().info(message)
+        else:
+            self.get_logger().warning(message)
         response.success, response.message = ok, message
         return response
 
     def _start(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        try:
-            self.recorder.start(self._now())
-        except RecordingError as e:
-            return self._reply(response, False, str(e))
+        if self.recorder.recording:
+            return self._reply(response, False, f"an episode is being recorded ({self.recorder.counters.frames} "
+                               "frames so far): save or discard it first")
+        if not self.options.camera_names or self.recorder.image_hw is not None:
+            try:  # creating the dataset takes a while: here, not in the first frame's control tick
+                self.writer.open(self.recorder.image_hw)
+            except (OSError, ValueError) as e:
+                return self._reply(response, False, f"cannot open the dataset: {e}")
+        self.recorder.start(self._now())
         return self._reply(response, True, f"recording episode {self.writer.num_episodes}")
 
     def _save(self, _req: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
