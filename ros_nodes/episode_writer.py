@@ -28,9 +28,6 @@ class EpisodeWriter:
     """Writes recorded episodes to ``options.root`` (see the module docstring)."""
 
     def __init__(self, options: RecordingOptions, overwrite: bool = False) -> None:
-        import datasets
-
-        datasets.disable_progress_bars()  # lerobot's save_episode runs a datasets.map with a bar per episode
         self.options = options
         self.root = Path(options.root).expanduser()
         self.repo_id = options.repo_id or f"local/{self.root.name}"
@@ -108,6 +105,11 @@ class EpisodeWriter:
         self._ds.add_frame(frame)
 
     def save(self) -> str:
+        import datasets
+
+        # save_episode runs a datasets.map with a progress bar per episode (and loading a dataset turns bars
+        # back on): keep the recorder's and the converter's output to their own lines
+        datasets.disable_progress_bars()
         self._ds.save_episode()
         self.saved += 1
         return f"episode {self.num_episodes - 1} of {self.root}"
@@ -127,4 +129,12 @@ class EpisodeWriter:
             self._ds.stop_image_writer()
         self._ds = None
         if self._created and self.saved == 0:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Stop after a failure: like :meth:`close`, but a dataset this writer created is removed whatever it
+        holds (with resume, the episodes it appended stay)."""
+        created = self._created
+        self.close()
+        if created:
             shutil.rmtree(self.root, ignore_errors=True)

@@ -131,8 +131,9 @@ def test_recorded_frames_are_the_policy_nodes_observations(rig, ros_context, tmp
         state = np.concatenate([q, 0.1 * q]).astype(np.float32)
         published[state.tobytes()] = (k, pixels, command)
         # both nodes took this joint state and image: their samples of one instant are the same arrays
-        assert spin_until(ex, lambda: rec.recorder.sync.counters.accepted >= base[0] + 2 * (k + 1)
-                          and policy.sync.counters.accepted >= base[1] + 2 * (k + 1), 5.0)
+        want = (base[0] + 2 * (k + 1), base[1] + 2 * (k + 1))
+        assert spin_until(ex, lambda w=want: rec.recorder.sync.counters.accepted >= w[0]
+                          and policy.sync.counters.accepted >= w[1], 5.0)
         now = robot.now()
         mine, theirs = rec.recorder.sync.sample(now).obs, policy.sync.sample(now).obs
         assert mine is not None and theirs is not None and mine.keys() == theirs.keys()
