@@ -62,6 +62,7 @@ setup(
             "streamdp-sim-episodes = streamdp.ros_nodes.cli:sim_episodes",
             "streamdp-bringup = streamdp.ros_nodes.bringup:main",
             "streamdp-record = streamdp.ros_nodes.cli:record",
+            "streamdp-episode = streamdp.ros_nodes.cli:episode",
             "streamdp-convert-bag = streamdp.ros_nodes.convert_bag:main",
             "policy_node = streamdp.ros_nodes.cli:policy_node",
             "sim_bridge_node = streamdp.ros_nodes.cli:sim_bridge_node",

@@ -41,3 +41,11 @@ def record() -> int:
     from streamdp.ros_nodes.recorder_node import main
 
     return main()
+
+
+def episode() -> int:
+    """``streamdp-episode start|save|discard``: call a running recorder's services."""
+    ensure_ros_env()
+    from streamdp.ros_nodes.episode_client import episode_main
+
+    return episode_main()

@@ -4,8 +4,10 @@ adapter and options.
     streamdp-convert-bag bags=[runs/bag_0,runs/bag_1] root=data/demos control_rate_hz=20 \\
         joint_names=[joint1,joint2,joint3] command_topic=/teleop/joint_trajectory
 
-Every key but ``bags``, ``split``, ``gap_s``, ``marker_topic``, ``stamps`` and ``overwrite`` is a parameter of
-``streamdp-record`` with the same name and meaning (:class:`~streamdp.ros_nodes.recording.RecordingOptions`).
+Every key but ``bags``, ``split``, ``gap_s``, ``marker_topic``, ``stamps``, ``overwrite`` and ``params_file`` is a
+parameter of ``streamdp-record`` with the same name and meaning
+(:class:`~streamdp.ros_nodes.recording.RecordingOptions`); ``params_file=FILE`` reads them from the recorder's
+own parameter YAML (``recorder: ros__parameters: ...``), keys given on the command line winning.
 The bags are read with ``rosbags`` (message definitions from the bag, else ROS 2 Kilted's) and their messages
 replayed in log-time order into the recorder's own :class:`~streamdp.ros_nodes.recording.EpisodeRecorder`, with
 control ticks every 1/control_rate_hz on the log-time clock, the first half a period after the episode starts:
@@ -67,6 +69,8 @@ class ConvertBagConfig(RecordingOptions):
     marker_topic: str = opt("", "split=marker: the episode-marker topic")
     stamps: str = opt("header", "header: sensor header stamps | log: log times for everything")
     overwrite: bool = opt(False, "replace an existing dataset at root")
+    params_file: str = opt("", "a streamdp-record parameter YAML (<node>: ros__parameters: ...): its values apply "
+                           "to the keys not given here")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +93,57 @@ class ConvertBagConfig(RecordingOptions):
     @property
     def recording(self) -> RecordingOptions:
         return RecordingOptions(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RecordingOptions)})
+
+
+ROS_OWN_PARAMS = ("use_sim_time",)  # parameters every ROS node has: allowed in a params file, not ours
+
+
+def _hydra_value(v: Any) -> str:
+    """A YAML value as a hydra override value (strings quoted, lists bracketed)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_hydra_value(x) for x in v) + "]"
+    return "'" + str(v).replace("'", "\\'") + "'"  # hydra's quoted string: only quotes are escaped
+
+
+def params_file_overrides(path: str | Path, node: str = "recorder") -> list[str]:
+    """``key=value`` overrides of a ``streamdp-record`` parameter YAML: the section of node `node`, ``/**``, or
+    the file's only node. Raises ConfigError naming unknown parameters (a typo must not pass unnoticed)."""
+    import yaml
+
+    p = Path(path).expanduser()
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"params_file {p} is not valid YAML: {' '.join(str(e).split())}") from e
+    sections = {k: v["ros__parameters"] for k, v in (data or {}).items() if isinstance(v, dict) and
+                isinstance(v.get("ros__parameters"), dict)} if isinstance(data, dict) else {}
+    key = next((k for k in (node, f"/{node}", "/**") if k in sections), None)
+    if key is None and len(sections) == 1:
+        key = next(iter(sections))
+    if key is None:
+        raise ConfigError(f"params_file {p}: no '{node}: ros__parameters:' section (it has {sorted(sections)})")
+    params = sections[key]
+    names = {f.name for f in dataclasses.fields(RecordingOptions)}
+    unknown = sorted(set(params) - names - set(ROS_OWN_PARAMS))
+    if unknown:
+        raise ConfigError(f"params_file {p}: {unknown} are not streamdp-record parameters (see streamdp-record --help)")
+    return [f"{k}={_hydra_value(v)}" for k, v in params.items() if k in names]
+
+
+def with_params_file(overrides: Sequence[str]) -> list[str]:
+    """`overrides` preceded by those of ``params_file=FILE`` (if given) for the keys they do not set."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o}
+    path = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("params_file=")), "")
+    if not path:
+        return list(overrides)
+    extra = [o for o in params_file_overrides(path) if o.split("=", 1)[0] not in given]
+    return extra + list(overrides)
 
 
 LIST_KEYS = tuple(f.name for f in dataclasses.fields(ConvertBagConfig) if f.type in ("list[str]", list[str]))
@@ -311,14 +366,23 @@ def run(cfg: ConvertBagConfig) -> int:
 
 
 def load_config(overrides: Sequence[str] = ()) -> ConvertBagConfig:
-    """The validated ``streamdp-convert-bag`` config of these ``key=value`` overrides."""
-    return cli.load_config("convert_bag", ConvertBagConfig, overrides, LIST_KEYS)
+    """The validated ``streamdp-convert-bag`` config of these ``key=value`` overrides (``params_file`` expanded)."""
+    return cli.load_config("convert_bag", ConvertBagConfig, with_params_file(overrides), LIST_KEYS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``streamdp-convert-bag bags=[...] root=DIR control_rate_hz=N joint_names=[...]``."""
-    return cli.run_job("streamdp-convert-bag", "convert_bag", ConvertBagConfig, run, argv,
-                       doc=__doc__.split("\n\n")[0], groups=(), list_keys=LIST_KEYS)
+    prog = "streamdp-convert-bag"
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = with_params_file(args)
+    except (ConfigError, OSError) as e:
+        if "--debug" in args:
+            raise
+        print(cli.one_line(prog, e), file=sys.stderr)
+        return 2
+    return cli.run_job(prog, "convert_bag", ConvertBagConfig, run, args, doc=__doc__.split("\n\n")[0], groups=(),
+                       list_keys=LIST_KEYS)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ Run::
 
     streamdp-record --ros-args -p root:=data/demos -p control_rate_hz:=20 \\
         -p joint_names:="[joint1, joint2, joint3]" -p command_topic:=/teleop/joint_trajectory
-    ros2 service call /recorder/start_episode std_srvs/srv/Trigger   # ... then save_episode or discard_episode
+    streamdp-episode start     # ... then save or discard (or: ros2 service call /recorder/start_episode
+                               #  std_srvs/srv/Trigger, with a ROS install)
 
 Stop it with Ctrl-C (SIGINT) or SIGTERM: an episode still being recorded is discarded and the dataset
 is finalised (lerobot writes the parquet footers then; a killed recorder leaves an unreadable dataset).
@@ -165,13 +166,31 @@ class RecorderNode(Node):
         self.writer.close()
 
 
+def help_text() -> str:
+    """``streamdp-record --help``: how to run it, then every parameter with its default and meaning."""
+    rows = [(name, repr(default), str(f.metadata.get("help", "")))
+            for (name, default), f in zip(_defaults().items(), dataclasses.fields(RecordingOptions))]
+    width = max(len(n) + len(d) + 1 for n, d, _ in rows)
+    lines = [__doc__.split("\n\n")[0], "",
+             "usage: streamdp-record --ros-args [--params-file FILE] [-p name:=value ...]", "",
+             "services: ~/start_episode, ~/save_episode, ~/discard_episode (std_srvs/Trigger; streamdp-episode "
+             "calls them)", "", "parameters (default, meaning):"]
+    lines += [f"  {f'{n}={d}':<{width}}  {h}" for n, d, h in rows]
+    return "\n".join(lines)
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the recorder until SIGINT/SIGTERM (``streamdp-record`` reaches it through
     :mod:`streamdp.ros_nodes.cli`); bad parameters end in one line on stderr and exit code 2."""
     from streamdp.policy.config import ConfigError
     from streamdp.ros_nodes import runtime
 
-    runtime.init(args if args is not None else sys.argv)
+    argv = list(args if args is not None else sys.argv)
+    ours = argv[1:argv.index("--ros-args")] if "--ros-args" in argv else argv[1:]
+    if "-h" in ours or "--help" in ours:
+        print(help_text())
+        return 0
+    runtime.init(argv)
     try:
         node = RecorderNode()
     except (ConfigError, FileExistsError, ValueError) as e:

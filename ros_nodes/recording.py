@@ -62,7 +62,7 @@ class RecordingOptions:
 
     root: str = opt("", "dataset folder (LeRobot v3); a new one unless resume=true")
     repo_id: str = opt("", "LeRobot repo id, a label only (empty: local/<root folder name>)")
-    task: str = opt("demonstration", "task text stored with every frame")
+    task_description: str = opt("demonstration", "the task's text stored with every frame (LeRobot's 'task')")
     robot_type: str = opt("", "robot type stored in the dataset's info")
     resume: bool = opt(False, "append episodes to the dataset at root (its features must match)")
     use_videos: bool = opt(True, "cameras stored as mp4 video (false: one PNG per frame)")
@@ -466,7 +466,7 @@ class EpisodeRecorder:
             return
         frame: dict[str, Any] = dict(f.obs or {})
         frame[ACTION_KEY] = np.asarray(f.action, dtype=np.float32)
-        frame["task"] = self.options.task
+        frame["task"] = self.options.task_description
         try:
             self.sink.add(frame)
         except ValueError as e:  # e.g. a resumed dataset whose features differ

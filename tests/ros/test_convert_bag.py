@@ -13,6 +13,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from streamdp.ros_nodes import convert_bag
 
+ROOT = Path(__file__).resolve().parents[2]
 TS = get_typestore(Stores.ROS2_KILTED)
 T = TS.types
 JOINTS = ["joint1", "joint2", "joint3"]
@@ -50,6 +51,15 @@ def camera(t: float, value: int, size: int = 64):
 def forward(values):
     layout = T["std_msgs/msg/MultiArrayLayout"](dim=[], data_offset=0)
     return T["std_msgs/msg/Float64MultiArray"](layout=layout, data=np.asarray(values, dtype=np.float64))
+
+
+def trajectory(t: float, positions, dt: float = 1e-3):
+    point = T["trajectory_msgs/msg/JointTrajectoryPoint"](
+        positions=np.asarray(positions, dtype=np.float64)[[2, 0, 1]], velocities=np.array([], dtype=np.float64),
+        accelerations=np.array([], dtype=np.float64), effort=np.array([], dtype=np.float64),
+        time_from_start=T["builtin_interfaces/msg/Duration"](sec=0, nanosec=int(dt * 1e9)))
+    return T["trajectory_msgs/msg/JointTrajectory"](header=_header(t), joint_names=["joint3", "joint1", "joint2"],
+                                                    points=[point])
 
 
 def marker(state: str):
@@ -114,6 +124,40 @@ def test_a_bag_becomes_one_episode_with_the_recorders_pairing(tmp_path, capsys, 
         s, a = item["observation.state"].numpy(), item["action"].numpy()
         np.testing.assert_allclose(s[:3], q_at(i), rtol=1e-6)  # tick i (10 ms after joint state i) sees it
         np.testing.assert_allclose(a, q_at(i) + 0.3, rtol=1e-6)  # the command that followed it
+
+
+def test_the_recorders_parameter_file_serves_the_converter(tmp_path, capsys):
+    """config/ros/record.yaml (the recorder's parameters for the sim arm) on a bag of the arm's topics with the
+    commands on the controller's JointTrajectory topic; the result fits the arm_reach_dynamic task card."""
+    msgs = [m for m in arm_messages(30) if m[0] != "/teleop/commands"]
+    msgs += [("/joint_trajectory_controller/joint_trajectory", T0 + k * DT + 0.010, trajectory(T0 + k * DT + 0.008,
+              q_at(k) + 0.3)) for k in range(30)]
+    bag = write_bag(tmp_path / "bag", msgs, "sqlite3")
+    code = convert_bag.main([f"params_file={ROOT / 'config/ros/record.yaml'}", f"bags=[{bag}]",
+                             f"root={tmp_path / 'ds'}"])
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    from streamdp.policy.train.config import DatasetConfig
+    from streamdp.policy.train.data import Window
+    from streamdp.policy.train.sources import card_features, load_dataset
+    from streamdp.sim.collect import load_config as collect_config
+
+    card = collect_config(["task=arm_reach_dynamic"]).task
+    task = {"name": card.name, "obs_mode": "state", "fps": 20, "features": card.features}
+    assert card_features(task)[1]["state_dim"] == 8
+    data = load_dataset(task, DatasetConfig(root=str(tmp_path / "ds")), Window(n_obs_steps=2, horizon=8))
+    assert data.info.num_frames == 29 and data.info.joint_names == JOINTS
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset("local/ds", root=tmp_path / "ds")
+    assert ds.meta.robot_type == "arm_reach_dynamic" and ds.meta.tasks.index[0] == "reach the target"
+    for i in range(len(ds)):  # the trajectory that followed frame i, read one period after the next joint state
+        np.testing.assert_allclose(ds[i]["action"].numpy(), q_at(i) + 0.3, rtol=1e-6)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recorder:\n  ros__parameters:\n    joint_name: [joint1]\n    use_sim_time: false\n")
+    code = convert_bag.main([f"params_file={bad}", f"bags=[{bag}]", f"root={tmp_path / 'ds2'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "['joint_name'] are not streamdp-record parameters" in err and len(err.splitlines()) == 1
 
 
 def test_cameras_become_video_that_the_training_loader_reads(tmp_path, capsys):

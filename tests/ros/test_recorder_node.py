@@ -80,6 +80,28 @@ def rig(ros_context):
             n.destroy_node()
 
 
+def episode_cli(ex, action: str) -> tuple[int, str, str]:
+    """``streamdp-episode <action>`` as a child process while `ex` spins here (the recorder answers)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    from streamdp.ros_nodes.rosenv import with_ros_library_path
+
+    done = threading.Event()
+    spinner = threading.Thread(target=lambda: [ex.spin_once(timeout_sec=0.02) for _ in iter(done.is_set, True)])
+    spinner.start()
+    try:
+        r = subprocess.run([str(Path(sys.executable).parent / "streamdp-episode"), action, "--timeout", "20"],
+                           capture_output=True, text=True, timeout=60, env=with_ros_library_path(os.environ))
+    finally:
+        done.set()
+        spinner.join()
+    return r.returncode, r.stdout, r.stderr
+
+
 def read_back(root):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -199,7 +221,11 @@ def test_episodes_saved_refused_discarded_and_trained_on(rig, ros_context, tmp_p
     assert not bad.success and "nothing saved" in bad.message and "between good ones" in bad.message, bad.message
     assert call(ex, robot, "/recorder/start_episode").success
     spin_for(ex, 0.3)
-    assert "discarded the episode" in call(ex, robot, "/recorder/discard_episode").message
+    # streamdp-episode, the command-line client, in its own process while this one spins the recorder
+    code, out, err = episode_cli(ex, "discard")
+    assert code == 0 and "discarded the episode" in out, err
+    code, out, err = episode_cli(ex, "save")
+    assert code == 1 and "no episode is being recorded" in err
     assert call(ex, robot, "/recorder/start_episode").success
     spin_for(ex, 1.2)
     assert call(ex, robot, "/recorder/save_episode").success
@@ -216,7 +242,8 @@ def test_episodes_saved_refused_discarded_and_trained_on(rig, ros_context, tmp_p
     from tests.train.helpers import tiny_overrides, train_inprocess
 
     run = tmp_path / "run"
-    res = train_inprocess(tiny_overrides(root, run, steps=2, batch=4, task="generic"))
+    # config/task/arm_reach_dynamic.yaml's card: 8 state values, 3 actions, 20 fps, as recorded here
+    res = train_inprocess(tiny_overrides(root, run, steps=2, batch=4, task="arm_reach_dynamic"))
     from streamdp.policy.policy import Policy
 
     trained = Policy.from_pretrained(run / "checkpoints" / "last" / "pretrained")
