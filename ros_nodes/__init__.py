@@ -12,12 +12,19 @@ Pure logic (no rclpy; unit-tested on its own):
 - ``safety`` / ``kinematics``: the safety filter and the URDF chain's forward kinematics.
 - ``params``: the policy node's parameter table, the Settings it becomes, the limits -> safety filter step.
 - ``commands``: the command pipeline (user filter seam, safety filter, publish-or-hold).
+- ``recording``: demonstrations at the control rate (RecordingOptions, EpisodeRecorder: frames through
+  ObservationSync, actions from the next joint state's command or position, stale frames trimmed or refused);
+  ``episode_writer``: the LeRobot v3 dataset they go into (lerobot, no rclpy).
+- ``convert_bag``: ``streamdp-convert-bag``, rosbag2 (MCAP, sqlite3; read with rosbags) through the recorder's
+  logic into LeRobot v3 (a job: hydra ``key=value``).
 
 ROS nodes and tools:
 
 - ``policy_node``: the managed (lifecycle) policy node; ``sim_bridge_node``: a sim task as a ROS robot.
-- ``cli``: console scripts ``policy_node``, ``sim_bridge_node``, ``streamdp-sim-episodes`` (rclpy's
-  libraries made loadable first).
+- ``cli``: console scripts ``policy_node``, ``sim_bridge_node``, ``streamdp-sim-episodes``, ``streamdp-record``,
+  ``streamdp-episode`` (rclpy's libraries made loadable first).
+- ``recorder_node``: the recorder (``streamdp-record``: topics, std_srvs episode services, control-rate timer);
+  ``episode_client``: ``streamdp-episode start|save|discard``, its command-line client.
 - ``bringup``: node descriptions shared by ``launch/*.launch.py`` and ``streamdp-bringup``.
 - ``rosenv``: where rclpy comes from (a sourced ROS 2 or the pip ``ros-rclpy`` wheels), ``ensure_ros_env``
   for entry points, and the ROS environment rule (LOCALHOST discovery, ROS_DOMAIN_ID, ROS_LOG_DIR).

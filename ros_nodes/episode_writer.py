@@ -28,6 +28,8 @@ class EpisodeWriter:
     """Writes recorded episodes to ``options.root`` (see the module docstring)."""
 
     def __init__(self, options: RecordingOptions, overwrite: bool = False) -> None:
+        import lerobot.datasets.lerobot_dataset  # noqa: F401 - seconds of imports now, not when an episode starts
+
         self.options = options
         self.root = Path(options.root).expanduser()
         self.repo_id = options.repo_id or f"local/{self.root.name}"

@@ -172,7 +172,7 @@ def help_text() -> str:
             for (name, default), f in zip(_defaults().items(), dataclasses.fields(RecordingOptions))]
     width = max(len(n) + len(d) + 1 for n, d, _ in rows)
     lines = [__doc__.split("\n\n")[0], "",
-             "usage: streamdp-record --ros-args [--params-file FILE] [-p name:=value ...]", "",
+             "usage: streamdp-record [--help] --ros-args [--params-file FILE] [-p name:=value ...]", "",
              "services: ~/start_episode, ~/save_episode, ~/discard_episode (std_srvs/Trigger; streamdp-episode "
              "calls them)", "", "parameters (default, meaning):"]
     lines += [f"  {f'{n}={d}':<{width}}  {h}" for n, d, h in rows]

@@ -6,7 +6,7 @@ accepts the options written there.
   is resolved: ``make`` targets must exist in the Makefile; console scripts must be setup.py entry
   points; ``python -m`` / ``torchrun -m`` modules must import; ``ros2 launch streamdp F`` needs
   ``launch/F`` declaring each ``name:=`` argument; ``bash F`` needs the file. Hydra tools (collect,
-  train, eval, bench, sim-measure, calibrate) must compose their config with the written overrides
+  train, eval, bench, sim-measure, calibrate, convert-bag) must compose their config with the written overrides
   (and take no ``--flags``); every other tool must list each ``--flag`` in its ``--help``.
 """
 
@@ -39,6 +39,7 @@ HYDRA_TOOLS = {
     "streamdp.sim.measure": "load_config",
     "streamdp-calibrate-rti": "streamdp.policy.calibration:rti_config",
     "streamdp-calibrate-bac": "streamdp.policy.calibration:bac_config",
+    "streamdp.ros_nodes.convert_bag": "load_config",
 }
 
 
