@@ -239,7 +239,7 @@ def test_episodes_saved_refused_discarded_and_trained_on(rig, ros_context, tmp_p
         np.testing.assert_allclose(s[6:], [0.4, 0.1], rtol=1e-6)
         assert np.all(np.abs(a - s[:3] - 0.5) < 0.02)  # the trajectory that followed the observation (q + 0.5)
 
-    from tests.train.helpers import tiny_overrides, train_inprocess
+    from ..train.helpers import tiny_overrides, train_inprocess
 
     run = tmp_path / "run"
     # config/task/arm_reach_dynamic.yaml's card: 8 state values, 3 actions, 20 fps, as recorded here
