@@ -63,6 +63,7 @@ setup(
             "streamdp-bringup = streamdp.ros_nodes.bringup:main",
             "policy_node = streamdp.ros_nodes.cli:policy_node",
             "sim_bridge_node = streamdp.ros_nodes.cli:sim_bridge_node",
+            "expert_teleop_node = streamdp.ros_nodes.cli:expert_teleop_node",
         ],
     },
 )

@@ -12,12 +12,16 @@ Pure logic (no rclpy; unit-tested on its own):
 - ``safety`` / ``kinematics``: the safety filter and the URDF chain's forward kinematics.
 - ``params``: the policy node's parameter table, the Settings it becomes, the limits -> safety filter step.
 - ``commands``: the command pipeline (user filter seam, safety filter, publish-or-hold).
+- ``sim_robots``: each sim task as a ROS robot (joints, state topics, cameras, command channels) and the
+  policy node parameters that read it back.
+- ``teleop``: which expert suggestions the teleop node relays as commands.
 
 ROS nodes and tools:
 
-- ``policy_node``: the managed (lifecycle) policy node; ``sim_bridge_node``: a sim task as a ROS robot.
-- ``cli``: console scripts ``policy_node``, ``sim_bridge_node``, ``streamdp-sim-episodes`` (rclpy's
-  libraries made loadable first).
+- ``policy_node``: the managed (lifecycle) policy node; ``sim_bridge_node``: a sim task as a ROS robot;
+  ``teleop_node``: the sim's scripted expert as a teleoperator publishing commands for the bridge.
+- ``cli``: console scripts ``policy_node``, ``sim_bridge_node``, ``expert_teleop_node``,
+  ``streamdp-sim-episodes`` (rclpy's libraries made loadable first).
 - ``bringup``: node descriptions shared by ``launch/*.launch.py`` and ``streamdp-bringup``.
 - ``rosenv``: where rclpy comes from (a sourced ROS 2 or the pip ``ros-rclpy`` wheels), ``ensure_ros_env``
   for entry points, and the ROS environment rule (LOCALHOST discovery, ROS_DOMAIN_ID, ROS_LOG_DIR).

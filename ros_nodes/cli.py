@@ -27,6 +27,14 @@ def sim_bridge_node() -> int:
     return main()
 
 
+def expert_teleop_node() -> int:
+    """``expert_teleop_node``: the sim's expert as a teleoperator (:mod:`streamdp.ros_nodes.teleop_node`)."""
+    ensure_ros_env()
+    from streamdp.ros_nodes.teleop_node import main
+
+    return main()
+
+
 def sim_episodes() -> int:
     """``streamdp-sim-episodes``: scored closed-loop episodes over ROS 2 (:mod:`streamdp.ros_nodes.sim_episodes`)."""
     ensure_ros_env()

@@ -361,7 +361,14 @@ def main(args: list[str] | None = None) -> int:
     from streamdp.ros_nodes import runtime
 
     runtime.init(args if args is not None else sys.argv)
-    node = SimBridgeNode()
+    try:
+        node = SimBridgeNode()
+    except (ValueError, KeyError) as e:  # a bad parameter: one line and exit code 2, as every streamdp tool
+        import rclpy
+
+        print(f"sim_bridge_node: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        rclpy.shutdown()
+        return 2
     t = time.monotonic()
     runtime.spin_until_signal([node])
     print(f"sim_bridge: {node.total_steps} steps in {time.monotonic() - t:.1f} s, {node.successes} successes")
