@@ -61,6 +61,32 @@ from streamdp.ros_nodes.observation import encode_rgb8
 from streamdp.ros_nodes.sim_robots import sim_robot
 from streamdp.ros_nodes.trajectory import TrajectorySampler, split_seconds
 
+# (name, default, description): what ``sim_bridge_node --help`` lists and the node declares.
+PARAMETERS: tuple[tuple[str, Any, str], ...] = (
+    ("task", "arm_reach_dynamic", "streamdp.sim task name: arm_reach_dynamic | pusht | libero"),
+    ("task_options", "", "JSON object of task options (make_task), e.g. '{\"task_id\": 3}' for LIBERO"),
+    ("obs_mode", "state", "state | image (image: cameras are rendered and published)"),
+    ("seed", 0, "episode seed (episode k uses seed + k)"),
+    ("rate_hz", 0.0, "physics/publish rate; 0: the task fps"),
+    ("max_episode_steps", 0, "episode length in ticks; 0: the task default"),
+    ("auto_reset", True, "start a new episode when one ends (success or time-out)"),
+    ("reset", 0, "set to a new value to reset the task (seed + reset)"),
+    ("joint_states_topic", "/joint_states", "JointState output"),
+    ("success_topic", "/task/success", "Bool success output"),
+    ("distance_topic", "/task/distance", "Float64 end-effector-to-target distance output"),
+    ("camera_topic_format", "/camera/{camera}/image_raw", "Image topic per camera"),
+    ("trajectory_topic", "/joint_trajectory_controller/joint_trajectory", "JointTrajectory command input"),
+    ("forward_topic", "/forward_position_controller/commands", "Float64MultiArray command input"),
+    ("reset_topic", "/task/reset", "std_msgs/Empty: reset the task"),
+    ("episode_topic", "/task/episode", "diagnostic_msgs/DiagnosticStatus at every episode start and end "
+     "(episode, seed, state: running | success | timeout, steps, distance)"),
+    ("trajectory_lookahead_s", -1.0, "evaluate trajectories this far ahead; <0: one control period"),
+    ("cameras_enabled", True, "false: stop publishing every camera (a camera dropout; physics and joint "
+     "states go on); may be changed at run time"),
+    ("expert", False, "run the task's scripted expert on this env and publish its suggestion every tick"),
+    ("expert_topic", "/task/expert_action", "JointTrajectory: the expert's command for the tick's observation"),
+)
+
 
 def _secs(t: Any) -> float:
     return float(t.sec) + 1e-9 * float(t.nanosec)
@@ -72,31 +98,8 @@ class SimBridgeNode(Node):
     def __init__(self, node_name: str = "sim_bridge", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
 
-        def d(name: str, default: Any, text: str) -> None:
+        for name, default, text in PARAMETERS:
             self.declare_parameter(name, default, ParameterDescriptor(description=text))
-
-        d("task", "arm_reach_dynamic", "streamdp.sim task name: arm_reach_dynamic | pusht | libero")
-        d("task_options", "", "JSON object of task options (make_task), e.g. '{\"task_id\": 3}' for LIBERO")
-        d("obs_mode", "state", "state | image (image: cameras are rendered and published)")
-        d("seed", 0, "episode seed (episode k uses seed + k)")
-        d("rate_hz", 0.0, "physics/publish rate; 0: the task fps")
-        d("max_episode_steps", 0, "episode length in ticks; 0: the task default")
-        d("auto_reset", True, "start a new episode when one ends (success or time-out)")
-        d("reset", 0, "set to a new value to reset the task (seed + reset)")
-        d("joint_states_topic", "/joint_states", "JointState output")
-        d("success_topic", "/task/success", "Bool success output")
-        d("distance_topic", "/task/distance", "Float64 end-effector-to-target distance output")
-        d("camera_topic_format", "/camera/{camera}/image_raw", "Image topic per camera")
-        d("trajectory_topic", "/joint_trajectory_controller/joint_trajectory", "JointTrajectory command input")
-        d("forward_topic", "/forward_position_controller/commands", "Float64MultiArray command input")
-        d("reset_topic", "/task/reset", "std_msgs/Empty: reset the task")
-        d("episode_topic", "/task/episode", "diagnostic_msgs/DiagnosticStatus at every episode start and end "
-          "(episode, seed, state: running | success | timeout, steps, distance)")
-        d("trajectory_lookahead_s", -1.0, "evaluate trajectories this far ahead; <0: one control period")
-        d("cameras_enabled", True, "false: stop publishing every camera (a camera dropout; physics and joint "
-          "states go on); may be changed at run time")
-        d("expert", False, "run the task's scripted expert on this env and publish its suggestion every tick")
-        d("expert_topic", "/task/expert_action", "JointTrajectory: the expert's command for the tick's observation")
 
         from streamdp.sim import make_task, task_spec
 
@@ -361,13 +364,8 @@ def main(args: list[str] | None = None) -> int:
     from streamdp.ros_nodes import runtime
 
     runtime.init(args if args is not None else sys.argv)
-    try:
-        node = SimBridgeNode()
-    except (ValueError, KeyError) as e:  # a bad parameter: one line and exit code 2, as every streamdp tool
-        import rclpy
-
-        print(f"sim_bridge_node: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        rclpy.shutdown()
+    node = runtime.make_node("sim_bridge_node", SimBridgeNode)
+    if node is None:
         return 2
     t = time.monotonic()
     runtime.spin_until_signal([node])

@@ -26,6 +26,15 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from streamdp.ros_nodes.params import DEFAULT_COMMAND_TOPICS, OUTPUT_TYPES
 from streamdp.ros_nodes.teleop import ExpertRelay
 
+# (name, default, description): what ``expert_teleop_node --help`` lists and the node declares.
+PARAMETERS: tuple[tuple[str, Any, str], ...] = (
+    ("expert_topic", "/task/expert_action", "JointTrajectory suggestions from sim_bridge_node (expert:=true)"),
+    ("output_type", "joint_trajectory", "joint_trajectory | float64_multi_array (as policy_node)"),
+    ("command_topic", "", "command output; empty: the controller's conventional topic for output_type"),
+    ("max_age_s", 0.25, "drop suggestions older than this (they answer a past observation)"),
+    ("enabled", True, "false: relay nothing (the bridge holds); may be changed at run time"),
+)
+
 
 class ExpertTeleopNode(Node):
     """Relays the bridge's expert suggestions as controller commands (see the module docstring)."""
@@ -33,14 +42,8 @@ class ExpertTeleopNode(Node):
     def __init__(self, node_name: str = "expert_teleop", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
 
-        def d(name: str, default: Any, text: str) -> None:
+        for name, default, text in PARAMETERS:
             self.declare_parameter(name, default, ParameterDescriptor(description=text))
-
-        d("expert_topic", "/task/expert_action", "JointTrajectory suggestions from sim_bridge_node (expert:=true)")
-        d("output_type", "joint_trajectory", "joint_trajectory | float64_multi_array (as policy_node)")
-        d("command_topic", "", "command output; empty: the controller's conventional topic for output_type")
-        d("max_age_s", 0.25, "drop suggestions older than this (they answer a past observation)")
-        d("enabled", True, "false: relay nothing (the bridge holds); may be changed at run time")
         out = self.get_parameter("output_type").value
         if out not in OUTPUT_TYPES:
             raise ValueError(f"expert_teleop parameter output_type must be one of {OUTPUT_TYPES}, got {out!r}")
@@ -84,13 +87,8 @@ def main(args: list[str] | None = None) -> int:
     from streamdp.ros_nodes import runtime
 
     runtime.init(args if args is not None else sys.argv)
-    try:
-        node = ExpertTeleopNode()
-    except (ValueError, KeyError) as e:  # a bad parameter: one line and exit code 2, as every streamdp tool
-        import rclpy
-
-        print(f"expert_teleop_node: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
-        rclpy.shutdown()
+    node = runtime.make_node("expert_teleop_node", ExpertTeleopNode)
+    if node is None:
         return 2
     runtime.spin_until_signal([node])
     c = node.relay.counters

@@ -40,9 +40,10 @@ def test_policy_node_parameters_assemble_the_task_state(task, mode):
         assert list(robot.command_names) == spec.action_names
 
 
-def test_sim_yaml_is_the_arm_robot():
-    """config/ros/sim.yaml's observation parameters are the bridge's arm description, not a second copy."""
-    doc = yaml.safe_load(default_params("sim").read_text())
+@pytest.mark.parametrize("config", ["sim", "sim_pusht"])
+def test_sim_yamls_are_the_bridge_robots(config):
+    """config/ros/sim*.yaml's observation parameters are the bridge's description of its task, not a second copy."""
+    doc = yaml.safe_load(default_params(config).read_text())
     pol, sim = doc["policy_node"]["ros__parameters"], doc["sim_bridge"]["ros__parameters"]
     want = sim_robot(task_spec(sim["task"], sim["obs_mode"])).policy_params()
     for key in ("joint_names", "state_layout", "extra_state_names", "extra_state_topics", "extra_state_fields"):
