@@ -21,7 +21,7 @@ def _asked_for_help(name: str, module: Any) -> bool:
     if not {"-h", "--help"} & set(own):
         return False
     rows = "\n".join(f"  {n} (default {d!r}): {t}" for n, d, t in module.PARAMETERS)
-    print(f"usage: {name} [--ros-args -p NAME:=VALUE ...]\n\n{module.__doc__.strip()}\n\nparameters:\n{rows}")
+    print(f"usage: {name} [--help] [--ros-args -p NAME:=VALUE ...]\n\n{module.__doc__.strip()}\n\nparameters:\n{rows}")
     return True
 
 
