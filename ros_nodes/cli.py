@@ -9,13 +9,13 @@ run these through the executables setup.py installs under ``lib/streamdp``.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from streamdp.ros_nodes.rosenv import ensure_ros_env
 
 
-def _asked_for_help(name: str, module: Any) -> bool:
+def _asked_for_help(name: str, module_name: str) -> bool:
     """``NAME --help`` (before any ``--ros-args``): print the node's docstring and parameter table, start nothing."""
+    module = sys.modules[module_name]
     args = sys.argv[1:]
     own = args[: args.index("--ros-args")] if "--ros-args" in args else args
     if not {"-h", "--help"} & set(own):
@@ -36,17 +36,17 @@ def policy_node() -> int:
 def sim_bridge_node() -> int:
     """``sim_bridge_node``: a streamdp sim task as a ROS robot (see :mod:`streamdp.ros_nodes.sim_bridge_node`)."""
     ensure_ros_env()
-    from streamdp.ros_nodes import sim_bridge_node as mod
+    from streamdp.ros_nodes.sim_bridge_node import main
 
-    return 0 if _asked_for_help("sim_bridge_node", mod) else mod.main()
+    return 0 if _asked_for_help("sim_bridge_node", "streamdp.ros_nodes.sim_bridge_node") else main()
 
 
 def expert_teleop_node() -> int:
     """``expert_teleop_node``: the sim's expert as a teleoperator (:mod:`streamdp.ros_nodes.teleop_node`)."""
     ensure_ros_env()
-    from streamdp.ros_nodes import teleop_node as mod
+    from streamdp.ros_nodes.teleop_node import main
 
-    return 0 if _asked_for_help("expert_teleop_node", mod) else mod.main()
+    return 0 if _asked_for_help("expert_teleop_node", "streamdp.ros_nodes.teleop_node") else main()
 
 
 def sim_episodes() -> int:
