@@ -66,6 +66,7 @@ setup(
             "streamdp-convert-bag = streamdp.ros_nodes.convert_bag:main",
             "policy_node = streamdp.ros_nodes.cli:policy_node",
             "sim_bridge_node = streamdp.ros_nodes.cli:sim_bridge_node",
+            "expert_teleop_node = streamdp.ros_nodes.cli:expert_teleop_node",
         ],
     },
 )

@@ -236,6 +236,12 @@ class Policy:
         """The SDP rolling buffer ('sdp', 'sdp_rti'), else None."""
         return getattr(self.sampler_impl, "buffer", None)
 
+    def noise_levels(self) -> np.ndarray | None:
+        """A copy of every buffer slot's level on the K-level sampler grid (-1 clean; the SDP ladder), or None
+        for samplers without a rolling buffer. Read it where the policy runs (the inference thread)."""
+        buf = self.buffer
+        return None if buf is None else buf.pos.detach().cpu().numpy().astype(np.int64)
+
     @property
     def rti_stats(self) -> dict[str, float]:
         """Cumulative full / warm solves, resamples and the last divergence (zeros for non-RTI samplers)."""

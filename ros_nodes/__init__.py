@@ -17,12 +17,16 @@ Pure logic (no rclpy; unit-tested on its own):
   ``episode_writer``: the LeRobot v3 dataset they go into (lerobot, no rclpy).
 - ``convert_bag``: ``streamdp-convert-bag``, rosbag2 (MCAP, sqlite3; read with rosbags) through the recorder's
   logic into LeRobot v3 (a job: hydra ``key=value``).
+- ``sim_robots``: each sim task as a ROS robot (joints, state topics, cameras, command channels) and the
+  policy node parameters that read it back.
+- ``teleop``: which expert suggestions the teleop node relays as commands.
 
 ROS nodes and tools:
 
-- ``policy_node``: the managed (lifecycle) policy node; ``sim_bridge_node``: a sim task as a ROS robot.
-- ``cli``: console scripts ``policy_node``, ``sim_bridge_node``, ``streamdp-sim-episodes``, ``streamdp-record``,
-  ``streamdp-episode`` (rclpy's libraries made loadable first).
+- ``policy_node``: the managed (lifecycle) policy node; ``sim_bridge_node``: a sim task as a ROS robot;
+  ``teleop_node``: the sim's scripted expert as a teleoperator publishing commands for the bridge.
+- ``cli``: console scripts ``policy_node``, ``sim_bridge_node``, ``expert_teleop_node``,
+  ``streamdp-sim-episodes``, ``streamdp-record``, ``streamdp-episode`` (rclpy's libraries made loadable first).
 - ``recorder_node``: the recorder (``streamdp-record``: topics, std_srvs episode services, control-rate timer);
   ``episode_client``: ``streamdp-episode start|save|discard``, its command-line client.
 - ``bringup``: node descriptions shared by ``launch/*.launch.py`` and ``streamdp-bringup``.

@@ -8,7 +8,21 @@ run these through the executables setup.py installs under ``lib/streamdp``.
 
 from __future__ import annotations
 
+import sys
+
 from streamdp.ros_nodes.rosenv import ensure_ros_env
+
+
+def _asked_for_help(name: str, module_name: str) -> bool:
+    """``NAME --help`` (before any ``--ros-args``): print the node's docstring and parameter table, start nothing."""
+    module = sys.modules[module_name]
+    args = sys.argv[1:]
+    own = args[: args.index("--ros-args")] if "--ros-args" in args else args
+    if not {"-h", "--help"} & set(own):
+        return False
+    rows = "\n".join(f"  {n} (default {d!r}): {t}" for n, d, t in module.PARAMETERS)
+    print(f"usage: {name} [--help] [--ros-args -p NAME:=VALUE ...]\n\n{module.__doc__.strip()}\n\nparameters:\n{rows}")
+    return True
 
 
 def policy_node() -> int:
@@ -24,7 +38,15 @@ def sim_bridge_node() -> int:
     ensure_ros_env()
     from streamdp.ros_nodes.sim_bridge_node import main
 
-    return main()
+    return 0 if _asked_for_help("sim_bridge_node", "streamdp.ros_nodes.sim_bridge_node") else main()
+
+
+def expert_teleop_node() -> int:
+    """``expert_teleop_node``: the sim's expert as a teleoperator (:mod:`streamdp.ros_nodes.teleop_node`)."""
+    ensure_ros_env()
+    from streamdp.ros_nodes.teleop_node import main
+
+    return 0 if _asked_for_help("expert_teleop_node", "streamdp.ros_nodes.teleop_node") else main()
 
 
 def sim_episodes() -> int:

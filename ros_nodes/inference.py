@@ -33,6 +33,7 @@ class Chunk:
     nfe: int
     compute_s: float  # wall time from the request to the chunk (queueing included)
     done_mono: float
+    levels: np.ndarray | None = None  # the buffer's per-slot grid levels after the chunk (SDP), for ~/noise_levels
 
 
 class InferenceWorker:
@@ -147,4 +148,5 @@ class InferenceWorker:
             return
         now = time.monotonic()
         nfe = int(getattr(p, "last_nfe", calls) or calls)
-        self.on_chunk(Chunk(actions, f, nfe, now - f.mono, now))
+        levels = p.noise_levels()  # a copy, taken in this thread (the policy is this thread's alone)
+        self.on_chunk(Chunk(actions, f, nfe, now - f.mono, now, levels))

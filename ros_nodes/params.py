@@ -80,6 +80,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("trajectory_points", 0, "max points per JointTrajectory (current + look-ahead); 0: all queued"),
     ParamSpec("diagnostics_rate_hz", 1.0, "/diagnostics publish rate; 0: off"),
     ParamSpec("autostart", False, "configure, then activate once a JointState has arrived, without a manager"),
+    ParamSpec("publish_plan", True, "publish ~/plan (JointTrajectory: the queued clean actions, before the safety "
+              "filter) and ~/noise_levels (Float32MultiArray: the SDP buffer's per-slot grid levels, -1 clean)"),
     *(ParamSpec(f"limits.{n}", UNSET_DOUBLES, "safety filter limit (per joint; read by the safety filter)")
       for n in LIMIT_PARAMS),
     ParamSpec("limits.max_consecutive_clamps", 3, "safety filter: escalate to hold after this many clamps"),
@@ -122,6 +124,7 @@ class Settings:
     warmup_chunks: int
     trajectory_points: int
     limits: dict[str, Any]
+    publish_plan: bool = True
 
 
 def extra_states(names: Any, topics: Any, fields: Any) -> list[ExtraState]:
@@ -189,6 +192,7 @@ def read_settings(get: Callable[[str], Any]) -> Settings:
         warmup_chunks=int(get("warmup_chunks")),
         trajectory_points=int(get("trajectory_points")),
         limits={n: get(f"limits.{n}") for n in (*LIMIT_PARAMS, *LIMIT_STRINGS, "max_consecutive_clamps")},
+        publish_plan=bool(get("publish_plan")),
     )
 
 

@@ -34,7 +34,13 @@ default): transform the policy output, delay the inference thread, offset the no
 Outputs: ``trajectory_msgs/JointTrajectory`` (joint_trajectory_controller; the current action plus
 the queued future actions, positions and velocities, header.stamp = the splice time) or
 ``std_msgs/Float64MultiArray`` (forward_command_controller), and ``diagnostic_msgs/DiagnosticArray``
-on ``/diagnostics``.
+on ``/diagnostics``. With ``publish_plan`` (default) it also shows what it intends, for RViz or Foxglove:
+``~/plan`` (``JointTrajectory``, stamped with the control tick: this tick's clean action, then every queued
+one, a control period apart as in the commands, as the policy made them, before the safety filter; empty
+while holding) and
+``~/noise_levels`` (``std_msgs/Float32MultiArray``: the grid level of every SDP buffer slot after the
+latest chunk, -1 = clean, the ladder of docs/timing.md; not published by samplers without a buffer). The
+control tick only keeps a reference to its command; a timer of its own builds and publishes both.
 
 Run: ``policy_node --ros-args --params-file config/ros/sim.yaml`` (``autostart: true`` configures
 and activates by itself), or manage it with the lifecycle services (``ros2 lifecycle set``).
@@ -59,7 +65,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from streamdp.ros_nodes.commands import CommandFilter, decide, identity_filter
@@ -119,6 +125,13 @@ class PolicyNode(LifecycleNode):
         self._subs: list[Any] = []
         self._cmd_pub: Any = None
         self._timer: Any = None
+        self._plan_pub: Any = None  # ~/plan and ~/noise_levels (publish_plan)
+        self._levels_pub: Any = None
+        self._plan_timer: Any = None
+        self._plan_snap: tuple[float, Command] | None = None  # (tick time, command) of the latest tick
+        self._levels_snap: np.ndarray | None = None  # the buffer's levels after the latest chunk (worker thread)
+        self._plan_sent: Any = None
+        self._levels_sent: Any = None
         self._lock = threading.Lock()
         self._reset_counters()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -249,6 +262,10 @@ class PolicyNode(LifecycleNode):
             self._subs.append(self.create_subscription(Image, topic, lambda m, cam=cam: self._on_image(cam, m), qos))
         msg_type = JointTrajectory if s.output_type == "joint_trajectory" else Float64MultiArray
         self._cmd_pub = self.create_lifecycle_publisher(msg_type, s.command_topic, QoSProfile(depth=10))
+        if s.publish_plan:
+            self._plan_pub = self.create_lifecycle_publisher(JointTrajectory, "~/plan", QoSProfile(depth=10))
+            self._levels_pub = self.create_lifecycle_publisher(Float32MultiArray, "~/noise_levels",
+                                                               QoSProfile(depth=10))
         self.get_logger().info(
             f"configured: {s.checkpoint} sampler={c.sampler} K={c.num_inference_steps} To={c.n_obs_steps} "
             f"Ta={c.n_action_steps} Tp={c.horizon} device={device} threads={s.num_threads} "
@@ -305,9 +322,12 @@ class PolicyNode(LifecycleNode):
         self._nfe0 = int(self.policy.nfe_total)
         self.streamer = ActionStreamer(self.period)
         self.streamer.seed(q)
+        self._plan_snap, self._levels_snap = None, self.policy.noise_levels()  # the ladder it starts from
         self._last_published = q.copy()
         self.worker = InferenceWorker(self.policy, self._on_chunk, self._on_worker_error, s.denoise_budget).start()
         self._timer = self.create_timer(self.period, self._tick)
+        if self._plan_pub is not None:
+            self._plan_timer = self.create_timer(self.period, self._publish_plan)
         self.lifecycle_state = "active"
         self.get_logger().info(f"active: seeded from joint state {np.round(q, 4).tolist()}")
         return super().on_activate(state)
@@ -316,6 +336,9 @@ class PolicyNode(LifecycleNode):
         if self._timer is not None:
             self.destroy_timer(self._timer)
             self._timer = None
+        if self._plan_timer is not None:
+            self.destroy_timer(self._plan_timer)
+            self._plan_timer = None
         if self.worker is not None:
             self.worker.stop()
             self.worker = None
@@ -336,6 +359,10 @@ class PolicyNode(LifecycleNode):
         if self._cmd_pub is not None:
             self.destroy_lifecycle_publisher(self._cmd_pub)
             self._cmd_pub = None
+        for pub in (self._plan_pub, self._levels_pub):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+        self._plan_pub = self._levels_pub = None
         self.policy = None
         self.sync = None
         self.streamer = None
@@ -421,6 +448,8 @@ class PolicyNode(LifecycleNode):
             if chunk.done_mono > f.mono + s.action_delay_ticks * self.period:
                 self.deadline_misses += 1
         n = streamer.push(t0, chunk.actions, {"source_stamp": f.source_stamp, "chunk": cid, "nfe": chunk.nfe})
+        if chunk.levels is not None:
+            self._levels_snap = chunk.levels
         if n == 0:
             self._output_fault("policy output contains NaN/inf: chunk dropped, buffer reset")
 
@@ -478,6 +507,7 @@ class PolicyNode(LifecycleNode):
             cmd = Command(self._last_published.copy(), True, now, reason=self.fault)
         else:
             cmd = streamer.tick(now)
+        self._plan_snap = (now, cmd)  # ~/plan is built by its own timer (_publish_plan), not in this tick
         if not cmd.hold and cmd.meta.get("chunk") != self._last_chunk_sent:
             self._last_chunk_sent = cmd.meta.get("chunk")
             self.latency.add(now - cmd.meta["source_stamp"])
@@ -516,6 +546,32 @@ class PolicyNode(LifecycleNode):
             sent = pts if s.output_type == "joint_trajectory" else pts[:1]  # what the message carries
             self.command_log.append({"t": now, "points": sent.copy(), "hold": d.hold, "status": status,
                                      "reason": cmd.reason, "segment": self.segment, "lifecycle": self.lifecycle_state})
+
+    def _publish_plan(self) -> None:
+        """~/plan and ~/noise_levels from the latest tick's and chunk's snapshots, each once (timer callback)."""
+        s, snap, levels = self.settings, self._plan_snap, self._levels_snap
+        if s is None or self._plan_pub is None:
+            return
+        if snap is not None and snap is not self._plan_sent:
+            self._plan_sent = snap
+            now, cmd = snap
+            msg = JointTrajectory()
+            msg.header.stamp.sec, msg.header.stamp.nanosec = split_seconds(now)
+            msg.joint_names = list(s.joint_names)
+            rows = ([] if cmd.hold else [cmd.position]) + [q.position for q in cmd.future]
+            for i, pos in enumerate(rows):  # one control period apart, the first by the end of this step (as commands)
+                pt = JointTrajectoryPoint(positions=np.asarray(pos, dtype=np.float64).tolist())
+                pt.time_from_start.sec, pt.time_from_start.nanosec = split_seconds((i + 1) * self.period)
+                msg.points.append(pt)
+            self._plan_pub.publish(msg)
+        if levels is not None and levels is not self._levels_sent:
+            self._levels_sent = levels
+            buf = self.policy.buffer if self.policy is not None else None
+            k = int(buf.K) if buf is not None else 0  # the grid the levels count on (constant)
+            msg = Float32MultiArray(data=levels.astype(np.float32).tolist())
+            msg.layout.dim = [MultiArrayDimension(label=f"slot: level on the {k}-level sampler grid, -1 clean",
+                                                  size=int(levels.size), stride=int(levels.size))]
+            self._levels_pub.publish(msg)
 
     # ------------------------------------------------------------------------------ diagnostics
     def stats(self) -> dict[str, Any]:

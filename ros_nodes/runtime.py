@@ -23,6 +23,20 @@ def init(args: Sequence[str] | None = None) -> None:
     rclpy.init(args=list(args) if args is not None else None, signal_handler_options=SignalHandlerOptions.NO)
 
 
+def make_node(tool: str, factory: Callable[[], Any]) -> Any | None:
+    """``factory()``, or None after a bad parameter (ValueError / KeyError while the node is built): then one
+    line ``tool: what is wrong`` on stderr and rclpy shut down; the caller exits with code 2, as every tool."""
+    import sys
+
+    try:
+        return factory()
+    except (ValueError, KeyError) as e:
+        print(f"{tool}: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        if rclpy.ok():
+            rclpy.shutdown()
+        return None
+
+
 def spin_until_signal(
     nodes: Sequence[Any],
     multi_threaded: bool = False,

@@ -1,7 +1,7 @@
 """Closed-loop evaluation of a policy checkpoint in simulation: success, latency, network calls, smoothness.
 
     streamdp-eval checkpoint=DIR task=NAME [sampler=sdp | sampler=ddpm,ddim:10,sdp] [episodes=N]
-                  [num_inference_steps=K] [seed=S] [latency_aware=true] [workers=W] [video=N] [out=DIR]
+                  [num_inference_steps=K] [seed=S] [latency_aware=true] [workers=W] [video=N] [rerun=N] [out=DIR]
     python -m streamdp.sim.evaluate checkpoint=ckpt/ task=pusht sampler=ddpm,sdp episodes=50 workers=2
 
 Overrides are hydra ``key=value`` pairs on ``config/eval.yaml`` (``task=NAME`` picks the task card, as
@@ -218,6 +218,7 @@ class EpisodeResult:
     within_jumps: list[float]
     seconds: float  # wall time of the whole episode (env included)
     video: str | None = None
+    rerun: str | None = None  # the episode's rerun recording (.rrd), when one was written
     error: str | None = None  # a NonFiniteError from the policy ends the episode as a failure
     actions: list[list[float]] = field(default_factory=list, repr=False)  # commanded, per env step (not in JSON)
     chunk_ids: list[int] = field(default_factory=list, repr=False)  # chunk of each command, -1 = held
@@ -459,6 +460,9 @@ class EvalResult:
         videos = [e.video for r in self.runs for e in r.episodes if e.video]
         if videos:
             self.files["videos"] = videos
+        recordings = [e.rerun for r in self.runs for e in r.episodes if e.rerun]
+        if recordings:
+            self.files["rerun"] = recordings
         (out / "result.json").write_text(json.dumps(self.to_dict(), indent=1, default=_json_default))
         return out / "result.json"
 
@@ -497,6 +501,7 @@ class _Job:
     warmup: bool
     video_path: str | None
     video_size: int | None
+    rerun_path: str | None = None
 
 
 _CACHE: dict[Any, Any] = {}  # per process: loaded policies (with their call counters) and envs
@@ -557,17 +562,25 @@ def _get_policy(job: _Job, env: Any) -> Any:
 class _Rollout:
     """The env side of one episode: steps the env, records the commands, success, coverage and frames."""
 
-    def __init__(self, env: Any, obs: dict[str, Any], info: dict[str, Any], max_steps: int, video: bool) -> None:
+    def __init__(self, env: Any, obs: dict[str, Any], info: dict[str, Any], max_steps: int, video: bool,
+                 recording: Any = None) -> None:
         self.env, self.obs, self.info, self.max_steps = env, obs, info, max_steps
         self.frames = [env.render()] if video else None
+        self.recording = recording  # a streamdp.sim.rerun_log.EpisodeRecording, or None
+        if recording is not None:
+            recording.observation(0, obs, env.render)
         self.actions: list[np.ndarray] = []
         self.chunk_ids: list[int] = []  # chunk of each command, -1 = held
         self.steps, self.success, self.done = 0, False, False
         self.max_cov: float | None = None
 
     def step(self, a: np.ndarray, cid: int) -> None:
+        if self.recording is not None:
+            self.recording.command(self.steps, a, cid < 0)
         self.obs, _, terminated, truncated, self.info = self.env.step(a)
         self.steps += 1
+        if self.recording is not None:
+            self.recording.observation(self.steps, self.obs, self.env.render)
         self.actions.append(np.asarray(a, dtype=np.float64).copy())
         self.chunk_ids.append(cid)
         self.success = self.success or bool(self.info.get("is_success", False))
@@ -589,7 +602,8 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
 
     t_start = time.perf_counter()
     spec = get_spec(job.task, job.obs_mode, **dict(job.task_kwargs))
-    env = _get_env(job.task, job.obs_mode, job.task_kwargs, job.video_size if job.video_path else None)
+    env = _get_env(job.task, job.obs_mode, job.task_kwargs,
+                   job.video_size if job.video_path or job.rerun_path else None)
     policy = _get_policy(job, env)
     fps = float(spec.fps)
     torch.manual_seed(job.seed)
@@ -599,7 +613,12 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
     policy.reset(state=state)
     held = _hold_action(spec, state)
 
-    ro = _Rollout(env, obs, info, job.max_steps, bool(job.video_path))
+    recording = None
+    if job.rerun_path:
+        from streamdp.sim.rerun_log import EpisodeRecording
+
+        recording = EpisodeRecording(job.rerun_path, spec, Path(job.rerun_path).stem)
+    ro = _Rollout(env, obs, info, job.max_steps, bool(job.video_path), recording)
     tick_ms: list[float] = []
     inference_ticks: list[int] = []
     calls_per_inference: list[int] = []
@@ -617,6 +636,8 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
             break
         total_calls += cost.calls
         tick_ms.append(cost.ms)
+        if recording is not None:
+            recording.noise_levels(ro.steps, policy.noise_levels())
         if need:
             chunk += 1
             inference_ticks.append(len(tick_ms) - 1)
@@ -636,6 +657,8 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
         held = a
     if ro.frames is not None and job.video_path:
         _write_video(job.video_path, ro.frames, fps)
+    if recording is not None:
+        recording.close()
 
     acts = np.stack(ro.actions) if ro.actions else np.zeros((0, spec.action_dim))
     boundary, within = chunk_jumps(acts, ro.chunk_ids)
@@ -646,7 +669,8 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
         calls_per_inference=calls_per_inference, tick_ms=tick_ms, inference_ticks=inference_ticks,
         compute_s=compute_s, max_coverage=ro.max_cov, final_distance=float(dist) if dist is not None else None,
         mean_abs_jerk=mean_abs_jerk(acts, fps), boundary_jumps=boundary.tolist(), within_jumps=within.tolist(),
-        seconds=time.perf_counter() - t_start, video=job.video_path, error=error, actions=acts.tolist(),
+        seconds=time.perf_counter() - t_start, video=job.video_path, rerun=job.rerun_path, error=error,
+        actions=acts.tolist(),
         chunk_ids=ro.chunk_ids,
     )
 
@@ -714,6 +738,7 @@ def evaluate(
     warmup: bool = True,
     video: int = 0,
     video_size: int = 256,
+    rerun: int = 0,
     out: str | Path | None = None,
     policy_overrides: dict[str, Any] | None = None,
     progress: bool = False,
@@ -724,7 +749,8 @@ def evaluate(
 
     ``sampler``: None (the checkpoint's), a name, ``"ddpm,sdp"`` or a list; ``"ddim:10"`` sets K for that
     entry, ``num_inference_steps`` for the others. ``latency_model`` without ``latency_aware`` is an
-    error. ``out``: also write result.json, the plots and (``video`` > 0) MP4s of the first episodes.
+    error. ``out``: also write result.json, the plots, (``video`` > 0) MP4s of the first episodes and (``rerun``
+    > 0) rerun recordings of the first episodes (:mod:`streamdp.sim.rerun_log`).
     ``clock`` (seconds, serial runs only) replaces ``time.perf_counter`` for the policy timing, so tests
     can inject compute times into the measured latency-aware path.
     """
@@ -767,8 +793,10 @@ def evaluate(
         slug = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
         for i in range(episodes):
             video_path = out_dir / "videos" / f"{slug}_ep{i:03d}_seed{seed + i}.mp4" if i < video and out_dir else None
+            rerun_path = out_dir / "rerun" / f"{slug}_ep{i:03d}_seed{seed + i}.rrd" if i < rerun and out_dir else None
             jobs.append(dataclasses.replace(template, spec=SamplerSpec(name, k), index=i, seed=seed + i,
-                                            video_path=str(video_path) if video_path else None))
+                                            video_path=str(video_path) if video_path else None,
+                                            rerun_path=str(rerun_path) if rerun_path else None))
 
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     hw = hardware(str(device))
@@ -892,6 +920,8 @@ class EvalConfig:
     warmup: bool = opt(True, "one untimed inference per process and sampler before the first episode")
     video: int = opt(0, "record the first N episodes of each sampler as MP4 (env.render())")
     video_size: int = opt(256, "render size for tasks whose env takes render_size")
+    rerun: int = opt(0, "write the first N episodes of each sampler as rerun recordings (<out>/rerun/*.rrd): "
+                     "cameras, state, the SDP buffer's noise levels and the commanded actions on one timeline")
     out: str | None = opt(None, "output folder (null: outputs/eval/<task>-<YYYYmmdd-HHMMSS>)")
     progress: bool = opt(True, "tqdm bar")
     policy: dict[str, Any] = opt(help="extra policy config overrides at load time, e.g. +policy.cache=bac",
@@ -936,6 +966,7 @@ def run(c: EvalConfig) -> EvalResult:
         warmup=c.warmup,
         video=c.video,
         video_size=c.video_size,
+        rerun=c.rerun,
         out=c.out or f"outputs/eval/{c.task.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}",
         policy_overrides=dict(c.policy),
         progress=c.progress,

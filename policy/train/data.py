@@ -131,14 +131,21 @@ class DatasetInfo:
 
     @property
     def joint_names(self) -> list[str]:
-        return joint_names_from(self.state_names)
+        return joint_names_from(self.state_names, self.action_names)
 
 
-def joint_names_from(state_names: Sequence[str]) -> list[str]:
+def joint_names_from(state_names: Sequence[str], action_names: Sequence[str] = ()) -> list[str]:
     """Joint names from the state's feature names: the prefixes of ``<joint>.pos`` / ``<joint>_pos``
-    entries when there are any (``joint1.pos`` -> ``joint1``), else the state names themselves."""
+    entries when there are any (``joint1.pos`` -> ``joint1``); else the state entries the actions are
+    position targets of, when every action names one (``agent.target_x`` -> ``agent.x``, the rule the
+    evaluator's hold uses); else the state names themselves."""
     joints = [n[: -len(".pos")] for n in state_names if n.endswith((".pos", "_pos"))]
-    return joints if joints else list(state_names)
+    if joints:
+        return joints
+    targets = [n.replace("target_", "") for n in action_names]
+    if targets and all(t in state_names for t in targets):
+        return targets
+    return list(state_names)
 
 
 def check_finite(

@@ -242,3 +242,42 @@ def test_pusht_reports_max_coverage(tmp_path):
     assert all(e.max_coverage is not None and 0.0 <= e.max_coverage <= 1.0 for e in run.episodes)
     assert 0.0 <= run.mean_max_coverage <= 1.0
     assert all(e.steps == 8 and e.inferences == 2 for e in run.episodes)
+
+
+def test_cli_writes_rerun_recordings_that_rerun_reads_back(tiny_ckpt, tmp_path):
+    """rerun=1: the first episode of each sampler as an .rrd; rerun's own reader finds every entity, one camera
+    frame and one state row per step (the final one too), one command per env step (the holds marked), and
+    the buffer's ladder per policy tick."""
+    from streamdp.policy.policy import Policy
+    from streamdp.policy.samplers.rolling_buffer import ladder
+    from streamdp.sim.rerun_log import read_recording
+
+    out = tmp_path / "rr"
+    rc = main([f"checkpoint={tiny_ckpt}", f"task={TASK}", "sampler=sdp,ddim:4", "episodes=2", "max_steps=12",
+               "seed=3", "rerun=1", "video_size=48", "progress=false", f"out={out}", "latency_aware=true",
+               "latency_s=0.06"])
+    assert rc == 0
+    data = json.loads((out / "result.json").read_text())
+    files = data["files"]["rerun"]
+    assert len(files) == 2 and all(f.endswith("_ep000_seed3.rrd") for f in files)
+    c = Policy.from_pretrained(tiny_ckpt).config
+    for run in data["runs"]:
+        first, second = run["per_episode"]
+        assert first["rerun"] in files and second["rerun"] is None
+        rec = read_recording(first["rerun"])
+        steps = first["steps"]
+        assert steps == 12
+        frames = list(range(steps + 1))
+        assert rec["/state"]["step"] == frames and rec["/camera/render"]["step"] == frames
+        assert len(rec["/state"]["Scalars:scalars"][0]) == 8  # joint positions, velocities, target xy
+        assert rec["/action/commanded"]["step"] == list(range(steps))
+        held = [v[0] for v in rec["/action/held"]["Scalars:scalars"]]
+        assert sum(held) == first["held_steps"] > 0  # latency-aware: the holds are on the timeline
+        if run["sampler"] == "sdp":  # a rolling buffer: its grid levels after every policy tick
+            levels = [v[0]["buffer"] for v in rec["/buffer/noise_levels"]["BarChart:values"]]
+            assert len(levels) == len(first["tick_ms"])
+            # K = 12 on h = 3 chunks: every observation starts from the same ladder (4 calls each), 3 / 7 / 11
+            want = [float(x) for x in ladder(c.horizon, c.n_obs_steps, c.n_action_steps, c.num_inference_steps)]
+            assert want[-1] == 11.0 and all(lv == want for lv in levels)
+        else:
+            assert "/buffer/noise_levels" not in rec

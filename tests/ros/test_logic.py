@@ -283,6 +283,9 @@ class FakePolicy:
         out, self._ready = np.stack(self._ready), []
         return out
 
+    def noise_levels(self):
+        return None  # no rolling buffer
+
 
 def test_worker_conditions_each_chunk_on_the_frame_that_asked_for_it():
     pol = FakePolicy(nfe=5, dt=0.01)

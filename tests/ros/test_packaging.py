@@ -68,7 +68,7 @@ def test_regular_install_has_what_a_ros_workspace_needs(tmp_path):
     assert configs and all((share / c).is_file() for c in configs), [c for c in configs if not (share / c).is_file()]
     executables = {d.executable for c in bringup.CONFIG_NAMES for d in bringup.describe(c)}
     assert executables == {"policy_node", "sim_bridge_node"}
-    for exe in executables | {"streamdp-bringup", "streamdp-demo", "streamdp-sim-episodes"}:
+    for exe in executables | {"streamdp-bringup", "streamdp-demo", "streamdp-sim-episodes", "expert_teleop_node"}:
         assert (prefix / "lib" / "streamdp" / exe).is_file(), exe
     site = next((prefix / "lib").glob("python*/site-packages"))
     for folder in ("policy", "ros_nodes", "kernels", "sim"):  # every subpackage too, found without listing it

@@ -55,6 +55,10 @@ def test_info_and_stats_from_metadata(arm_state_ds):
 def test_joint_names_rule():
     assert joint_names_from(["a.pos", "b.pos", "a.vel", "target.x"]) == ["a", "b"]
     assert joint_names_from(["agent.x", "agent.y"]) == ["agent.x", "agent.y"]
+    # PushT: the actions are position targets of the first two state entries, the rest is the block
+    pusht = ["agent.x", "agent.y", "block.x", "block.y", "block.cos_theta", "block.sin_theta"]
+    assert joint_names_from(pusht, ["agent.target_x", "agent.target_y"]) == ["agent.x", "agent.y"]
+    assert joint_names_from(pusht, ["eef.dx", "gripper"]) == pusht  # no action is a state's target
 
 
 def test_image_samples(arm_image_ds):
