@@ -303,6 +303,8 @@ def _train(plan: RunPlan, d: DistInfo, device: torch.device) -> TrainResult:
     best = best_score = None
     if closed_loop is not None and closed_loop.best is not None:
         best, best_score = linked(ckpt_root, BEST), closed_loop.best
+    if d.main and tcfg.stop_at and trainer.step == tcfg.stop_at < tcfg.steps:
+        log.info("stopped at step %d (train.stop_at) of %d; resume=true continues", trainer.step, tcfg.steps)
     if d.main and trainer.step >= tcfg.steps:
         last = (saver.last / PRETRAINED) if saver.last else None
         log.info("done: step %d, final checkpoint %s", trainer.step, last)
@@ -533,7 +535,7 @@ class Checkpointer:
     def maybe_save(self, step: int, run_log: RunLog | None) -> None:
         t, tcfg, d = self.trainer, self.trainer.cfg, self.trainer.dist
         evaluate = self.ecfg is not None and self.ecfg.due(step, tcfg.steps)
-        if step % tcfg.checkpoint_every and step != tcfg.steps and not evaluate:
+        if step % tcfg.checkpoint_every and step not in (tcfg.steps, tcfg.stop_at) and not evaluate:
             return
         rng = gather_rng(d)
         if d.main:

@@ -101,6 +101,8 @@ class TrainConfig:
                                 "checked every log_every steps (0: every log_every steps)")  # fmt: skip
     checkpoint_every: int = opt(5000, "steps between training checkpoints")
     keep_last: int = opt(3, "training checkpoints kept (older ones are deleted)")
+    stop_at: int = opt(0, "stop at this step with a checkpoint, keeping the schedule of train.steps "
+                          "(resume=true continues to train.steps); 0: train.steps")  # fmt: skip
     eval_batches: int = opt(2, "EMA-model loss on this many fixed batches at each checkpoint (0: off)")
     output_dir: str | None = opt(None, "run directory; null: hydra's run dir (hydra.run.dir)")
     overwrite: bool = opt(False, "start afresh in a run dir that holds a run: first delete that run's own files")
@@ -112,6 +114,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.grad_clip < 0 or self.lr <= 0 or self.eval_batches < 0:
             raise ConfigError("train.warmup_steps, grad_clip and eval_batches must be >= 0 and train.lr > 0")
+        if not 0 <= self.stop_at <= self.steps:
+            raise ConfigError(f"train.stop_at must lie in [0, train.steps={self.steps}], got {self.stop_at}")
         if self.log_interval_s < 0:
             raise ConfigError(f"train.log_interval_s must be >= 0, got {self.log_interval_s}")
         if len(self.betas) != 2:

@@ -37,6 +37,7 @@ HARMLESS = (
     "train.log_interval_s",
     "train.checkpoint_every",
     "train.keep_last",
+    "train.stop_at",  # where to pause; the schedule is train.steps'
     "train.eval_batches",
     "dataset.num_workers",
     "eval.every",  # closed-loop evaluation runs on its own RNG state: the training numbers stay the same

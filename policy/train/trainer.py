@@ -262,10 +262,12 @@ class Trainer:
         on_step: Callable[[StepResult], None] | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
-        """Step through `batches` until ``cfg.steps`` (a batch is only drawn when a step will use it)."""
+        """Step through `batches` until ``cfg.stop_at`` or ``cfg.steps`` (a batch is only drawn when a step
+        will use it)."""
         self.model.train()
         it = iter(batches)
-        while self.step < self.cfg.steps:
+        end = self.cfg.stop_at or self.cfg.steps
+        while self.step < end:
             batch = next(it, None)
             if batch is None:
                 break

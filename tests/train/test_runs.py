@@ -191,3 +191,19 @@ def test_a_checkpoint_holds_each_copy_of_the_weights_once(arm_state_ds, tmp_path
     save_file(old, str(ck / "training_state" / "ema.safetensors"))
     verify_checkpoint(ck)
     assert all(torch.equal(load_training_state(ck)["ema"]["shadow"][k], old[k]) for k in old)
+
+
+def test_stop_at_pauses_on_the_full_schedule_and_resume_finishes_it(arm_state_ds, tmp_path):
+    """train.stop_at: a checkpoint at that step, the learning-rate schedule of train.steps; resuming to
+    train.steps gives exactly the uninterrupted run."""
+    run, ref = tmp_path / "run", tmp_path / "ref"
+    extra = {"train.log_every": 1, "train.checkpoint_every": 100, "train.warmup_steps": 2}
+    first = train_inprocess(_ov(arm_state_ds, run, 12, **extra, **{"train.stop_at": 5}))
+    assert first.step == 5 and (run / "checkpoints" / "step_00000005").is_dir()
+    assert sorted(read_metrics(run)) == list(range(1, 6))
+    from streamdp.policy.train.cli import load_config, train
+
+    done = train(load_config([f"train.output_dir={run}", "resume=true", "train.stop_at=0"]))
+    assert done.step == 12
+    train_inprocess(_ov(arm_state_ds, ref, 12, **extra))
+    assert read_metrics(run) == read_metrics(ref)
