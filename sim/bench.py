@@ -99,6 +99,7 @@ class BenchRow:
     mean_max_coverage: float | None = None
     eval_calls_per_tick: float = math.nan
     eval_tick_ms_p99: float = math.nan
+    eval_tick_ms_mean: float = math.nan  # policy wall time per control tick, averaged over all ticks
     start_level: int | None = None  # RTI's calibrated k' (rti, sdp_rti rows)
 
 
@@ -264,6 +265,8 @@ def closed_loop(tb: TaskBench, ckpt: Path, modes: Sequence[Mode], out: Path, epi
         r.mean_max_coverage = run.mean_max_coverage
         r.eval_calls_per_tick = run.calls_per_tick
         r.eval_tick_ms_p99 = float(run.latency_ms["tick"]["p99"] or math.nan)
+        ticks = run.tick_latencies("tick")
+        r.eval_tick_ms_mean = float(np.mean(ticks)) if ticks else math.nan
     log(f"[bench]   closed loop cache={cache} {path}: {episodes} episodes x {len(modes)} samplers "
         f"in {time.perf_counter() - t:.0f} s: " + ", ".join(f"{r.label} {r.successes}/{r.episodes}" for r in group))
 
@@ -294,7 +297,9 @@ def _row_cells(task: str, r: BenchRow) -> list[str]:
 
 
 def plots(tasks: Sequence[TaskBench], out: Path) -> list[Path]:
-    """latency.png (ms p50 per mode, log scale, calls on the bars) and success.png (rate with 95 % CI)."""
+    """latency.png (ms p50 per mode, log scale, calls on the bars), success.png (rate with 95 % CI) and
+    tradeoff.png (success against the policy's mean ms per control tick in the closed loop, one point per
+    mode)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -333,6 +338,25 @@ def plots(tasks: Sequence[TaskBench], out: Path) -> list[Path]:
         ax.set_title(tb.task)
     fig.tight_layout()
     files.append(out / "success.png")
+    fig.savefig(files[-1], dpi=100)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
+    for ax, tb in zip(axes[0], tasks):
+        rows = [r for r in tb.rows if r.episodes and math.isfinite(r.eval_tick_ms_mean)]
+        for r in rows:
+            lo, hi = r.success_ci95
+            bac = r.cache == "bac"
+            ax.errorbar(r.eval_tick_ms_mean, r.success_rate, yerr=[[r.success_rate - lo], [hi - r.success_rate]],
+                        fmt="s" if bac else "o", color="C1" if bac else "C0", capsize=3)  # fmt: skip
+            ax.annotate(f"{r.label}{' +BAC' if bac else ''}", (r.eval_tick_ms_mean, r.success_rate), fontsize=7,
+                        xytext=(4, 3), textcoords="offset points")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("policy ms per control tick (mean over all ticks, closed loop)")
+        ax.set_ylabel(f"success ({rows[0].episodes if rows else 0} episodes, 95% Wilson CI)")
+        ax.set_title(f"{tb.task}: success vs cost (circle: no cache, square: BAC)")
+    fig.tight_layout()
+    files.append(out / "tradeoff.png")
     fig.savefig(files[-1], dpi=100)
     plt.close(fig)
     return files
