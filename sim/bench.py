@@ -51,7 +51,7 @@ INNER_LOOPS: tuple[tuple[str, int | None], ...] = (
 )
 DEFAULT_TASKS = ("arm_reach_dynamic", "pusht")
 QUICK = {"episodes": 4, "latency_obs": 12, "calib_obs": 6, "calib_episodes": 2}
-FULL = {"episodes": 50, "latency_obs": 50, "calib_obs": 24, "calib_episodes": 6}
+FULL = {"episodes": 50, "latency_obs": 50, "calib_obs": 24, "calib_episodes": 12}
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,9 @@ def calibrate_copy(ckpt: Path, episodes: list, modes: Sequence[Mode], calib_obs:
     base = Policy.from_pretrained(ckpt)
     if any(m.sampler in ("rti", "sdp_rti") for m in modes):
         t = time.perf_counter()
-        entry = calibrate_rti(Policy.from_pretrained(ckpt, sampler="rti"), episodes, max_obs=calib_obs)
+        # k' on up to 10 chained inferences of every logged episode (its bootstrap resamples episodes)
+        rti = Policy.from_pretrained(ckpt, sampler="rti")
+        entry = calibrate_rti(rti, episodes, max_obs=10 * len(episodes), per_episode=10)
         base.save_pretrained(ckpt, extras={"rti": entry})
         info["rti"] = {k: entry[k] for k in ("start_level", "tolerance", "within_tolerance") if k in entry}
         log(f"[bench]   RTI k'={entry['start_level']} (tolerance {entry['tolerance']:.4f}) "
@@ -375,7 +377,7 @@ class BenchConfig:
     train_steps: int = opt(1500, "training steps for a task with no checkpoint (e.g. arc: a small transformer)")
     episodes: int = opt(0, "closed-loop episodes per mode and task (0: the preset's)")
     latency_obs: int = opt(0, "timed observations per mode (0: the preset's)")
-    calib_obs: int = opt(0, "inferences recorded by each calibration (0: the preset's)")
+    calib_obs: int = opt(0, "inferences recorded by each BAC calibration (0: the preset's; RTI uses 10 per episode)")
     workers: int = opt(1, "evaluation processes")
     threads: int = opt(1, "torch threads in this process (latency timing)")
     device: str = opt("auto", "auto (CUDA when present) | cpu | cuda")
