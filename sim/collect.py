@@ -117,14 +117,15 @@ def collect(
             shutil.rmtree(root)
 
     import datasets
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from tqdm import tqdm
+
+    from .lerobot_writer import LeRobotWriter
 
     env = make_task(task, obs_mode, seed=seed, **task_kwargs)
     expert = (
         expert_factory(env) if expert_factory is not None else make_expert(task, env, **(expert_kwargs or {}))
     )
-    dataset = LeRobotDataset.create(
+    dataset = LeRobotWriter.create(
         repo_id=repo_id,
         fps=spec.fps,
         root=root,

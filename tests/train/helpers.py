@@ -149,3 +149,46 @@ def write_zarr(
     ends = np.cumsum([len(next(iter(ep.values()))) for ep in episodes]).astype(np.int64)
     meta.create_dataset("episode_ends", data=ends, shape=(len(ends),), dtype=np.int64)
     return path
+
+
+# The schema of the public lerobot/pusht dataset (LeRobot v3): one camera named observation.image (not
+# observation.images.<cam>), a 2-D agent position, a 2-D target, and shape-(1,) reward/done/success.
+PUBLIC_PUSHT_FEATURES = {
+    "observation.image": {"dtype": "video", "shape": (96, 96, 3), "names": ["height", "width", "channel"]},
+    "observation.state": {"dtype": "float32", "shape": (2,), "names": {"motors": ["motor_0", "motor_1"]}},
+    "action": {"dtype": "float32", "shape": (2,), "names": {"motors": ["motor_0", "motor_1"]}},
+    "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
+    "next.done": {"dtype": "bool", "shape": (1,), "names": None},
+    "next.success": {"dtype": "bool", "shape": (1,), "names": None},
+}
+
+
+def make_public_pusht(root: Path, lengths: Sequence[int], seed: int = 0, video: bool = True) -> Path:
+    """A small dataset in the public lerobot/pusht layout (PUBLIC_PUSHT_FEATURES), written by lerobot through
+    the project's LeRobotWriter: agent positions and targets in pixels ([0, 512]^2), random 96x96 frames, the
+    reward ramping up and done/success on each episode's last frame."""
+    import datasets
+
+    from streamdp.sim.lerobot_writer import LeRobotWriter
+
+    datasets.disable_progress_bars()
+    feats = {k: dict(v) for k, v in PUBLIC_PUSHT_FEATURES.items()}
+    if not video:
+        feats["observation.image"]["dtype"] = "image"
+    ds = LeRobotWriter.create("lerobot/pusht", fps=10, features=feats, root=root, use_videos=video)
+    rng = np.random.default_rng(seed)
+    for n in lengths:
+        agent = np.clip(256 + np.cumsum(rng.normal(0, 8, (n + 1, 2)), axis=0), 0, 512).astype(np.float32)
+        for t in range(n):
+            ds.add_frame({
+                "observation.image": rng.integers(0, 255, (96, 96, 3), dtype=np.uint8),
+                "observation.state": agent[t],
+                "action": agent[t + 1],
+                "next.reward": np.array([t / max(n - 1, 1)], dtype=np.float32),
+                "next.done": np.array([t == n - 1]),
+                "next.success": np.array([t == n - 1]),
+                "task": "Push the T-shaped block onto the T-shaped target.",
+            })
+        ds.save_episode()
+    ds.finalize()
+    return root
