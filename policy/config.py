@@ -86,6 +86,10 @@ class PolicyConfig:
     action_names: list[str] = field(default_factory=list)
     camera_names: list[str] = field(default_factory=list)
     image_shape: tuple[int, int, int] | None = None  # (C, H, W) of every camera
+    # Observation keys under other names, source key -> policy key (lerobot's rename_map convention), e.g.
+    # {"observation.image": "observation.images.top"}: training records the dataset's renames here, and the
+    # policy reads an input under its source name when its own is absent (a frame of that dataset).
+    rename_map: dict[str, str] = field(default_factory=dict)
     denoiser: str = "unet"
     sampler: str = "sdp"
     num_inference_steps: int = 10  # grid size K for ddim, sdp and rti's full solves; ddpm always uses N
@@ -127,6 +131,7 @@ class PolicyConfig:
         self.joint_names = list(self.joint_names)
         self.action_names = list(self.action_names)
         self.camera_names = list(self.camera_names)
+        self.rename_map = dict(self.rename_map)
         self.discrete_action_dims = [int(i) for i in self.discrete_action_dims]
         self.validate()
 
@@ -181,6 +186,7 @@ class PolicyConfig:
             raise ConfigError(f"joint_names has duplicates: {self.joint_names}")
         if self.action_names and len(self.action_names) != self.action_dim:
             raise ConfigError(f"action_names has {len(self.action_names)} entries but action_dim={self.action_dim}")
+        check_rename_map(self.rename_map, "rename_map")
         if self.camera_names and (self.image_shape is None or len(self.image_shape) != 3):
             raise ConfigError("cameras are configured but image_shape (C, H, W) is not")
         if self.sampler in STREAMING_SAMPLERS:
@@ -252,6 +258,24 @@ class PolicyConfig:
 
     def replace(self, **changes: Any) -> PolicyConfig:
         return dataclasses.replace(self, **changes)
+
+
+def check_rename_map(rename: Any, where: str) -> None:
+    """A rename map is {source key: target key}, strings, each target named once."""
+    if not isinstance(rename, dict) or not all(isinstance(k, str) and k and isinstance(v, str) and v
+                                               for k, v in rename.items()):
+        raise ConfigError(f"{where} must map source keys to target keys (non-empty strings), got {rename!r}")
+    targets = list(rename.values())
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:
+        raise ConfigError(f"{where} maps several keys onto {twice}: each target needs one source")
+
+
+def merge_rename_maps(base: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+    """`base` with `extra`'s entries added; an entry of `extra` replaces base's entry for the same target."""
+    out = {src: dst for src, dst in base.items() if dst not in extra.values()}
+    out.update(extra)
+    return out
 
 
 def num_chunks(tp: int, to: int, ta: int) -> int:

@@ -286,6 +286,7 @@ class Policy:
     def _prepare(self, obs: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         c = self.config
         out: dict[str, torch.Tensor] = {}
+        obs = self._renamed(obs)
         if c.state_dim:
             if STATE_KEY not in obs:
                 raise KeyError(f"observation lacks {STATE_KEY!r} (has {sorted(obs)})")
@@ -301,6 +302,12 @@ class Policy:
                 raise KeyError(f"observation lacks camera {key!r} (has {sorted(obs)})")
             out[key] = self._prepare_image(key, obs[key])
         return out
+
+    def _renamed(self, obs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """`obs` with each input the config's rename_map names found under its source key when its own is
+        absent (a frame of the dataset the policy was trained on, or of an env with other names)."""
+        moved = {dst: obs[src] for src, dst in self.config.rename_map.items() if dst not in obs and src in obs}
+        return {**obs, **moved} if moved else obs
 
     def _prepare_image(self, key: str, img: Any) -> torch.Tensor:
         ch, h, w = self.config.image_shape  # type: ignore[misc]

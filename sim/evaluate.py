@@ -502,6 +502,7 @@ class _Job:
     video_path: str | None
     video_size: int | None
     rerun_path: str | None = None
+    rename_map: tuple[tuple[str, str], ...] = ()  # env key -> policy key (checkpoint's and the run's)
 
 
 _CACHE: dict[Any, Any] = {}  # per process: loaded policies (with their call counters) and envs
@@ -547,9 +548,10 @@ def load_policy(
 
 
 def _get_policy(job: _Job, env: Any) -> Any:
-    key = ("policy", job.checkpoint, job.spec, job.policy_overrides, job.device)
+    key = ("policy", job.checkpoint, job.spec, job.policy_overrides, job.rename_map, job.device)
     if key not in _CACHE:
-        policy = load_policy(job.checkpoint, job.spec, job.device, dict(job.policy_overrides))
+        overrides = {**dict(job.policy_overrides), **({"rename_map": dict(job.rename_map)} if job.rename_map else {})}
+        policy = load_policy(job.checkpoint, job.spec, job.device, overrides)
         if job.warmup:  # first calls pay lazy initialisation (allocator, compile): keep them untimed
             obs, _ = env.reset(seed=job.seed)
             policy.reset(state=obs["observation.state"])
@@ -716,6 +718,7 @@ def _policy_summary(checkpoint: str, spec: SamplerSpec, overrides: dict[str, Any
         "cache": cfg.cache,
         "num_train_steps": cfg.schedule.num_train_steps,
         "camera_names": cfg.camera_names,
+        "rename_map": cfg.rename_map,
     }
     return cfg.sampler, cfg.num_inference_steps, info
 
@@ -741,6 +744,7 @@ def evaluate(
     rerun: int = 0,
     out: str | Path | None = None,
     policy_overrides: dict[str, Any] | None = None,
+    rename_map: dict[str, str] | None = None,
     progress: bool = False,
     start_method: str = "forkserver",
     clock: Callable[[], float] | None = None,
@@ -752,10 +756,13 @@ def evaluate(
     error. ``out``: also write result.json, the plots, (``video`` > 0) MP4s of the first episodes and (``rerun``
     > 0) rerun recordings of the first episodes (:mod:`streamdp.sim.rerun_log`).
     ``clock`` (seconds, serial runs only) replaces ``time.perf_counter`` for the policy timing, so tests
-    can inject compute times into the measured latency-aware path.
+    can inject compute times into the measured latency-aware path. ``rename_map`` (env key -> policy key,
+    e.g. ``{"observation.images.top": "observation.images.image"}``) feeds the task's observations to a
+    policy that names them otherwise, on top of the checkpoint's own ``rename_map``.
     """
 
     from streamdp.policy.checkpoint import read_config
+    from streamdp.policy.config import check_rename_map, merge_rename_maps
     from streamdp.sim.metrics import hardware, sampler_label
     from streamdp.sim.tasks import task_spec as get_spec
 
@@ -774,18 +781,20 @@ def evaluate(
         obs_mode = "image" if cfg.camera_names else "state"
     task_kwargs = dict(task_kwargs or {})
     spec = get_spec(task, obs_mode, **task_kwargs)
-    _check_fits(cfg, spec)
+    check_rename_map(dict(rename_map or {}), "rename_map")
+    rename = merge_rename_maps(cfg.rename_map, dict(rename_map or {}))
+    _check_fits(cfg, spec, rename)
     limit = int(max_steps or spec.max_episode_steps)
     overrides = dict(policy_overrides or {})
 
     out_dir = Path(out) if out is not None else None
     template = _Job(checkpoint, SamplerSpec(None, None), task, obs_mode, tuple(sorted(task_kwargs.items())),
                     tuple(sorted(overrides.items())), 0, seed, limit, latency_aware, latency_model, device, warmup,
-                    None, video_size)  # fmt: skip
+                    None, video_size, rename_map=tuple(sorted(rename.items())))  # fmt: skip
     runs: list[RunResult] = []
     jobs: list[_Job] = []
     for sp in sampler_specs(sampler, num_inference_steps):
-        name, k, pinfo = _policy_summary(checkpoint, sp, overrides)
+        name, k, pinfo = _policy_summary(checkpoint, sp, {**overrides, "rename_map": rename})
         label = sampler_label(name, k, pinfo["num_train_steps"])
         if any(r.label == label for r in runs):
             raise ValueError(f"sampler {label} is listed twice")
@@ -841,7 +850,11 @@ def sampler_specs(
     ]
 
 
-def _check_fits(cfg: Any, spec: Any) -> None:
+def _check_fits(cfg: Any, spec: Any, rename: dict[str, str]) -> None:
+    from streamdp.policy.encoders import IMAGE_PREFIX
+
+    cams = [rename.get(IMAGE_PREFIX + c, IMAGE_PREFIX + c) for c in spec.camera_names]  # as the policy reads them
+    cams = [k[len(IMAGE_PREFIX):] if k.startswith(IMAGE_PREFIX) else k for k in cams]
     problems = []
     if cfg.state_dim != spec.state_dim:
         problems.append(f"state dim {spec.state_dim} (task) != {cfg.state_dim} (checkpoint)")
@@ -849,10 +862,18 @@ def _check_fits(cfg: Any, spec: Any) -> None:
         problems.append(f"action dim {spec.action_dim} (task) != {cfg.action_dim} (checkpoint)")
     if abs(float(cfg.fps) - float(spec.fps)) > 1e-6:
         problems.append(f"fps {spec.fps} (task) != {cfg.fps} (checkpoint)")
-    if sorted(cfg.camera_names) != sorted(spec.camera_names):
-        problems.append(f"cameras {spec.camera_names} (task) != {cfg.camera_names} (checkpoint)")
+    if sorted(cfg.camera_names) != sorted(cams):
+        seen = f"{spec.camera_names} read as {cams}" if cams != spec.camera_names else f"{spec.camera_names}"
+        hint = ""
+        if len(spec.camera_names) == 1 and len(cfg.camera_names) == 1:
+            hint = (f" (feed the task's camera to the policy with rename_map={{{IMAGE_PREFIX}{spec.camera_names[0]}:"
+                    f"{IMAGE_PREFIX}{cfg.camera_names[0]}}})")
+        problems.append(f"cameras {seen} (task) != {cfg.camera_names} (checkpoint){hint}")
     if problems:
-        raise ValueError(f"checkpoint does not fit task {spec.name}/{spec.obs_mode}: " + "; ".join(problems))
+        from streamdp.policy.checkpoint import CheckpointMismatchError
+
+        what = f"checkpoint does not fit task {spec.name}/{spec.obs_mode}: "
+        raise CheckpointMismatchError(what + "; ".join(problems))
 
 
 def _run_jobs(
@@ -926,6 +947,9 @@ class EvalConfig:
     progress: bool = opt(True, "tqdm bar")
     policy: dict[str, Any] = opt(help="extra policy config overrides at load time, e.g. +policy.cache=bac",
                                  factory=dict)
+    # Any, not dict[str, str]: omegaconf 2.3 cannot override a typed null mapping (see ZarrConfig.images)
+    rename_map: Any = opt(None, "task keys fed to the policy under its names, task key -> policy key, e.g. "
+                          "{observation.images.top: observation.images.image}; added to the checkpoint's rename_map")
 
     def latency_model(self) -> LatencyModel | None:
         """The modelled compute time, when latency_s or latency_per_call_s is given."""
@@ -969,6 +993,7 @@ def run(c: EvalConfig) -> EvalResult:
         rerun=c.rerun,
         out=c.out or f"outputs/eval/{c.task.name}-{_dt.datetime.now():%Y%m%d-%H%M%S}",
         policy_overrides=dict(c.policy),
+        rename_map=dict(c.rename_map or {}),
         progress=c.progress,
     )
     print(result.table())

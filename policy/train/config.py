@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from streamdp.policy.cli import opt
-from streamdp.policy.config import ConfigError, PolicyConfig
+from streamdp.policy.config import ConfigError, PolicyConfig, check_rename_map
 
 if TYPE_CHECKING:
     from streamdp.policy.train.data import DatasetInfo
@@ -68,10 +68,19 @@ class DatasetConfig:
     num_workers: int = opt(0, "DataLoader worker processes per rank")
     video_backend: str | None = opt(None, "LeRobot video decoder; null: torchcodec")
     zarr: ZarrConfig = opt(help="only for format=zarr: data/<key> arrays -> policy inputs", factory=ZarrConfig)
+    # Any, not dict[str, str]: see ZarrConfig.images; __post_init__ checks what arrives.
+    rename_map: Any = opt(None, "LeRobot keys read under the task card's names, dataset key -> card key, e.g. "
+                                "{observation.image: observation.images.top} (recorded in the checkpoint)")
 
     def __post_init__(self) -> None:
         if self.format not in ("lerobot", "zarr"):
             raise ConfigError(f"dataset.format must be 'lerobot' or 'zarr', got {self.format!r}")
+        self.rename_map = dict(self.rename_map) if isinstance(self.rename_map, Mapping) else self.rename_map
+        if self.rename_map is not None:
+            check_rename_map(self.rename_map, "dataset.rename_map")
+        if self.rename_map and self.format != "lerobot":
+            raise ConfigError("dataset.rename_map renames LeRobot features; a zarr buffer maps its arrays with "
+                              "dataset.zarr.state / action / images")
         if self.short_episodes not in SHORT_EPISODE_MODES:
             raise ConfigError(
                 f"dataset.short_episodes must be one of {SHORT_EPISODE_MODES}, got {self.short_episodes!r}"
@@ -195,11 +204,12 @@ def policy_config(policy: Mapping[str, Any], info: DatasetInfo) -> PolicyConfig:
         "camera_names": info.camera_names,
         "image_shape": info.image_shape,
         "fps": info.fps,
+        "rename_map": info.rename_map,
     }
     problems = []
     for key, value in derived.items():
         given = d.get(key)
-        if given is not None and given != [] and _norm(given) != _norm(value):
+        if given not in (None, [], {}) and _norm(given) != _norm(value):
             problems.append(f"policy.{key}={given!r} but the dataset gives {value!r}")
         d[key] = list(value) if isinstance(value, tuple) else value
     if problems:

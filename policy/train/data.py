@@ -128,6 +128,7 @@ class DatasetInfo:
     episode_lengths: list[int]
     robot_type: str | None = None  # streamdp-collect writes its simulated task's (TaskSpec.robot_type)
     tasks: list[str] = field(default_factory=list)  # the per-frame task strings (a simulated task's description)
+    rename_map: dict[str, str] = field(default_factory=dict)  # dataset key -> policy key, the renames applied
 
     @property
     def joint_names(self) -> list[str]:

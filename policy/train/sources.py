@@ -191,9 +191,12 @@ class LeRobotWindows(WindowedDataset):
         ]
         for role, key in wanted:
             if key is not None and key not in feats:
+                have = sorted(k for k in feats if k not in BOOKKEEPING)
+                images = [k for k in have if feats[k].get("dtype") in ("image", "video")]
+                like = (images if role.startswith("camera") else have) or ["<dataset key>"]
                 raise DataError(
-                    f"{where} has no feature {key!r} (wanted as the {role}); its features are "
-                    f"{sorted(k for k in feats if k not in BOOKKEEPING)}: fix the task card's features "
+                    f"{where} has no feature {key!r} (wanted as the {role}); its features are {have}: read one "
+                    f"under that name (dataset.rename_map={{{like[0]}:{key}}}), fix the task card's features "
                     "(or task.obs_mode) or use the right dataset"
                 )
         for role, key in (("state", fmap.state), ("action", fmap.action)):
@@ -517,11 +520,29 @@ def _no_camera_named(dcfg: DatasetConfig) -> None:
     )
 
 
+def renamed_sources(fmap: FeatureMap, rename: Mapping[str, str]) -> tuple[FeatureMap, dict[str, str]]:
+    """The dataset keys to read for the card's keys `fmap` under ``dataset.rename_map`` (dataset key -> card
+    key), and the renames used; an entry that renames onto a key the card does not read is an error."""
+    source = {dst: src for src, dst in rename.items()}
+    wanted = [k for k in (fmap.state, fmap.action, *fmap.cameras.values()) if k is not None]
+    unused = {src: dst for src, dst in rename.items() if dst not in wanted}
+    if unused:
+        raise ConfigError(
+            f"dataset.rename_map renames {unused} onto keys the task card does not read; it reads {wanted} "
+            "(name the camera in task.features.images, or fix the map)"
+        )
+    state = source.get(fmap.state, fmap.state) if fmap.state else None
+    cams = {cam: source.get(key, key) for cam, key in fmap.cameras.items()}
+    return FeatureMap(state, source.get(fmap.action, fmap.action), cams), dict(rename)
+
+
 def load_dataset(task: Mapping[str, Any], dcfg: DatasetConfig, window: Window) -> WindowedDataset:
-    """Open the dataset described by the task card and the dataset config, checked against the card."""
+    """Open the dataset described by the task card and the dataset config, checked against the card;
+    ``dataset.rename_map`` reads dataset keys under the card's names (recorded in ``info.rename_map``)."""
     if not dcfg.root:
         raise ConfigError("dataset.root is not set: pass dataset.root=/path/to/dataset")
     fmap, expect = card_features(task)
+    fmap, renamed = renamed_sources(fmap, dcfg.rename_map or {})
     name, obs_mode = str(task.get("name", "?")), str(task.get("obs_mode") or "state")
     named = fmap.cameras if dcfg.format == "lerobot" else dcfg.zarr.images
     if obs_mode == "image" and not named:
@@ -550,5 +571,6 @@ def load_dataset(task: Mapping[str, Any], dcfg: DatasetConfig, window: Window) -
             short_episodes=dcfg.short_episodes,
         )
         expect = {**expect, "image_shape": None if not z.images else expect.get("image_shape")}
+    ds.info.rename_map = renamed
     check_card(name, obs_mode, expect, ds.info)
     return ds
