@@ -47,6 +47,7 @@ given. Measured latencies make results depend on machine load; modelled ones kee
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import math
@@ -508,6 +509,16 @@ class _Job:
 _CACHE: dict[Any, Any] = {}  # per process: loaded policies (with their call counters) and envs
 
 
+def clear_cache() -> None:
+    """Forget this process's loaded policies and close its envs: their GL contexts are freed now, while EGL
+    is still up (a LIBERO env dropped unclosed is freed at exit, after EGL's teardown, with a traceback)."""
+    for key, obj in list(_CACHE.items()):
+        if key[0] == "env":
+            with contextlib.suppress(Exception):
+                obj.close()
+    _CACHE.clear()
+
+
 def _hold_action(spec: Any, state: np.ndarray) -> np.ndarray:
     """The command that keeps the robot where it is: the joint state for position-target actions."""
     da = spec.action_dim
@@ -895,7 +906,7 @@ def _run_jobs(
                 return out
             finally:
                 torch.set_num_threads(prev)
-                _CACHE.clear()
+                clear_cache()
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 

@@ -210,6 +210,7 @@ class ArmReachDynamicEnv(TaskEnv):
     def _render(self, size: int) -> np.ndarray:
         if size not in self._renderers:
             self._renderers[size] = mujoco.Renderer(self.model, size, size)
+            self.close_at_exit()
         r = self._renderers[size]
         r.update_scene(self.data, camera=CAMERA)
         return r.render().copy()

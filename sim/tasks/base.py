@@ -7,6 +7,9 @@ terminated, truncated, info)``, ``render()``, ``close()``) with LeRobot key name
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -83,8 +86,27 @@ class TaskSpec:
         return feats
 
 
+_OPEN_RENDERING: weakref.WeakSet[TaskEnv] = weakref.WeakSet()  # envs holding GL contexts (close_at_exit)
+
+
+def _close_rendering_envs() -> None:
+    for env in list(_OPEN_RENDERING):
+        with contextlib.suppress(Exception):
+            env.close()
+
+
 class TaskEnv(gym.Env):
     """What every task env shares: ``rgb_array`` rendering, and spaces that follow its ``task_spec``."""
+
+    def close_at_exit(self) -> None:
+        """Close this env at interpreter exit while EGL is still up. Call it right after the env made a GL
+        context: mujoco and robosuite each register ``eglTerminate`` of the (shared) EGL display at exit when
+        they make their first one, and a context freed after that (an env still open, or garbage collected at
+        shutdown) prints an ``EGL_NOT_INITIALIZED`` traceback. atexit runs hooks last-in first-out, so moving
+        this one to the end of the list each time keeps it ahead of every ``eglTerminate``."""
+        _OPEN_RENDERING.add(self)
+        atexit.unregister(_close_rendering_envs)
+        atexit.register(_close_rendering_envs)
 
     metadata = {"render_modes": ["rgb_array"]}
     render_mode = "rgb_array"

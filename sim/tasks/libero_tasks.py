@@ -47,8 +47,10 @@ SUPPORTED_SUITES = ("libero_object", "libero_spatial")
 
 @contextlib.contextmanager
 def _quiet() -> Any:
-    """LIBERO and robosuite print banners and warnings on import / benchmark creation."""
-    logging.getLogger("robosuite").setLevel(logging.ERROR)
+    """LIBERO and robosuite print banners and warnings on import / benchmark creation. robosuite logs to
+    "robosuite_logs" (a console handler at WARN, and a DEBUG file handler on /tmp/robosuite.log) and warns on
+    import that it has no private macro file: its logger is set to ERROR before that first import."""
+    logging.getLogger("robosuite_logs").setLevel(logging.ERROR)
     with contextlib.redirect_stdout(io.StringIO()):
         yield
 
@@ -144,6 +146,7 @@ class LiberoTask(TaskEnv):
                 ignore_done=True,
                 hard_reset=False,
             )
+        self.close_at_exit()  # robosuite's offscreen GL context exists from here on
         self.object_name, self.container_name = self._env.env.obj_of_interest[:2]
         self._seed = seed
         self.raw_obs: dict[str, np.ndarray] = {}
@@ -214,6 +217,8 @@ class LiberoTask(TaskEnv):
         return np.ascontiguousarray(img[::-1, ::-1])
 
     def close(self) -> None:
+        """Free the simulation and its GL contexts now (robosuite's close frees the sim and collects the
+        render context it holds), while EGL is still initialised."""
         env, self._env = getattr(self, "_env", None), None
         if env is not None:
             with contextlib.suppress(Exception):

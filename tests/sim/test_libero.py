@@ -70,3 +70,36 @@ def test_expert_succeeds_from_fixed_init_states(suite, task_id, obs_mode):
     finally:
         env.close()
     assert any(outcomes), f"{suite}:{task_id} expert failed on init states {list(range(len(outcomes)))}"
+
+
+def test_libero_evaluation_ends_without_tracebacks_or_warnings(tmp_path):
+    """A tiny LIBERO evaluation in a subprocess, with a user's env still open at exit: stderr holds no EGL
+    teardown traceback (EGL_NOT_INITIALIZED from a render context freed after eglTerminate: the evaluator
+    dropped its env unclosed) and no robosuite warning (its logger is "robosuite_logs")."""
+    import subprocess
+    import sys
+
+    from streamdp.policy import Policy
+    from streamdp.policy.config import UnetConfig
+    from streamdp.sim.expert_policy import policy_config_for
+
+    cfg = policy_config_for("libero", "image", unet=UnetConfig(down_dims=(16, 32), step_embed_dim=16, cond_dim=16),
+                            num_inference_steps=4)
+    stats = {k: {"min": -np.ones(d), "max": np.ones(d), "mean": np.zeros(d), "std": np.ones(d)}
+             for k, d in (("action", 7), ("observation.state", cfg.state_dim))}
+    ckpt = tmp_path / "ckpt"
+    Policy(cfg, stats=stats).save_pretrained(ckpt)
+    script = (
+        "from streamdp.sim import make_task\n"
+        "from streamdp.sim.evaluate import evaluate\n"
+        f"r = evaluate({str(ckpt)!r}, 'libero', episodes=1, max_steps=3, out={str(tmp_path / 'eval')!r})\n"
+        "assert r.run.episodes[0].steps == 3\n"
+        "env = make_task('libero', 'image')\n"
+        "env.reset(seed=0)\n"
+        "env.render()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    for bad in ("Traceback", "Exception ignored", "EGL_NOT_INITIALIZED", "WARNING"):
+        assert bad not in r.stderr, f"{bad!r} in stderr:\n{r.stderr[-3000:]}"
