@@ -8,8 +8,9 @@ Lifecycle (docs/architecture.md):
   (FAILURE; the reason is logged, kept in ``configure_error`` and shown on ``/diagnostics``), warm up
   (a few dummy chunks), create the subscriptions.
 * **activate**: seed the buffer and the hold position from the current JointState
-  (``policy.reset(state=q)``), start the inference thread and the control timer, enable the command
-  publisher. Fails (retry later) when no fresh JointState has arrived yet.
+  (``policy.reset(state=q)``), start the inference thread and the control timer (its ticks in phase with
+  the joint states: the first one ``TICK_PHASE`` of a period after the next state arrives), enable the
+  command publisher. Fails (retry later) when no fresh JointState has arrived yet.
 * **deactivate**: stop the timer and the inference thread, publish a final hold at the last
   commanded position, disable the publisher.
 * **cleanup / shutdown**: drop everything configure made.
@@ -83,6 +84,11 @@ from streamdp.ros_nodes.stats import ClockJumpDetector, RollingStats, TickStats
 from streamdp.ros_nodes.streamer import ActionStreamer, Command
 from streamdp.ros_nodes.trajectory import split_seconds, trajectory_points
 
+# Control ticks run this fraction of a period after a joint state arrives (set once, at activation): a tick
+# that ran just before each state would sample one almost a period old and add that to every command's latency
+# (docs/timing.md, "Phase"); the margin keeps a slightly late state from missing its tick.
+TICK_PHASE = 0.2
+
 
 @dataclass
 class FaultHooks:
@@ -132,6 +138,7 @@ class PolicyNode(LifecycleNode):
         self._levels_snap: np.ndarray | None = None  # the buffer's levels after the latest chunk (worker thread)
         self._plan_sent: Any = None
         self._levels_sent: Any = None
+        self._phase_pending = False  # active, control ticks not yet in phase with the joint states
         self._lock = threading.Lock()
         self._reset_counters()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -325,14 +332,29 @@ class PolicyNode(LifecycleNode):
         self._plan_snap, self._levels_snap = None, self.policy.noise_levels()  # the ladder it starts from
         self._last_published = q.copy()
         self.worker = InferenceWorker(self.policy, self._on_chunk, self._on_worker_error, s.denoise_budget).start()
-        self._timer = self.create_timer(self.period, self._tick)
+        # Ticks start TICK_PHASE periods after the next joint state arrives (_on_joint_state), or one period
+        # from now if none does.
+        self._phase_pending = True
+        self._restart_timer(self.period, self._start_ticks)
         if self._plan_pub is not None:
             self._plan_timer = self.create_timer(self.period, self._publish_plan)
         self.lifecycle_state = "active"
         self.get_logger().info(f"active: seeded from joint state {np.round(q, 4).tolist()}")
         return super().on_activate(state)
 
+    def _restart_timer(self, period: float, callback: Callable[[], None]) -> None:
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+        self._timer = self.create_timer(period, callback)
+
+    def _start_ticks(self) -> None:
+        """The first control tick, then one per period from here (in phase with the joint states)."""
+        self._phase_pending = False
+        self._restart_timer(self.period, self._tick)
+        self._tick()
+
     def _stop_streaming(self) -> None:
+        self._phase_pending = False
         if self._timer is not None:
             self.destroy_timer(self._timer)
             self._timer = None
@@ -410,6 +432,9 @@ class PolicyNode(LifecycleNode):
         if self.sync is not None:
             self.sync.add_joint_state(stamp_seconds(msg.header.stamp), msg.name, msg.position, msg.velocity,
                                       msg.effort)
+        if self._phase_pending and self.sync is not None and self.sync.joint_positions is not None:
+            self._phase_pending = False  # first joint state since activation: tick just after each one
+            self._restart_timer(TICK_PHASE * self.period, self._start_ticks)
 
     def _on_extra(self, extra: ExtraState, msg: PointStamped) -> None:
         if self.sync is not None:
