@@ -239,7 +239,8 @@ def _supervise(descs: Sequence[NodeDescription], duration: float | None, tmp: st
 
 
 def _run_composed(descs: Sequence[NodeDescription], duration: float | None) -> int:
-    """All nodes in this process on one MultiThreadedExecutor (needs rclpy loadable here)."""
+    """All nodes in this process, each made and spun in a thread of its own (runtime.spin_each_in_a_thread;
+    needs rclpy loadable here)."""
     import importlib
 
     from streamdp.ros_nodes.rosenv import ensure_ros_env
@@ -249,20 +250,21 @@ def _run_composed(descs: Sequence[NodeDescription], duration: float | None) -> i
 
     os.environ.update({k: v for d in descs for k, v in d.env.items()})
     runtime.init(None)
-    nodes = []
-    with tempfile.TemporaryDirectory(prefix="streamdp-bringup-") as tmp:  # read while the nodes are made
-        for d in descs:
-            mod, cls = d.node_class.split(":")
-            node_cls = getattr(importlib.import_module(mod), cls)
-            nodes.append(node_cls(d.name, cli_args=ros_args(d, tmp), use_global_arguments=False))
+
+    def maker(d: NodeDescription, tmp: str) -> Any:
+        mod, cls = d.node_class.split(":")
+        node_cls = getattr(importlib.import_module(mod), cls)
+        return lambda: node_cls(d.name, cli_args=ros_args(d, tmp), use_global_arguments=False)
+
+    def failed(nodes: Sequence[Any]) -> bool:
+        return any(getattr(n, "autostart_failed", False) for n in nodes)
+
     t0 = time.monotonic()
-
-    def until() -> bool:
-        failed = any(getattr(n, "autostart_failed", False) for n in nodes)
-        return failed or (duration is not None and time.monotonic() - t0 >= duration)
-
-    runtime.spin_until_signal(nodes, multi_threaded=True, until=until)
-    return 1 if any(getattr(n, "autostart_failed", False) for n in nodes) else 0
+    with tempfile.TemporaryDirectory(prefix="streamdp-bringup-") as tmp:  # read while the nodes are made
+        nodes = runtime.spin_each_in_a_thread(
+            [maker(d, tmp) for d in descs],
+            until=lambda nodes: failed(nodes) or (duration is not None and time.monotonic() - t0 >= duration))
+    return 1 if failed(nodes) else 0
 
 
 def effective_parameter(desc: NodeDescription, name: str) -> Any:
@@ -305,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="parameter YAML (repeatable; default config/ros/<config>.yaml)")
     ap.add_argument("-p", "--set", action="append", default=[], metavar="NODE.PARAM:=VALUE",
                     help="override one parameter, e.g. policy_node.checkpoint:=/ckpt")
-    ap.add_argument("--compose", action="store_true", help="run all nodes in this process (MultiThreadedExecutor)")
+    ap.add_argument("--compose", action="store_true", help="run all nodes in this process (a thread and an "
+                    "executor each)")
     ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--dry-run", action="store_true", help="print the node commands and exit (their parameter "
                     "files are written to build/bringup_params, next to ROS_LOG_DIR)")
