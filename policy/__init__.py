@@ -1,7 +1,7 @@
 """streamdp.policy: pure-PyTorch streaming diffusion policy (no ROS)."""
 
 from streamdp.policy.checkpoint import CheckpointError, CheckpointMismatchError
-from streamdp.policy.config import ConfigError, PolicyConfig
+from streamdp.policy.config import ConfigError, PolicyConfig, UnknownTaskError
 from streamdp.policy.policy import NonFiniteError, Policy
 from streamdp.policy.samplers.rolling_buffer import ladder
 
@@ -12,5 +12,6 @@ __all__ = [
     "NonFiniteError",
     "Policy",
     "PolicyConfig",
+    "UnknownTaskError",
     "ladder",
 ]

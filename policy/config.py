@@ -20,6 +20,10 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the fix."""
 
 
+class UnknownTaskError(ConfigError):
+    """An observation names a task the policy was not trained on; the message lists the ones it knows."""
+
+
 @dataclass
 class UnetConfig:
     down_dims: tuple[int, ...] = (64, 128, 256)
@@ -60,8 +64,11 @@ class EncoderConfig:
     image_feature_dim: int = 64  # 2 x num keypoints of the spatial softmax
     crop_ratio: float = 0.9  # random crop in training, centre crop at inference
     share_camera_backbone: bool = False
+    task_embed_dim: int = 32  # width of the learned task embedding (only with PolicyConfig.tasks)
 
     def __post_init__(self) -> None:
+        if self.task_embed_dim < 1:
+            raise ConfigError(f"encoder.task_embed_dim must be >= 1, got {self.task_embed_dim}")
         if not 0.5 <= self.crop_ratio <= 1.0:
             raise ConfigError(f"encoder.crop_ratio must lie in [0.5, 1], got {self.crop_ratio}")
         if self.image_feature_dim % 2:
@@ -90,6 +97,10 @@ class PolicyConfig:
     # {"observation.image": "observation.images.top"}: training records the dataset's renames here, and the
     # policy reads an input under its source name when its own is absent (a frame of that dataset).
     rename_map: dict[str, str] = field(default_factory=dict)
+    # Task strings (LeRobot's per-frame "task", e.g. a LIBERO instruction) of a multi-task policy: each has a
+    # learned embedding added to the observation condition, and an observation names its task in obs["task"].
+    # Empty: one task, no task input (every checkpoint before task conditioning).
+    tasks: list[str] = field(default_factory=list)
     denoiser: str = "unet"
     sampler: str = "sdp"
     num_inference_steps: int = 10  # grid size K for ddim, sdp and rti's full solves; ddpm always uses N
@@ -132,6 +143,7 @@ class PolicyConfig:
         self.action_names = list(self.action_names)
         self.camera_names = list(self.camera_names)
         self.rename_map = dict(self.rename_map)
+        self.tasks = [str(t) for t in self.tasks]
         self.discrete_action_dims = [int(i) for i in self.discrete_action_dims]
         self.validate()
 
@@ -187,6 +199,8 @@ class PolicyConfig:
         if self.action_names and len(self.action_names) != self.action_dim:
             raise ConfigError(f"action_names has {len(self.action_names)} entries but action_dim={self.action_dim}")
         check_rename_map(self.rename_map, "rename_map")
+        if len(set(self.tasks)) != len(self.tasks) or not all(self.tasks):
+            raise ConfigError(f"tasks must be distinct non-empty strings, got {self.tasks}")
         if self.camera_names and (self.image_shape is None or len(self.image_shape) != 3):
             raise ConfigError("cameras are configured but image_shape (C, H, W) is not")
         if self.sampler in STREAMING_SAMPLERS:
@@ -237,6 +251,17 @@ class PolicyConfig:
             raise ConfigError(
                 "cache='bac' caches transformer residual branches: set denoiser='transformer' or cache='none'"
             )
+
+    def task_index(self, task: str) -> int:
+        """The index of instruction `task` in ``tasks`` (its embedding row); an unknown one is an error that
+        lists the known tasks."""
+        try:
+            return self.tasks.index(task)
+        except ValueError:
+            known = "; ".join(repr(t) for t in self.tasks)
+            raise UnknownTaskError(
+                f"unknown task {task!r}: this policy knows {len(self.tasks)} task(s): {known}"
+            ) from None
 
     @property
     def default_rti_start_level(self) -> int:

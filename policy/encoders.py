@@ -1,7 +1,9 @@
 """Observation encoders: low-dimensional MLP and a ResNet-18 (GroupNorm, spatial softmax) per camera.
 
-Inputs are already normalised: state (B, To, Ds); images (B, To, C, H, W) floats in [0, 1].
-Output is per-step features (B, To, F); the U-Net flattens them, the transformer uses them as tokens.
+Inputs are already normalised: state (B, To, Ds); images (B, To, C, H, W) floats in [0, 1]; a multi-task
+policy's task indices (B, To) or (B,) (long, rows of ``PolicyConfig.tasks``).
+Output is per-step features (B, To, F); the U-Net flattens them, the transformer uses them as tokens, so a
+learned task embedding concatenated to every step conditions both denoisers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from streamdp.policy.config import PolicyConfig
 
 STATE_KEY = "observation.state"
 IMAGE_PREFIX = "observation.images."
+TASK_KEY = "task"  # an observation's instruction string (LeRobot frames carry it under this key)
+TASK_INDEX_KEY = "task_index"  # its row in PolicyConfig.tasks: what the encoder reads (LeRobot's column name)
 
 
 class SpatialSoftmax(nn.Module):
@@ -96,6 +100,10 @@ class ObservationEncoder(nn.Module):
             else:
                 self.image_encoders = nn.ModuleDict({cam: ImageEncoder(c, e.image_feature_dim) for cam in self.cameras})
         self.out_dim = (e.state_hidden if self.state_mlp is not None else 0) + len(self.cameras) * e.image_feature_dim
+        # No module at all without tasks: single-task checkpoints keep their exact weights and outputs.
+        self.task_embed = nn.Embedding(len(cfg.tasks), e.task_embed_dim) if cfg.tasks else None
+        if self.task_embed is not None:
+            self.out_dim += e.task_embed_dim
 
     def forward(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
         feats = []
@@ -106,4 +114,9 @@ class ObservationEncoder(nn.Module):
             b, t = img.shape[:2]
             flat = crop(img.flatten(0, 1), self.cfg.encoder.crop_ratio, self.training)
             feats.append(self.image_encoders[cam](flat).reshape(b, t, -1))
+        if self.task_embed is not None:
+            idx = obs[TASK_INDEX_KEY].long()
+            if idx.dim() == 1:  # one task per sample: the same for every step
+                idx = idx[:, None].expand(-1, feats[0].shape[1] if feats else self.cfg.n_obs_steps)
+            feats.append(self.task_embed(idx))
         return torch.cat(feats, dim=-1)

@@ -43,7 +43,7 @@ from streamdp.policy.checkpoint import (
     save_checkpoint,
 )
 from streamdp.policy.config import ConfigError, PolicyConfig
-from streamdp.policy.encoders import IMAGE_PREFIX, STATE_KEY
+from streamdp.policy.encoders import IMAGE_PREFIX, STATE_KEY, TASK_INDEX_KEY, TASK_KEY
 from streamdp.policy.model import DiffusionModel
 from streamdp.policy.normalize import Normalizer, NormalizerError
 from streamdp.policy.samplers import DenoiserCall, Sampler, SamplerContext, SolveSettings, make_sampler
@@ -301,6 +301,8 @@ class Policy:
             if key not in obs:
                 raise KeyError(f"observation lacks camera {key!r} (has {sorted(obs)})")
             out[key] = self._prepare_image(key, obs[key])
+        if c.tasks:
+            out[TASK_INDEX_KEY] = torch.tensor(c.task_index(self._task_string(obs)), dtype=torch.long)
         return out
 
     def _renamed(self, obs: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -308,6 +310,20 @@ class Policy:
         absent (a frame of the dataset the policy was trained on, or of an env with other names)."""
         moved = {dst: obs[src] for src, dst in self.config.rename_map.items() if dst not in obs and src in obs}
         return {**obs, **moved} if moved else obs
+
+    def _task_string(self, obs: Mapping[str, Any]) -> str:
+        """The instruction of a multi-task policy's observation: obs["task"], a string (or a one-string list,
+        as LeRobot's batched envs give it)."""
+        if TASK_KEY not in obs:
+            raise KeyError(
+                f"observation lacks {TASK_KEY!r}: this policy is conditioned on its task, one of {self.config.tasks}"
+            )
+        task = obs[TASK_KEY]
+        if isinstance(task, (list, tuple)) and len(task) == 1:
+            task = task[0]
+        if not isinstance(task, str):
+            raise ValueError(f"observation {TASK_KEY!r} must be a string (the instruction), got {task!r}")
+        return task
 
     def _prepare_image(self, key: str, img: Any) -> torch.Tensor:
         ch, h, w = self.config.image_shape  # type: ignore[misc]
