@@ -9,7 +9,8 @@ Observation sources (``dataset=``):
   ``observation.state`` (T, Ds), ``observation.images.<cam>`` (T, H, W, C) uint8 or (T, C, H, W);
   optionally ``episode_ends`` (cumulative frame counts, diffusion_policy style) or ``episode_index`` (T,).
   :func:`save_observations` writes this format, e.g. from a simulated rollout;
-- a LeRobot dataset root (a directory with ``meta/info.json``), read with ``lerobot``'s LeRobotDataset.
+- a LeRobot dataset root (a directory with ``meta/info.json``), read with ``lerobot``'s LeRobotDataset;
+  each frame keeps its ``task`` string, so a multi-task policy sees the instruction it was trained with.
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ def load_lerobot(root: Path, max_frames: int | None = None) -> list[list[dict[st
     for i in range(n):
         item = ds[i]
         ep = int(item["episode_index"])
-        frame = {k: np.asarray(v) for k, v in item.items() if k.startswith(OBS_PREFIX)}
+        frame: dict[str, Any] = {k: np.asarray(v) for k, v in item.items() if k.startswith(OBS_PREFIX)}
+        if isinstance(item.get("task"), str):  # the frame's instruction: what a multi-task policy reads
+            frame["task"] = item["task"]
         if ep != last:
             episodes.append([])
             last = ep
@@ -117,7 +120,7 @@ def _check_finite(where: str, episodes: list[list[dict[str, Any]]]) -> None:
 
     ep_idx = np.array([e for e, ep in enumerate(episodes) for _ in ep])
     frame_idx = np.array([t for ep in episodes for t in range(len(ep))])
-    for key in episodes[0][0]:
+    for key in (k for k in episodes[0][0] if k.startswith(OBS_PREFIX)):
         arr = np.stack([np.asarray(f[key], dtype=np.float64) for ep in episodes for f in ep])
         check_finite(where, key, arr, ep_idx, frame_idx, [])
 

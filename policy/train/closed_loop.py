@@ -72,23 +72,25 @@ def sim_task(task: Mapping[str, Any], info: DatasetInfo) -> tuple[SimTask | None
     name, obs_mode = str(task.get("name")), str(task.get("obs_mode") or "state")
     kwargs = dict(task.get("kwargs") or {})
     off = "closed-loop evaluation off"
-    from streamdp.sim.tasks import list_tasks, task_spec
+    from streamdp.sim.tasks import list_tasks, task_spec, task_variants
 
     if name not in list_tasks():
         return None, f"{off}: task {name!r} is not a simulated task (those are {', '.join(list_tasks())})"
     if info.robot_type is None:
         return None, (f"{off}: dataset {info.source} records no robot_type, so it was not collected in the "
                       f"simulated task {name!r} (a real robot's or a converted dataset)")  # fmt: skip
-    try:
-        spec = task_spec(name, obs_mode, **kwargs)
+    try:  # a suite (LIBERO's task_id=all): every task of it, each evaluated for eval.episodes episodes
+        specs = [task_spec(name, obs_mode, **v) for v in task_variants(name, **kwargs)]
     except Exception as e:  # noqa: BLE001 - a task whose simulator is not installed, a bad kwarg
         return None, f"{off}: cannot build the simulated task {name}/{obs_mode}: {type(e).__name__}: {e}"
+    spec = specs[0]
     if info.robot_type != spec.robot_type:
         return None, (f"{off}: dataset {info.source} was recorded on robot_type {info.robot_type!r}, the "
                       f"simulated task {name!r} is {spec.robot_type!r}")  # fmt: skip
-    if info.tasks and spec.description and spec.description not in info.tasks:
-        return None, (f"{off}: dataset {info.source} holds the tasks {info.tasks[:3]}, not the simulated "
-                      f"task's {spec.description!r} (task.kwargs?)")  # fmt: skip
+    missing = [s.description for s in specs if info.tasks and s.description and s.description not in info.tasks]
+    if missing:
+        return None, (f"{off}: dataset {info.source} holds the tasks {info.tasks[:3]}{'...' * (len(info.tasks) > 3)}, "
+                      f"not the simulated task's {missing[0]!r} (task.kwargs?)")  # fmt: skip
     image = (spec.image_shape[2], spec.image_shape[0], spec.image_shape[1]) if spec.image_shape else None
     pairs = (  # (what, simulated task, dataset)
         ("state dim", spec.state_dim, info.state_dim),
@@ -100,7 +102,8 @@ def sim_task(task: Mapping[str, Any], info: DatasetInfo) -> tuple[SimTask | None
     problems = [f"{what} {theirs} (task) != {ours} (dataset)" for what, theirs, ours in pairs if theirs != ours]
     if problems:
         return None, f"{off}: the simulated task {name}/{obs_mode} does not fit the dataset: {'; '.join(problems)}"
-    return SimTask(name, obs_mode, kwargs), f"closed-loop evaluation in the simulated task {name}/{obs_mode}"
+    suite = f" ({len(specs)} tasks)" if len(specs) > 1 else ""
+    return SimTask(name, obs_mode, kwargs), f"closed-loop evaluation in the simulated task {name}/{obs_mode}{suite}"
 
 
 # -------------------------------------------------------------------------------------------- a score

@@ -205,6 +205,7 @@ def policy_config(policy: Mapping[str, Any], info: DatasetInfo) -> PolicyConfig:
         "image_shape": info.image_shape,
         "fps": info.fps,
         "rename_map": info.rename_map,
+        "tasks": info.conditioning_tasks,
     }
     problems = []
     for key, value in derived.items():

@@ -7,6 +7,7 @@ Every sample is one anchor frame t of one episode, as a dict of tensors::
     observation.images.<cam>     (To, C, H, W)   float in [0, 1], same frames
     action                       (Tp, Da)        frames t-To+1 .. t-To+Tp (edge-padded outside the episode)
     action_is_pad                (Tp,)           True where the action frame lies outside the episode
+    task_index                   (To,)           multi-task datasets only: each frame's row in DatasetInfo.tasks
     episode_index, frame_index   ()              where the sample comes from (for error messages)
 
 That is LeRobot's ``delta_timestamps`` convention (offsets (i - To + 1) / fps for i in range(Tp) for the
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from streamdp.policy.encoders import IMAGE_PREFIX, STATE_KEY
+from streamdp.policy.encoders import IMAGE_PREFIX, STATE_KEY, TASK_INDEX_KEY
 from streamdp.policy.normalize import Normalizer
 from streamdp.policy.train.config import SHORT_EPISODE_MODES
 
@@ -127,12 +128,18 @@ class DatasetInfo:
     num_frames: int
     episode_lengths: list[int]
     robot_type: str | None = None  # streamdp-collect writes its simulated task's (TaskSpec.robot_type)
-    tasks: list[str] = field(default_factory=list)  # the per-frame task strings (a simulated task's description)
+    tasks: list[str] = field(default_factory=list)  # the per-frame task strings, in task_index order
     rename_map: dict[str, str] = field(default_factory=dict)  # dataset key -> policy key, the renames applied
 
     @property
     def joint_names(self) -> list[str]:
         return joint_names_from(self.state_names, self.action_names)
+
+    @property
+    def conditioning_tasks(self) -> list[str]:
+        """The tasks a policy trained on these data is conditioned on: all of them when there are several
+        (a multi-task dataset, e.g. a LIBERO suite), none for one task (the policy takes no task input)."""
+        return list(self.tasks) if len(self.tasks) > 1 else []
 
 
 def joint_names_from(state_names: Sequence[str], action_names: Sequence[str] = ()) -> list[str]:
@@ -232,6 +239,7 @@ class WindowedDataset(Dataset):
         self.window = window_
         self.fmap = fmap
         self._lowdim: dict[str, np.ndarray] = {}  # policy key -> (N, D) float32
+        self._task_index: np.ndarray | None = None  # (N,) int64 row in info.tasks; multi-task data only
         self._ep_from = np.zeros(0, dtype=np.int64)
         self._ep_to = np.zeros(0, dtype=np.int64)
         self._ep_of_frame = np.zeros(0, dtype=np.int64)
@@ -266,7 +274,15 @@ class WindowedDataset(Dataset):
         ai, pad = window(i, s, t, self.window.action_offsets)
         out[ACTION_KEY] = torch.from_numpy(self._lowdim[ACTION_KEY][ai])
         out[PAD_KEY] = torch.from_numpy(pad)
+        if self._task_index is not None:
+            out[TASK_INDEX_KEY] = self._task_window(i)
         return out
+
+    def _task_window(self, i: int | np.ndarray) -> torch.Tensor:
+        """Task indices of the observation frames of sample(s) i (To,) or (B, To)."""
+        assert self._task_index is not None
+        oi, _ = window(i, *self._bounds(i), self.window.obs_offsets)
+        return torch.from_numpy(self._task_index[oi])
 
     def _stamp(self, item: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
         ep, frame = self.locate(i)

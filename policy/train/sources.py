@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from streamdp.policy.config import ConfigError
-from streamdp.policy.encoders import IMAGE_PREFIX, STATE_KEY
+from streamdp.policy.encoders import IMAGE_PREFIX, STATE_KEY, TASK_INDEX_KEY
 from streamdp.policy.normalize import Normalizer
 from streamdp.policy.train.config import DatasetConfig
 from streamdp.policy.train.data import (
@@ -109,6 +109,7 @@ class LeRobotWindows(WindowedDataset):
             raise DataError(f"{where}: {len(self.dataset)} frames in data/ but the episodes cover {len(self)}")
 
         self._load_lowdim(where, feats, state_dim, action_dim)
+        tasks = self._load_tasks(where, meta)
         self.fast = cache_lowdim and not fmap.cameras
         self.stats = self._stats(where, meta)
         self.info = DatasetInfo(
@@ -124,7 +125,7 @@ class LeRobotWindows(WindowedDataset):
             num_frames=len(self),
             episode_lengths=[int(n) for n in ends - starts],
             robot_type=meta.robot_type,
-            tasks=[str(t) for t in meta.tasks.index] if meta.tasks is not None else [],
+            tasks=tasks,
         )
 
     # -- load-time checks ----------------------------------------------------------------------------
@@ -163,6 +164,26 @@ class LeRobotWindows(WindowedDataset):
             arr = _column(table, dkey, dim, where)
             check_finite(where, dkey, arr, ep_col, fr_col, _names(feats[dkey], dim))
             self._lowdim[pkey] = arr
+
+    def _load_tasks(self, where: str, meta: Any) -> list[str]:
+        """The task strings in task_index order; for several tasks also every frame's row in that list
+        (through meta/tasks.parquet, so any task_index numbering, e.g. an aggregated dataset's, reads right)."""
+        if meta.tasks is None or len(meta.tasks) == 0:
+            return []
+        order = meta.tasks.sort_values("task_index")
+        names = [str(t) for t in order.index]
+        if len(names) > 1:
+            col = np.asarray(self.dataset.hf_dataset.data.column("task_index").to_numpy(), dtype=np.int64)
+            row = {int(ti): k for k, ti in enumerate(order["task_index"])}
+            unknown = sorted(set(np.unique(col).tolist()) - set(row))
+            if unknown:
+                raise DataError(f"{where}: frames have task_index {unknown[:5]}, which meta/tasks.parquet does not "
+                                f"list (it has {sorted(row)})")  # fmt: skip
+            lut = np.zeros(max(row) + 1, dtype=np.int64)
+            for ti, k in row.items():
+                lut[ti] = k
+            self._task_index = lut[col]
+        return names
 
     def _check_layout(self, where: str) -> None:
         """Files a local v3 dataset needs, checked here because lerobot would try the Hub for them."""
@@ -289,6 +310,8 @@ class LeRobotWindows(WindowedDataset):
         out[PAD_KEY] = item[f"{self.fmap.action}_is_pad"].bool()
         for cam, key in self.fmap.cameras.items():
             out[IMAGE_PREFIX + cam] = item[key].float()
+        if self._task_index is not None:
+            out[TASK_INDEX_KEY] = self._task_window(i)
         return self._stamp(out, i)
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from streamdp.policy.config import PolicyConfig
-from streamdp.policy.encoders import IMAGE_PREFIX, STATE_KEY
+from streamdp.policy.encoders import IMAGE_PREFIX, STATE_KEY, TASK_INDEX_KEY
 from streamdp.policy.model import DiffusionModel
 from streamdp.policy.normalize import Normalizer
 from streamdp.policy.policy import Policy
@@ -159,10 +159,13 @@ def lr_lambda(warmup: int, total: int):  # noqa: ANN201 - torch LambdaLR callbac
 def normalize_batch(
     norm: Normalizer, batch: Mapping[str, torch.Tensor]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Normalised observation dict and actions from a raw batch (images already in [0, 1])."""
+    """Normalised observation dict and actions from a raw batch (images already in [0, 1]; task indices as
+    they are)."""
     obs = {k: v for k, v in batch.items() if k.startswith(IMAGE_PREFIX)}
     if STATE_KEY in batch:
         obs[STATE_KEY] = norm.normalize(STATE_KEY, batch[STATE_KEY])
+    if TASK_INDEX_KEY in batch:  # a multi-task dataset's task rows (the encoder embeds them)
+        obs[TASK_INDEX_KEY] = batch[TASK_INDEX_KEY]
     return obs, norm.normalize(ACTION_KEY, batch[ACTION_KEY])
 
 
