@@ -6,8 +6,16 @@
 
 Overrides are hydra ``key=value`` pairs on ``config/eval.yaml`` (``task=NAME`` picks the task card, as
 in ``streamdp-collect``). Several samplers given as a list run on the *same* weights and seeds, so
-their success rates and latencies compare directly. Python: :func:`evaluate` returns an
-:class:`EvalResult`; :meth:`EvalResult.save` writes ``result.json`` and the PNG plots.
+their success rates and latencies compare directly. ``expert=true`` adds the task's scripted expert as
+one more row on the same seeds (its own success rate, for comparison).
+
+**Suites.** Task options naming several tasks (LIBERO's ``task.kwargs.task_id=all``) run ``episodes``
+episodes of every task (episode i of each: seed + i; LIBERO's fixed initial state (seed + i) mod 50), and
+the result has the success per task with 95 % intervals as well as over the suite. The env's instruction
+goes to the policy as ``obs["task"]`` in every task (a multi-task policy is conditioned on it).
+
+Python: :func:`evaluate` returns an :class:`EvalResult`; :meth:`EvalResult.save` writes ``result.json``
+and the PNG plots.
 
 **What one episode is.** Episode ``i`` resets the env with seed ``seed + i`` and the policy's
 generator (and torch's global one) with the same seed, then calls ``policy.reset(state=...)`` (the
@@ -221,6 +229,8 @@ class EpisodeResult:
     video: str | None = None
     rerun: str | None = None  # the episode's rerun recording (.rrd), when one was written
     error: str | None = None  # a NonFiniteError from the policy ends the episode as a failure
+    task: str = ""  # the env's instruction (its task spec's description), which the policy got as obs["task"]
+    task_options: dict[str, Any] = field(default_factory=dict)  # make_task options of this episode's task
     actions: list[list[float]] = field(default_factory=list, repr=False)  # commanded, per env step (not in JSON)
     chunk_ids: list[int] = field(default_factory=list, repr=False)  # chunk of each command, -1 = held
 
@@ -317,6 +327,18 @@ class RunResult:
             "jump_units": "action units per tick (max over action dims of |a_t - a_{t-1}|)",
         }
 
+    def per_task(self) -> list[dict[str, Any]]:
+        """Success per task (in order of first appearance), with 95 % Wilson intervals."""
+        groups: dict[str, list[EpisodeResult]] = {}
+        for e in self.episodes:
+            groups.setdefault(e.task, []).append(e)
+        out = []
+        for task, eps in groups.items():
+            k = sum(e.success for e in eps)
+            out.append({"task": task, "task_options": eps[0].task_options, "episodes": len(eps), "successes": k,
+                        "success_rate": k / len(eps), "success_ci95": list(wilson_interval(k, len(eps)))})
+        return out
+
     def summary(self) -> dict[str, Any]:
         lo, hi = self.success_ci95
         return {
@@ -338,6 +360,7 @@ class RunResult:
             "calls_per_inference": self.calls_per_inference,
             "compute_s_per_inference": percentiles([x for e in self.episodes for x in e.compute_s]),
             "smoothness": self.smoothness,
+            "per_task": self.per_task(),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -444,7 +467,25 @@ class EvalResult:
                 f"| {_f(r.calls_per_inference['mean'], 1)} | {_f(s['mean_abs_jerk'], 1)} "
                 f"| {_f(s['boundary_jump_max'], 3)} / {_f(s['within_jump_max'], 3)} | {', '.join(extra)} |"
             )
-        return "\n".join(lines)
+        return "\n".join(lines + self.task_table())
+
+    def task_table(self) -> list[str]:
+        """Markdown rows of success per task (a column per sampler), for a suite; [] for one task."""
+        per = [r.per_task() for r in self.runs]
+        if not per or len(per[0]) < 2:
+            return []
+        lines = ["", "| task | " + " | ".join(r.label for r in self.runs) + " |", "|" + "---|" * (1 + len(self.runs))]
+        for row in per[0]:
+            cells = []
+            for p in per:
+                t = next((x for x in p if x["task"] == row["task"]), None)
+                if t is None:
+                    cells.append("n/a")
+                    continue
+                lo, hi = t["success_ci95"]
+                cells.append(f"{t['successes']}/{t['episodes']} = {t['success_rate']:.2f} [{lo:.2f}, {hi:.2f}]")
+            lines.append(f"| {row['task']} | " + " | ".join(cells) + " |")
+        return lines
 
     def save(self, out: str | Path, plots: bool = True) -> Path:
         """Write ``result.json`` (and ``latency_hist.png``, ``success.png``) under ``out``."""
@@ -519,6 +560,15 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
+EXPERT = "expert"  # the run label (and job "sampler") of the task's scripted expert (expert=true)
+
+
+def with_task(obs: dict[str, Any], spec: Any) -> dict[str, Any]:
+    """The env's observation with its instruction as ``obs["task"]`` (what a multi-task policy is conditioned
+    on, as in LeRobot's frames and its evaluation loop); unchanged for a task without a description."""
+    return {**obs, "task": spec.description} if spec.description else obs
+
+
 def _hold_action(spec: Any, state: np.ndarray) -> np.ndarray:
     """The command that keeps the robot where it is: the joint state for position-target actions."""
     da = spec.action_dim
@@ -533,6 +583,11 @@ def _get_env(task: str, obs_mode: str, kwargs: tuple, video_size: int | None) ->
 
     key = ("env", task, obs_mode, kwargs, video_size)
     if key not in _CACHE:
+        # another task of a suite: close its envs first (one task's envs per process bounds the memory;
+        # the jobs run task by task, so each env is built once per process)
+        for old in [k for k in _CACHE if k[0] == "env" and k[1] == task and k[3] != kwargs]:
+            with contextlib.suppress(Exception):
+                _CACHE.pop(old).close()
         kw = dict(kwargs)
         env = None
         if video_size and "render_size" not in kw:
@@ -566,6 +621,7 @@ def _get_policy(job: _Job, env: Any) -> Any:
         if job.warmup:  # first calls pay lazy initialisation (allocator, compile): keep them untimed
             obs, _ = env.reset(seed=job.seed)
             policy.reset(state=obs["observation.state"])
+            obs = with_task(obs, env.task_spec) if hasattr(env, "task_spec") else obs
             for _ in range(policy.config.n_action_steps + 1):
                 policy.select_action(obs)
         _CACHE[key] = policy
@@ -617,6 +673,8 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
     spec = get_spec(job.task, job.obs_mode, **dict(job.task_kwargs))
     env = _get_env(job.task, job.obs_mode, job.task_kwargs,
                    job.video_size if job.video_path or job.rerun_path else None)
+    if job.spec.sampler == EXPERT:
+        return _expert_episode(job, env, spec, t_start)
     policy = _get_policy(job, env)
     fps = float(spec.fps)
     torch.manual_seed(job.seed)
@@ -643,7 +701,7 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
     while not ro.done:
         need = policy.num_ready == 0
         try:
-            a, cost = timed(policy, lambda: policy.select_action(ro.obs), clock)
+            a, cost = timed(policy, lambda: policy.select_action(with_task(ro.obs, spec)), clock)
         except NonFiniteError as e:  # the policy reset itself; count the episode as failed, keep going
             error = f"{type(e).__name__}: {e}"
             break
@@ -683,8 +741,38 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
         compute_s=compute_s, max_coverage=ro.max_cov, final_distance=float(dist) if dist is not None else None,
         mean_abs_jerk=mean_abs_jerk(acts, fps), boundary_jumps=boundary.tolist(), within_jumps=within.tolist(),
         seconds=time.perf_counter() - t_start, video=job.video_path, rerun=job.rerun_path, error=error,
-        actions=acts.tolist(),
-        chunk_ids=ro.chunk_ids,
+        task=spec.description, task_options=dict(job.task_kwargs), actions=acts.tolist(), chunk_ids=ro.chunk_ids,
+    )
+
+
+def _expert_episode(job: _Job, env: Any, spec: Any, t_start: float) -> EpisodeResult:
+    """One episode of the task's scripted expert from the same seed (the ``expert`` row): success, steps,
+    coverage and distance as for a policy; no policy, so no latency or network calls."""
+    from streamdp.sim.tasks import make_expert
+
+    obs, info = env.reset(seed=job.seed)
+    expert = make_expert(job.task, env)
+    expert.reset()
+    ro = _Rollout(env, obs, info, job.max_steps, bool(job.video_path))
+    error = None
+    while not ro.done:
+        try:
+            a = np.asarray(expert.act(ro.obs, env), dtype=np.float32)
+        except ValueError as e:  # e.g. the arm expert's IK finds no in-limits solution: a failed episode
+            error = f"{type(e).__name__}: {e}"
+            break
+        ro.step(a, 0)
+    if ro.frames is not None and job.video_path:
+        _write_video(job.video_path, ro.frames, float(spec.fps))
+    acts = np.stack(ro.actions) if ro.actions else np.zeros((0, spec.action_dim))
+    dist = ro.info.get("distance")
+    return EpisodeResult(
+        index=job.index, seed=job.seed, success=ro.success, steps=ro.steps, policy_ticks=0, held_steps=0,
+        inferences=0, calls=0, calls_per_inference=[], tick_ms=[], inference_ticks=[], compute_s=[],
+        max_coverage=ro.max_cov, final_distance=float(dist) if dist is not None else None,
+        mean_abs_jerk=mean_abs_jerk(acts, float(spec.fps)), boundary_jumps=[], within_jumps=[],
+        seconds=time.perf_counter() - t_start, video=job.video_path, error=error, task=spec.description,
+        task_options=dict(job.task_kwargs), actions=acts.tolist(), chunk_ids=ro.chunk_ids,
     )
 
 
@@ -759,6 +847,7 @@ def evaluate(
     progress: bool = False,
     start_method: str = "forkserver",
     clock: Callable[[], float] | None = None,
+    expert: bool = False,
 ) -> EvalResult:
     """Run ``episodes`` seeded closed-loop episodes per sampler and summarise them (long only by its options).
 
@@ -769,13 +858,16 @@ def evaluate(
     ``clock`` (seconds, serial runs only) replaces ``time.perf_counter`` for the policy timing, so tests
     can inject compute times into the measured latency-aware path. ``rename_map`` (env key -> policy key,
     e.g. ``{"observation.images.top": "observation.images.image"}``) feeds the task's observations to a
-    policy that names them otherwise, on top of the checkpoint's own ``rename_map``.
+    policy that names them otherwise, on top of the checkpoint's own ``rename_map``. ``task_kwargs`` naming
+    several tasks (LIBERO's ``task_id="all"``) run ``episodes`` episodes of each; ``expert`` adds the scripted
+    expert's row.
     """
 
     from streamdp.policy.checkpoint import read_config
     from streamdp.policy.config import check_rename_map, merge_rename_maps
     from streamdp.sim.metrics import hardware, sampler_label
     from streamdp.sim.tasks import task_spec as get_spec
+    from streamdp.sim.tasks import task_variants
 
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
@@ -791,32 +883,45 @@ def evaluate(
     if obs_mode is None:
         obs_mode = "image" if cfg.camera_names else "state"
     task_kwargs = dict(task_kwargs or {})
-    spec = get_spec(task, obs_mode, **task_kwargs)
+    variants = task_variants(task, **task_kwargs)
+    specs = [get_spec(task, obs_mode, **v) for v in variants]
     check_rename_map(dict(rename_map or {}), "rename_map")
     rename = merge_rename_maps(cfg.rename_map, dict(rename_map or {}))
-    _check_fits(cfg, spec, rename)
+    for sp_ in specs:
+        _check_fits(cfg, sp_, rename)
+        if cfg.tasks:
+            cfg.task_index(sp_.description)  # a task the policy was not trained on: fail before any episode
+    spec = specs[0]
     limit = int(max_steps or spec.max_episode_steps)
     overrides = dict(policy_overrides or {})
 
     out_dir = Path(out) if out is not None else None
-    template = _Job(checkpoint, SamplerSpec(None, None), task, obs_mode, tuple(sorted(task_kwargs.items())),
-                    tuple(sorted(overrides.items())), 0, seed, limit, latency_aware, latency_model, device, warmup,
-                    None, video_size, rename_map=tuple(sorted(rename.items())))  # fmt: skip
+    template = _Job(checkpoint, SamplerSpec(None, None), task, obs_mode, (), tuple(sorted(overrides.items())), 0,
+                    seed, limit, latency_aware, latency_model, device, warmup, None, video_size,
+                    rename_map=tuple(sorted(rename.items())))  # fmt: skip
     runs: list[RunResult] = []
-    jobs: list[_Job] = []
     for sp in sampler_specs(sampler, num_inference_steps):
         name, k, pinfo = _policy_summary(checkpoint, sp, {**overrides, "rename_map": rename})
         label = sampler_label(name, k, pinfo["num_train_steps"])
         if any(r.label == label for r in runs):
             raise ValueError(f"sampler {label} is listed twice")
         runs.append(RunResult(name, k, label, pinfo, []))
-        slug = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
-        for i in range(episodes):
-            video_path = out_dir / "videos" / f"{slug}_ep{i:03d}_seed{seed + i}.mp4" if i < video and out_dir else None
-            rerun_path = out_dir / "rerun" / f"{slug}_ep{i:03d}_seed{seed + i}.rrd" if i < rerun and out_dir else None
-            jobs.append(dataclasses.replace(template, spec=SamplerSpec(name, k), index=i, seed=seed + i,
-                                            video_path=str(video_path) if video_path else None,
-                                            rerun_path=str(rerun_path) if rerun_path else None))
+    if expert:
+        runs.append(RunResult(EXPERT, 0, EXPERT, {}, []))
+    tags = _variant_tags(variants)
+    jobs: list[_Job] = []
+    for v, tag in zip(variants, tags):  # task by task: a worker keeps one env of a suite at a time
+        for r in runs:
+            slug = re.sub(r"[^a-z0-9]+", "_", r.label.lower()).strip("_") + tag
+            for i in range(episodes):
+                stem = f"{slug}_ep{i:03d}_seed{seed + i}"
+                video_path = out_dir / "videos" / f"{stem}.mp4" if i < video and out_dir else None
+                rerun_path = (out_dir / "rerun" / f"{stem}.rrd" if i < rerun and out_dir and r.sampler != EXPERT
+                              else None)  # fmt: skip
+                jobs.append(dataclasses.replace(template, spec=SamplerSpec(r.sampler, r.num_inference_steps),
+                                                task_kwargs=tuple(sorted(v.items())), index=i, seed=seed + i,
+                                                video_path=str(video_path) if video_path else None,
+                                                rerun_path=str(rerun_path) if rerun_path else None))  # fmt: skip
 
     started = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
     hw = hardware(str(device))
@@ -840,6 +945,14 @@ def evaluate(
     if out_dir is not None:
         result.save(out_dir)
     return result
+
+
+def _variant_tags(variants: list[dict[str, Any]]) -> list[str]:
+    """File-name tags telling the tasks of a suite apart (``_task_id3``); empty for one task."""
+    if len(variants) < 2:
+        return [""]
+    keys = [k for k in variants[0] if len({repr(v.get(k)) for v in variants}) > 1]
+    return ["_" + "_".join(re.sub(r"[^a-z0-9]+", "", f"{k}{v[k]}".lower()) for k in keys) for v in variants]
 
 
 def sampler_specs(
@@ -939,7 +1052,8 @@ class EvalConfig:
     sampler: Any = opt(None, "null: the checkpoint's; several on the same weights: sampler=ddpm,ddim:10,sdp "
                        "(NAME:K sets num_inference_steps for that entry)")
     num_inference_steps: int | None = opt(None, "grid size K for ddim / sdp / rti entries without their own :K")
-    episodes: int = opt(50, "per sampler; episode i resets env and policy with seed + i")
+    episodes: int = opt(50, "per sampler (and per task of a suite, e.g. task.kwargs.task_id=all); episode i "
+                        "resets env and policy with seed + i")
     seed: int = opt(10000, "held out from demo collection (seeds 0..) and streamdp-sim-measure (1000..)")
     obs_mode: str | None = opt(None, "null: image if the checkpoint has cameras, else state")
     max_steps: int | None = opt(None, "cap on env steps per episode (null: the task's max_episode_steps)")
@@ -956,6 +1070,7 @@ class EvalConfig:
                      "cameras, state, the SDP buffer's noise levels and the commanded actions on one timeline")
     out: str | None = opt(None, "output folder (null: outputs/eval/<task>-<YYYYmmdd-HHMMSS>)")
     progress: bool = opt(True, "tqdm bar")
+    expert: bool = opt(False, "also run the task's scripted expert on the same seeds (the row 'expert')")
     policy: dict[str, Any] = opt(help="extra policy config overrides at load time, e.g. +policy.cache=bac",
                                  factory=dict)
     # Any, not dict[str, str]: omegaconf 2.3 cannot override a typed null mapping (see ZarrConfig.images)
@@ -1006,10 +1121,13 @@ def run(c: EvalConfig) -> EvalResult:
         policy_overrides=dict(c.policy),
         rename_map=dict(c.rename_map or {}),
         progress=c.progress,
+        expert=c.expert,
     )
     print(result.table())
+    n_tasks = len(result.runs[0].per_task()) if result.runs else 1
+    tasks = f" x {n_tasks} tasks" if n_tasks > 1 else ""
     print(
-        f"[eval] {result.task}: {len(result.runs)} sampler(s) x {result.episodes} episodes in "
+        f"[eval] {result.task}: {len(result.runs)} sampler(s){tasks} x {result.episodes} episodes in "
         f"{result.seconds:.1f}s -> {result.files.get('json')}"
     )
     return result

@@ -48,6 +48,13 @@ def task_spec(name: str, obs_mode: str = "state", **kw: Any) -> TaskSpec:
     return _entry(name).spec(obs_mode=obs_mode, **kw)
 
 
+def task_variants(name: str, **kw: Any) -> list[dict[str, Any]]:
+    """The make_task options of every task that ``kw`` names: one entry, ``kw`` itself, unless the task
+    has a suite (LIBERO: ``task_id="all"`` or a list of ids gives one entry per task, in order)."""
+    variants = _entry(name).variants
+    return [dict(kw)] if variants is None else variants(**kw)
+
+
 def make_task(name: str, obs_mode: str = "state", seed: int | None = None, **kw: Any) -> Any:
     """Build the gymnasium-style env of task ``name`` (see each task module for its ``kw``)."""
     check_obs_mode(obs_mode)
@@ -74,4 +81,5 @@ __all__ = [
     "register_task",
     "task_names",
     "task_spec",
+    "task_variants",
 ]

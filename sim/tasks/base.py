@@ -145,11 +145,13 @@ class Expert(Protocol):
 
 @dataclass(frozen=True)
 class TaskEntry:
-    """How to build a task: its spec, its env and its expert."""
+    """How to build a task: its spec, its env and its expert; ``variants`` (optional) expands options that
+    name several tasks of a suite (LIBERO's ``task_id=all``) into one set of options per task."""
 
     spec: Callable[..., TaskSpec]
     make: Callable[..., Any]
     expert: Callable[..., Expert]
+    variants: Callable[..., list[dict[str, Any]]] | None = None
 
 
 _REGISTRY: dict[str, TaskEntry] = {}
