@@ -275,14 +275,16 @@ class LiberoPickPlaceExpert:
 
     Phases: hover above the grasp point, descend (until there or the hand stalls on the object),
     close, lift so the object clears everything, carry above the container, lower until the object's
-    bottom is just above the container's top, open, back off upward. Objects narrower than the
-    gripper are grasped at their centre just below the top; wider ones (bowls) by the rim, on the
-    side along the fingers' closing axis. Position actions are a saturated P-law on the waypoint
-    error; orientation holds the initial top-down gripper orientation.
+    bottom is just above the container's top, open, back off upward. Objects whose extent along the
+    fingers' closing axis fits the gripper are grasped just below the top, at their centre, or along
+    their other side where the open fingers clear the neighbouring objects (a long flat box beside a
+    can); wider ones (bowls) by the rim, on the side along the closing axis. Position actions are a
+    saturated P-law on the waypoint error; orientation holds the initial top-down gripper orientation.
 
-    Measured (3 init states per task): libero_object tasks 0 and 2-9 and libero_spatial tasks 0, 2, 3,
-    7, 8, 9 succeed 3/3; libero_spatial 1 succeeds 1/3; it fails on libero_object 1 (the flat cream
-    cheese box) and libero_spatial 4-6 (bowl in a drawer, on the ramekin, next to the cookie box).
+    Measured on libero_object (state mode): task 1 (the flat cream cheese box) 43/50 on all 50 fixed init
+    states (the failures: the hand's palm lands on a can beside the box); tasks 0 and 2-9 10/10 on init
+    states 0-9. Earlier (3 init states per task): libero_spatial tasks 0, 2, 3, 7, 8, 9 succeed 3/3,
+    task 1 1/3; it fails on libero_spatial 4-6 (bowl in a drawer, on the ramekin, next to the cookie box).
     """
 
     HOVER, DESCEND, CLOSE, LIFT, CARRY, LOWER, RELEASE, RETREAT = range(8)
