@@ -73,8 +73,8 @@ def test_merge_joins_datasets_with_lerobot_and_renumbers_tasks(suite, tmp_path):
     out = merge([single, root], tmp_path / "merged")  # task 2 first: its task_index 0 in both inputs
     merged, one = _windows(out), _windows(single)
     assert merged.info.tasks == [TASKS[2], TASKS[0]]  # the union, in order of first appearance
-    assert merged.info.num_episodes == 3 and merged.info.num_frames == one.info.num_frames + _windows(root).info.num_frames
     n = one.info.num_frames
+    assert merged.info.num_episodes == 3 and merged.info.num_frames == n + _windows(root).info.num_frames
     np.testing.assert_array_equal(merged.lowdim_arrays()["action"][:n], one.lowdim_arrays()["action"])
     first_task = [int(merged[i][TASK_INDEX_KEY][0]) for i in (0, n, len(merged) - 1)]
     assert first_task == [0, 1, 0]  # the suite's task-0 episode got row 1, its task-2 episode row 0

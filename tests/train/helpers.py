@@ -91,9 +91,10 @@ def make_lerobot(
     video: bool = False,
     bad: dict[tuple[str, int, int], float] | None = None,
     seed: int = 0,
+    tasks: Sequence[str] = ("test",),
 ) -> Path:
     """A LeRobot v3 dataset of smooth random-walk episodes; `bad[(key, episode, frame)] = value` plants a
-    value (NaN, inf) in dim 0 of that frame."""
+    value (NaN, inf) in dim 0 of that frame; episode e's task string is ``tasks[e % len(tasks)]``."""
     import datasets
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -119,7 +120,7 @@ def make_lerobot(
         state = np.cumsum(rng.normal(0, 0.1, (n, state_dim)), axis=0).astype(np.float32)
         action = np.cumsum(rng.normal(0, 0.1, (n, action_dim)), axis=0).astype(np.float32)
         for t in range(n):
-            frame = {"observation.state": state[t].copy(), "action": action[t].copy(), "task": "test"}
+            frame = {"observation.state": state[t].copy(), "action": action[t].copy(), "task": tasks[e % len(tasks)]}
             for (key, be, bt), v in bad.items():
                 if be == e and bt == t:
                     frame[key] = frame[key].copy()
