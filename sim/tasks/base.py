@@ -17,13 +17,17 @@ from typing import Any, Protocol
 import gymnasium as gym
 import numpy as np
 
-from streamdp.policy.cli import opt
+from streamdp.policy.cli import UserError, opt
 
 OBS_MODES = ("state", "image")
 STATE_KEY = "observation.state"
 ENV_STATE_KEY = "observation.environment_state"
 ACTION_KEY = "action"
 IMAGE_KEY_PREFIX = "observation.images."
+
+
+class TaskOptionError(UserError, ValueError):
+    """A task option (``task.kwargs.*``) names no such task or suite: one line and exit code 2 in the jobs."""
 
 
 @dataclass(frozen=True)

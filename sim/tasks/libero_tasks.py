@@ -26,7 +26,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from .base import STATE_KEY, TaskEntry, TaskEnv, TaskSpec, check_obs_mode, register_task
+from .base import STATE_KEY, TaskEntry, TaskEnv, TaskOptionError, TaskSpec, check_obs_mode, register_task
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -58,7 +58,7 @@ def _quiet() -> Any:
 @lru_cache(maxsize=8)
 def _suite(suite: str) -> Any:
     if suite not in SUPPORTED_SUITES:
-        raise ValueError(f"libero suite must be one of {SUPPORTED_SUITES}, got {suite!r}")
+        raise TaskOptionError(f"libero suite must be one of {SUPPORTED_SUITES}, got {suite!r}")
     with _quiet():
         from libero.libero import benchmark
 
@@ -68,12 +68,12 @@ def _suite(suite: str) -> Any:
 def _task(suite: str, task_id: int) -> Any:
     s = _suite(suite)
     if isinstance(task_id, bool) or not isinstance(task_id, (int, np.integer)):
-        raise ValueError(
+        raise TaskOptionError(
             f"one LIBERO env is one task: task_id must be an id in 0..{s.n_tasks - 1}, got {task_id!r} "
             "('all' and lists of ids are for streamdp-collect and streamdp-eval, which run each task)"
         )
     if not 0 <= task_id < s.n_tasks:
-        raise ValueError(f"{suite} has tasks 0..{s.n_tasks - 1}, got task_id={task_id}")
+        raise TaskOptionError(f"{suite} has tasks 0..{s.n_tasks - 1}, got task_id={task_id}")
     return s.get_task(task_id)
 
 
@@ -85,12 +85,12 @@ def libero_variants(suite: str = "libero_object", task_id: Any = 0, **kw: Any) -
     elif isinstance(task_id, (list, tuple)):
         ids = [int(t) for t in task_id]
         if not ids or len(set(ids)) != len(ids):
-            raise ValueError(f"task_id list must name distinct tasks, got {list(task_id)}")
+            raise TaskOptionError(f"task_id list must name distinct tasks, got {list(task_id)}")
     else:
         try:
             ids = [int(task_id)]
         except (TypeError, ValueError):
-            raise ValueError(f"task_id must be a task id, a list of ids or 'all', got {task_id!r}") from None
+            raise TaskOptionError(f"task_id must be a task id, a list of ids or 'all', got {task_id!r}") from None
     for t in ids:
         _task(suite, t)  # checks the id
     return [{**kw, "suite": suite, "task_id": t} for t in ids]

@@ -24,6 +24,8 @@ from streamdp.policy.train.data import FeatureMap, Window  # noqa: E402
 from streamdp.policy.train.sources import LeRobotWindows  # noqa: E402
 from streamdp.sim.collect import collect, merge  # noqa: E402
 from streamdp.sim.evaluate import EXPERT, evaluate  # noqa: E402
+from streamdp.sim.tasks import task_spec, task_variants  # noqa: E402
+from streamdp.sim.tasks.base import TaskOptionError  # noqa: E402
 from tests.train.helpers import tiny_overrides, train_inprocess  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -41,6 +43,18 @@ def suite(tmp_path_factory):
     root = tmp_path_factory.mktemp("libero") / "suite"
     res = collect("libero", 1, root=root, obs_mode="state", task_kwargs=SUITE, progress=False)
     return root, res
+
+
+def test_task_options_name_one_task_a_list_or_the_whole_suite():
+    assert [v["task_id"] for v in task_variants("libero", task_id="all")] == list(range(10))
+    assert task_variants("libero", task_id=[0, 2]) == [{"suite": "libero_object", "task_id": t} for t in (0, 2)]
+    assert task_variants("libero", suite="libero_spatial", task_id=3) == [{"suite": "libero_spatial", "task_id": 3}]
+    assert task_variants("pusht", image_size=64) == [{"image_size": 64}]  # a task without suites: as given
+    for bad in ("nope", [1, 1], 12):
+        with pytest.raises(TaskOptionError, match="task"):  # a user error: one line, exit code 2
+            task_variants("libero", task_id=bad)
+    with pytest.raises(TaskOptionError, match="one LIBERO env is one task"):
+        task_spec("libero", "state", task_id="all")
 
 
 def _windows(root, **kw) -> LeRobotWindows:
