@@ -283,8 +283,10 @@ class LiberoPickPlaceExpert:
 
     Measured on libero_object (state mode), on all 50 fixed init states: task 1 (the flat cream cheese
     box) 43/50 (the failures: the hand's palm lands on a can beside the box), tasks 6 and 8 (the other
-    flat boxes, butter and chocolate pudding) 50/50; tasks 0, 2-5, 7 and 9 10/10 on init states 0-9. Earlier (3 init states per task): libero_spatial tasks 0, 2, 3, 7, 8, 9 succeed 3/3,
-    task 1 1/3; it fails on libero_spatial 4-6 (bowl in a drawer, on the ramekin, next to the cookie box).
+    flat boxes, butter and chocolate pudding) 50/50; tasks 0, 2-5, 7 and 9 10/10 on init states 0-9.
+    Earlier (3 init states per task; bowls, whose grasp is unchanged): libero_spatial tasks 0, 2, 3, 7, 8,
+    9 succeed 3/3, task 1 1/3; it fails on libero_spatial 4-6 (bowl in a drawer, on the ramekin, next to
+    the cookie box).
     """
 
     HOVER, DESCEND, CLOSE, LIFT, CARRY, LOWER, RELEASE, RETREAT = range(8)
