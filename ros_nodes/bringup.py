@@ -8,6 +8,7 @@ installable (the pip ``ros-rclpy`` wheels), the same descriptions run as child p
     streamdp-bringup sim -p policy_node.checkpoint:=/path/to/ckpt
     streamdp-bringup sim --params my_sim.yaml --compose          # all nodes in one process
     streamdp-bringup real_arm --params config/ros/real_arm.yaml --dry-run   # print the commands
+    streamdp-bringup sim --teleop --record -p recorder.root:=data/sim_demos -p recorder.max_episodes:=20
 
 Bring-up refuses to start (exit code 2, a message naming each variable) unless
 ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, ``ROS_DOMAIN_ID`` and ``ROS_LOG_DIR`` are set: it never
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,15 +77,31 @@ def _node_params(name: str, overrides: Mapping[str, Mapping[str, Any]] | None) -
     return (dict(o),) if o else ()
 
 
+# The sim round trip's extra nodes (`teleop` / `record` of describe): the expert as the operator, the recorder.
+TELEOP = NodeDescription(executable="expert_teleop_node", name="expert_teleop", module="streamdp.ros_nodes.teleop_node",
+                         node_class="streamdp.ros_nodes.teleop_node:ExpertTeleopNode")
+RECORDER = NodeDescription(executable="streamdp-record", name="recorder", module="streamdp.ros_nodes.recorder_node",
+                           node_class="streamdp.ros_nodes.recorder_node:RecorderNode")
+# The recorder follows the bridge's episodes and asks for each next one once the last is written; the bridge
+# waits for it (no auto reset), so no observation is lost while an episode is saved.
+RECORD_FOLLOW = {"episode_topic": "/task/episode", "reset_topic": "/task/reset"}
+
+
 def describe(
     config: str,
     params: Sequence[str | Path] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    teleop: bool = False,
+    record: bool = False,
 ) -> list[NodeDescription]:
     """Nodes of bring-up `config` ('sim' | 'real_arm'). `params`: YAML files (default: config/ros/<config>.yaml);
-    `overrides`: {node name: {parameter: value}} applied after the files."""
+    `overrides`: {node name: {parameter: value}} applied after the files. In the sim, `teleop` drives the arm with
+    the bridge's scripted expert (expert_teleop_node instead of policy_node) and `record` adds the recorder
+    (config/ros/record.yaml), which records the bridge's episodes one by one."""
     if config not in CONFIG_NAMES:
         raise ValueError(f"unknown bring-up {config!r}; choose one of {CONFIG_NAMES}")
+    if (teleop or record) and config != "sim":
+        raise ValueError("--teleop and --record are for the sim bring-up; on a real arm run streamdp-record")
     files = tuple(str(p) for p in (params or [default_params(config)]))
     # The simulation runs out of the box with the bundled arm policy; any checkpoint given in a
     # parameter file or an override comes later in the list, so it wins.
@@ -103,14 +120,19 @@ def describe(
     )
     if config == "real_arm":
         return [policy]
+    modes = {**({"expert": True} if teleop else {}), **({"auto_reset": False} if record else {})}
     sim = NodeDescription(
         executable="sim_bridge_node",
         name="sim_bridge",
         module="streamdp.ros_nodes.sim_bridge_node",
         node_class="streamdp.ros_nodes.sim_bridge_node:SimBridgeNode",
-        parameters=files + _node_params("sim_bridge", overrides),
+        parameters=files + ((modes,) if modes else ()) + _node_params("sim_bridge", overrides),
     )
-    return [sim, policy]
+    nodes = [sim, replace(TELEOP, parameters=files + _node_params(TELEOP.name, overrides)) if teleop else policy]
+    if record:
+        nodes.append(replace(RECORDER, parameters=(str(default_params("record")), dict(RECORD_FOLLOW), *files)
+                             + _node_params(RECORDER.name, overrides)))
+    return nodes
 
 
 def launch_description(config: str, params_help: str) -> Any:
@@ -259,11 +281,15 @@ def _run_composed(descs: Sequence[NodeDescription], duration: float | None) -> i
     def failed(nodes: Sequence[Any]) -> bool:
         return any(getattr(n, "autostart_failed", False) for n in nodes)
 
+    def finished(nodes: Sequence[Any]) -> bool:  # e.g. the recorder after max_episodes
+        return any(getattr(n, "finished", False) for n in nodes)
+
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="streamdp-bringup-") as tmp:  # read while the nodes are made
         nodes = runtime.spin_each_in_a_thread(
             [maker(d, tmp) for d in descs],
-            until=lambda nodes: failed(nodes) or (duration is not None and time.monotonic() - t0 >= duration))
+            until=lambda nodes: failed(nodes) or finished(nodes)
+            or (duration is not None and time.monotonic() - t0 >= duration))
     return 1 if failed(nodes) else 0
 
 
@@ -309,6 +335,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="override one parameter, e.g. policy_node.checkpoint:=/ckpt")
     ap.add_argument("--compose", action="store_true", help="run all nodes in this process (a thread and an "
                     "executor each)")
+    ap.add_argument("--teleop", action="store_true", help="sim: the bridge's scripted expert drives the arm "
+                    "(expert_teleop_node instead of policy_node)")
+    ap.add_argument("--record", action="store_true", help="sim: record the bridge's episodes with streamdp-record "
+                    "(config/ros/record.yaml; needs -p recorder.root:=DIR; -p recorder.max_episodes:=N stops after N)")
     ap.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     ap.add_argument("--dry-run", action="store_true", help="print the node commands and exit (their parameter "
                     "files are written to build/bringup_params, next to ROS_LOG_DIR)")
@@ -320,7 +350,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "ROS_LOG_DIR=$PWD/build/ros_log", file=sys.stderr)
         return 2
     try:
-        descs = describe(a.config, a.params, parse_overrides(a.set))
+        descs = describe(a.config, a.params, parse_overrides(a.set), teleop=a.teleop, record=a.record)
+        if a.record and not next(effective_parameter(d, "root") for d in descs if d.name == RECORDER.name):
+            raise ValueError("--record needs the dataset folder: -p recorder.root:=DIR")
     except ValueError as e:
         print(f"streamdp-bringup: {e}", file=sys.stderr)
         return 2

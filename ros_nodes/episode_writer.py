@@ -53,6 +53,10 @@ class EpisodeWriter:
                 self.root.rmdir()  # an empty folder: lerobot creates it
 
     @property
+    def is_open(self) -> bool:
+        return self._ds is not None
+
+    @property
     def num_episodes(self) -> int:
         """Episodes in the dataset (saved by this writer and, with resume, before)."""
         before = int(self._existing.get("total_episodes", 0)) if self._existing else 0

@@ -13,6 +13,12 @@ with ``streamdp-convert-bag``); this node only wires topics, parameters, the tim
   good frames, too few frames); the response and the log say which;
 * ``~/discard_episode``: drop it.
 
+With ``episode_topic`` set (the sim bridge's ``/task/episode``), the bridge's episode events start and save
+episodes instead (:mod:`streamdp.ros_nodes.episode_follow`): from its reset to its success (a time-out is
+discarded unless ``save_failed_episodes``); with ``reset_topic`` (its ``/task/reset``; the bridge with
+``auto_reset:=false``) the recorder asks for each next episode once the last one is written, and with
+``max_episodes`` it stops after that many. ``streamdp-bringup sim --teleop --record`` runs it this way.
+
 Run::
 
     streamdp-record --ros-args -p root:=data/demos -p control_rate_hz:=20 \\
@@ -30,6 +36,7 @@ import dataclasses
 import sys
 from typing import Any
 
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import ParameterUninitializedException
@@ -37,12 +44,23 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Empty, Float64MultiArray
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from streamdp.ros_nodes.episode_follow import EpisodeEvent, EpisodeFollower, FollowOptions
 from streamdp.ros_nodes.episode_writer import EpisodeWriter
 from streamdp.ros_nodes.recording import EpisodeRecorder, RecordingError, RecordingOptions
+
+# The node's own parameters besides RecordingOptions (shared with streamdp-convert-bag): following the sim's episodes.
+FOLLOW_PARAMETERS: tuple[tuple[str, Any, str], ...] = (
+    ("episode_topic", "", "diagnostic_msgs/DiagnosticStatus episode events (the sim bridge's /task/episode) that "
+     "start and save episodes; empty: the ~/start_episode, ~/save_episode services only"),
+    ("reset_topic", "", "with episode_topic: std_msgs/Empty published to ask for the next episode once one is "
+     "written (the sim bridge's /task/reset, with its auto_reset:=false); empty: never"),
+    ("save_failed_episodes", False, "with episode_topic: save episodes that end in a time-out too"),
+    ("max_episodes", 0, "with episode_topic: stop the node after saving this many episodes; 0: never"),
+)
 
 
 def _defaults() -> dict[str, Any]:
@@ -77,11 +95,25 @@ class RecorderNode(Node):
                 v = []
             values[name] = list(v) if isinstance(default, list) else float(v) if isinstance(default, float) else v
         self.options = RecordingOptions(**values)
+        for name, default, text in FOLLOW_PARAMETERS:
+            self.declare_parameter(name, default, ParameterDescriptor(description=text))
+        follow = {name: self.get_parameter(name).value for name, _, _ in FOLLOW_PARAMETERS}
         self.writer = EpisodeWriter(self.options)
         log = self.get_logger()
         self.recorder = EpisodeRecorder(self.options, self.writer, warn=log.warning)
         o = self.options
         sensor = qos_profile_sensor_data
+        self.follower: EpisodeFollower | None = None
+        if follow["episode_topic"]:
+            self.follower = EpisodeFollower(self.recorder, FollowOptions(
+                save_failed=bool(follow["save_failed_episodes"]), max_episodes=int(follow["max_episodes"]),
+                request_resets=bool(follow["reset_topic"])), self._now())
+            # Before the joint states: an end event and the next joint state waiting together are taken event
+            # first, so the episode's end is known before a frame after it could be written.
+            self.create_subscription(DiagnosticStatus, follow["episode_topic"], self._on_episode_event,
+                                     QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+            self.pub_reset = self.create_publisher(Empty, follow["reset_topic"], QoSProfile(depth=1)) \
+                if follow["reset_topic"] else None
         # The joint-state subscription first: the executor serves ready subscriptions in this order, so a joint
         # state and a command waiting together are taken joint state first (a command's time is its arrival).
         self.create_subscription(JointState, o.joint_states_topic, self._on_joint_state, sensor)
@@ -99,11 +131,43 @@ class RecorderNode(Node):
         self.create_service(Trigger, "~/start_episode", self._start)
         self.create_service(Trigger, "~/save_episode", self._save)
         self.create_service(Trigger, "~/discard_episode", self._discard)
-        self.timer = self.create_timer(o.period, lambda: self.recorder.tick(self._now()))
+        self.timer = self.create_timer(o.period, self._tick)
         action = f"commands on {o.command_topic} ({o.command_type})" if o.command_topic else \
             "the next measured joint positions"
+        how = f"episodes follow {follow['episode_topic']}" if self.follower else "call ~/start_episode"
         log.info(f"recording {o.joint_names} from {o.joint_states_topic} at {o.fps} Hz, cameras {o.camera_names}, "
-                 f"action = {action}, into {self.writer.root}; call ~/start_episode")
+                 f"action = {action}, into {self.writer.root}; {how}")
+
+    @property
+    def finished(self) -> bool:
+        """The episodes asked for (max_episodes) are saved: the process may stop."""
+        return self.follower is not None and self.follower.done
+
+    def _tick(self) -> None:
+        now = self._now()
+        self.recorder.tick(now)
+        if self.follower is None:
+            return
+        if not self.writer.is_open and (not self.options.camera_names or self.recorder.image_hw is not None):
+            try:  # creating the dataset takes a while: before the first episode starts (as at ~/start_episode)
+                self.writer.open(self.recorder.image_hw)
+            except (OSError, ValueError) as e:
+                self.get_logger().error(f"cannot open the dataset: {e}", throttle_duration_sec=5.0)
+                return
+        step = self.follower.poll(now)
+        for line in step.lines:
+            self.get_logger().info(line)
+        if step.request_reset and self.pub_reset is not None:
+            self.pub_reset.publish(Empty())
+
+    def _on_episode_event(self, msg: DiagnosticStatus) -> None:
+        try:
+            ev = EpisodeEvent.from_values({kv.key: kv.value for kv in msg.values})
+        except ValueError as e:
+            self.get_logger().warning(f"{e}", throttle_duration_sec=5.0)
+            return
+        for line in self.follower.on_event(ev, self._now()):
+            self.get_logger().info(line)
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -170,11 +234,12 @@ def help_text() -> str:
     """``streamdp-record --help``: how to run it, then every parameter with its default and meaning."""
     rows = [(name, repr(default), str(f.metadata.get("help", "")))
             for (name, default), f in zip(_defaults().items(), dataclasses.fields(RecordingOptions))]
-    width = max(len(n) + len(d) + 1 for n, d, _ in rows)
     lines = [__doc__.split("\n\n")[0], "",
              "usage: streamdp-record [--help] --ros-args [--params-file FILE] [-p name:=value ...]", "",
              "services: ~/start_episode, ~/save_episode, ~/discard_episode (std_srvs/Trigger; streamdp-episode "
              "calls them)", "", "parameters (default, meaning):"]
+    rows += [(name, repr(default), text) for name, default, text in FOLLOW_PARAMETERS]
+    width = max(len(n) + len(d) + 1 for n, d, _ in rows)
     lines += [f"  {f'{n}={d}':<{width}}  {h}" for n, d, h in rows]
     return "\n".join(lines)
 
@@ -199,7 +264,10 @@ def main(args: list[str] | None = None) -> int:
 
         rclpy.shutdown()
         return 2
-    runtime.spin_until_signal([node])
+    runtime.spin_until_signal([node], until=lambda: node.finished)
+    if node.follower is not None:
+        f = node.follower
+        print(f"streamdp-record: {f.saved} episodes saved, {f.refused} refused, {f.discarded} discarded")
     return 0
 
 

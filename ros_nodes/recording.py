@@ -285,8 +285,11 @@ class EpisodeRecorder:
         self.recording = False
         self._reset_episode(math.nan)
 
-    def _reset_episode(self, now: float) -> None:
+    def _reset_episode(self, now: float, first_stamp: float | None = None) -> None:
         self._t0 = now
+        self._first_stamp, self._end_stamp = first_stamp, None  # the episode's observations: [first, end)
+        self._first_emitted: float | None = None
+        self._last_emitted: float | None = None
         self._pending: collections.deque[_Frame] = collections.deque()
         self._head, self._tail = _Marked(), _Marked()
         self._refusal = ""
@@ -356,13 +359,34 @@ class EpisodeRecorder:
         return found
 
     # -- episodes --------------------------------------------------------------------------------
-    def start(self, now: float) -> str:
+    def start(self, now: float, first_stamp: float | None = None) -> str:
+        """Start an episode; with `first_stamp` (the joint-state stamp of its first observation, e.g. the sim
+        bridge's reset) an older observation, still the latest at the first ticks, is not taken."""
         if self.recording:
             raise RecordingError(f"an episode is being recorded ({self.counters.frames} frames so far): save or "
                                  "discard it first")
-        self._reset_episode(now)
+        self._reset_episode(now, first_stamp)
         self.recording = True
         return "recording"
+
+    def end_at(self, stamp: float) -> None:
+        """The episode's last observation has joint-state stamp `stamp` (the sim bridge's end event): it and later
+        ones are not taken (no action follows the last one inside the episode, as in ``streamdp-collect``). A
+        frame of it already written (the event came that late) refuses the episode: it cannot be taken back."""
+        if not self.recording:
+            raise RecordingError("no episode is being recorded: nothing to end")
+        self._end_stamp = stamp
+        self._pending = collections.deque(f for f in self._pending if f.js_stamp is None or f.js_stamp < stamp)
+        if self._last_emitted is not None and self._last_emitted >= stamp:
+            self._refuse(f"a frame of the observation at {self._last_emitted:.6f} was written before the end "
+                         f"event (last observation {stamp:.6f}) arrived")
+
+    def _outside(self, stamp: float | None) -> bool:
+        """An observation before this episode's first one or from its last one on (see start / end_at)."""
+        if stamp is None:
+            return False
+        return ((self._first_stamp is not None and stamp < self._first_stamp)
+                or (self._end_stamp is not None and stamp >= self._end_stamp))
 
     def tick(self, now: float) -> None:
         """One control tick: sample a frame (or mark why there is none) while recording."""
@@ -374,9 +398,11 @@ class EpisodeRecorder:
         if self._last_tick is not None and now - self._last_tick > 2 * period:
             reason = (f"control tick {now - self._last_tick:.3f} s after the previous one (period {period:.3f} s): "
                       "frames are missing")
+        self._last_tick = now
+        if self._outside(res.stamp):
+            return
         self._pending.append(_Frame(self.counters.ticks, now, res.obs, res.stamp, reason))
         self.counters.ticks += 1
-        self._last_tick = now
         self._resolve(final=False)
 
     def save(self) -> EpisodeOutcome:
@@ -399,6 +425,10 @@ class EpisodeRecorder:
         for run, where_ in ((self._head, "leading"), (self._tail, "trailing")):
             if run.count:
                 msg += f"; trimmed {run.count} {where_} frame(s) (first: {run.reason})"
+        if self._first_stamp is not None and self._first_emitted is not None:
+            late = round((self._first_emitted - self._first_stamp) / o.period)
+            if late > 0:
+                msg += f"; {late} observation(s) at the episode's start were missed (the first frame came late)"
         return EpisodeOutcome(True, n, msg, self._head.count, self._tail.count)
 
     def discard(self) -> str:
@@ -473,6 +503,9 @@ class EpisodeRecorder:
             self._refuse(f"the dataset refused frame {f.index}: {e}")
             return
         self.counters.frames += 1
+        if self._first_emitted is None:
+            self._first_emitted = f.js_stamp
+        self._last_emitted = f.js_stamp
 
     def _refuse(self, why: str) -> None:
         self._refusal = why

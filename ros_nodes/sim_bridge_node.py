@@ -23,7 +23,9 @@ matching parameters):
   command, the arm stops and the gripper keeps its command);
 * publishes ``diagnostic_msgs/DiagnosticStatus`` on ``/task/episode`` when an episode starts
   (message ``running``) and when it ends (``success`` or ``timeout``), with the episode number, its
-  seed, steps and final distance (PushT: coverage) as key-values (reliable, transient-local);
+  seed, steps, final distance (PushT: coverage) and ``stamp``, the header stamp of the joint state
+  published with the event (the episode's first observation, or its last; ``sec.nanosec``), as
+  key-values (reliable, transient-local), so a recorder can bracket an episode's frames exactly;
 * steps the physics at the task rate with the latest command (holding the current position until the
   first command arrives);
 * with ``expert`` true, runs the task's scripted expert on its own env every tick and publishes what it
@@ -196,8 +198,9 @@ class SimBridgeNode(Node):
 
     def _publish_episode(self, state: str) -> None:
         """One DiagnosticStatus per episode event, so a runner can score episodes over ROS alone."""
+        sec, nsec = self._stamp  # the joint state published with this event
         values = {"episode": self.episode, "seed": self.episode_seed, "state": state, "steps": self.steps,
-                  "distance": float(self.info.get("distance", float("nan")))}
+                  "distance": float(self.info.get("distance", float("nan"))), "stamp": f"{sec}.{nsec:09d}"}
         if "max_coverage" in self.info:
             values["max_coverage"] = float(self.info["max_coverage"])
         level = DiagnosticStatus.OK if state != "timeout" else DiagnosticStatus.WARN
@@ -302,6 +305,7 @@ class SimBridgeNode(Node):
 
     def _publish(self, now: float) -> None:
         sec, nsec = split_seconds(now)
+        self._stamp = (sec, nsec)
         u = self._u
         js = JointState()
         js.header.stamp.sec, js.header.stamp.nanosec = sec, nsec

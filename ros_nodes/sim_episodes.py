@@ -236,8 +236,10 @@ def run_sampler_episodes(
     log_dir: str | Path | None = None,
     startup_timeout: float = 300.0,
     on_episode: Callable[[RosEpisode], None] | None = None,
+    driver: type[EpisodeDriver] = EpisodeDriver,
 ) -> RosSamplerRun:
-    """Run `episodes` scored episodes of one sampler (see the module docstring); seeds seed, seed+1, ..."""
+    """Run `episodes` scored episodes of one sampler (see the module docstring); seeds seed, seed+1, ...
+    `driver`: the runner's node class (a subclass may watch more topics, e.g. a test checking every command)."""
     problems = ros_env_problems()
     if problems:
         raise RuntimeError("ROS environment not safe for a run: " + "; ".join(problems))
@@ -260,8 +262,8 @@ def run_sampler_episodes(
     log_dir.mkdir(parents=True, exist_ok=True)
     run = RosSamplerRun(sampler, num_inference_steps, "", logs=str(log_dir))
     t0 = time.monotonic()
-    with node_processes(descs, log_dir, EpisodeDriver) as (driver, ex, procs):
-        s = _Session(driver, ex, procs, log_dir)
+    with node_processes(descs, log_dir, driver) as (node, ex, procs):
+        s = _Session(node, ex, procs, log_dir)
         if not s.transition(Transition.TRANSITION_CONFIGURE, "configure", timeout=startup_timeout):
             raise RuntimeError(f"policy_node refused to configure; logs in {log_dir}\n" + log_tail(log_dir))
         run.startup_s = time.monotonic() - t0

@@ -1,0 +1,152 @@
+"""Following the sim bridge's episode events without rclpy (streamdp.ros_nodes.episode_follow): which frames an
+episode takes, when it is saved or discarded, when the next one is asked for. Messages are real ROS classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamdp.ros_nodes.episode_follow import EpisodeEvent, EpisodeFollower, FollowOptions
+from streamdp.ros_nodes.observation import stamp_seconds
+from streamdp.ros_nodes.recording import EpisodeRecorder
+
+from .helpers import forward_command, joint_state
+from .test_recording import DT, ListSink, options, q_at
+
+T0 = 100.0
+
+
+def stamp(k: int) -> float:
+    """The header stamp (seconds) of joint state k, as the recorder reads it."""
+    return stamp_seconds(joint_state(T0 + k * DT, q_at(k)).header.stamp)
+
+
+def event(state: str, k: int, episode: int = 1, steps: int = 0) -> EpisodeEvent:
+    return EpisodeEvent(state, stamp(k), episode, 40 + episode, steps)
+
+
+def rig(**follow):
+    sink = ListSink()
+    rec = EpisodeRecorder(options(command_topic="/cmd", command_type="float64_multi_array"), sink)
+    return sink, rec, EpisodeFollower(rec, FollowOptions(**follow), now=T0 - 1.0)
+
+
+def run(rec, follower, ticks: int, events=None, first: int = 0):
+    """Joint state k (position q_at(k)) at T0 + k*DT, the events of tick k, its command q_at(k) + 0.5, then the
+    control tick 10 ms later. Returns the FollowSteps."""
+    steps = []
+    for k in range(first, first + ticks):
+        t = T0 + k * DT
+        assert rec.joint_state_msg(joint_state(t, q_at(k)))
+        for e in (events or {}).get(k, []):
+            follower.on_event(e, t + 0.002)
+        assert rec.command_msg(forward_command(q_at(k) + 0.5), t + 0.004)
+        rec.tick(t + 0.010)
+        steps.append(follower.poll(t + 0.010))
+    return steps
+
+
+def positions(frames) -> np.ndarray:
+    return np.array([f["observation.state"][:3] for f in frames])
+
+
+def test_event_values_parse_like_the_bridge_writes_them():
+    ev = EpisodeEvent.from_values({"episode": "3", "seed": "7", "state": "success", "steps": "88",
+                                   "distance": "0.01", "stamp": "1796213334.050000000"})
+    assert ev == EpisodeEvent("success", 1796213334.05, 3, 7, 88)
+    js = joint_state(1796213334.05, q_at(0))
+    assert ev.stamp == stamp_seconds(js.header.stamp)  # the same float the adapter computes for the joint state
+    with pytest.raises(ValueError, match="without 'stamp'"):
+        EpisodeEvent.from_values({"episode": "3", "seed": "7", "state": "running", "steps": "0"})
+    with pytest.raises(ValueError, match="malformed"):
+        EpisodeEvent.from_values({"episode": "x", "seed": "7", "state": "running", "steps": "0", "stamp": "1.0"})
+    with pytest.raises(ValueError):
+        FollowOptions(max_episodes=-1)
+
+
+def test_an_episode_is_its_observations_from_the_reset_to_before_the_last_with_the_commands_that_followed():
+    """Observations 0..2 belong to the episode before; the reset is observation 3, the terminal one 12: frames
+    3..11 are saved, each with the command sent after it, and the next episode is asked for."""
+    sink, rec, f = rig(request_resets=True)
+    steps = run(rec, f, 16, {3: [event("running", 3)], 12: [event("success", 12, steps=9)]})
+    assert steps[0].request_reset and not any(s.request_reset for s in steps[1:12])
+    assert len(sink.episodes) == 1 and f.saved == 1
+    frames = sink.episodes[0]
+    np.testing.assert_array_equal(positions(frames), np.array([q_at(k) for k in range(3, 12)], dtype=np.float32))
+    np.testing.assert_array_equal([fr["action"] for fr in frames],
+                                  np.array([q_at(k) + 0.5 for k in range(3, 12)], dtype=np.float32))
+    # saved at the tick of the terminal observation (it has arrived: frame 11's action is known); the next
+    # episode is asked for at once
+    assert "saved episode 0: 9 frames" in steps[12].lines[0] and "success in 9 steps" in steps[12].lines[0]
+    assert steps[12].request_reset and not steps[12].done
+
+
+def test_an_end_event_before_its_last_observation_waits_for_it():
+    sink, rec, f = rig()
+    run(rec, f, 5, {0: [event("running", 0)]})
+    f.on_event(event("success", 5, steps=5), T0 + 4 * DT + 0.02)  # observation 5 is not in yet
+    assert f.poll(T0 + 4 * DT + 0.03).lines == [] and rec.recording
+    steps = run(rec, f, 1, first=5)
+    assert len(sink.episodes) == 1 and len(sink.episodes[0]) == 5 and "5 frames" in steps[0].lines[0]
+
+
+def test_a_reset_seen_before_its_observation_takes_no_older_frame():
+    """The running event is handled before the reset's joint state arrives and a tick falls in between: it still
+    sees the episode before's last observation, which is not taken; the reset's own observation is missed
+    (the next tick comes after observation 4), and the save says so."""
+    sink, rec, f = rig()
+    run(rec, f, 3)
+    f.on_event(event("running", 3), T0 + 3 * DT - 0.002)
+    rec.tick(T0 + 3 * DT - 0.001)  # samples observation 2
+    for k in (3, 4):
+        assert rec.joint_state_msg(joint_state(T0 + k * DT, q_at(k)))
+        assert rec.command_msg(forward_command(q_at(k) + 0.5), T0 + k * DT + 0.004)
+    rec.tick(T0 + 4 * DT + 0.010)
+    steps = run(rec, f, 3, {7: [event("success", 7, steps=4)]}, first=5)
+    np.testing.assert_array_equal(positions(sink.episodes[0]), np.array([q_at(k) for k in (4, 5, 6)], np.float32))
+    assert "1 observation(s) at the episode's start were missed" in steps[-1].lines[0]  # said, not hidden
+
+
+def test_timeouts_are_discarded_unless_asked_and_max_episodes_stops():
+    sink, rec, f = rig(max_episodes=1)
+    steps = run(rec, f, 6, {0: [event("running", 0)], 5: [event("timeout", 5, steps=5)]})
+    assert sink.episodes == [] and f.discarded == 1 and "save_failed_episodes is false" in steps[5].lines[0]
+    steps = run(rec, f, 6, {6: [event("running", 6, episode=2)], 11: [event("success", 11, episode=2, steps=5)]},
+                first=6)
+    assert len(sink.episodes) == 1 and steps[-1].done and f.done
+    run(rec, f, 3, {12: [event("running", 12, episode=3)]}, first=12)
+    assert not rec.recording  # done: no more episodes
+    sink, rec, f = rig(save_failed=True)
+    run(rec, f, 6, {0: [event("running", 0)], 5: [event("timeout", 5, steps=5)]})
+    assert len(sink.episodes) == 1 and len(sink.episodes[0]) == 5
+
+
+def test_a_reset_mid_episode_discards_it_and_old_or_foreign_events_are_ignored():
+    sink, rec, f = rig()
+    lines = []
+    run(rec, f, 4, {0: [event("running", 0)]})
+    lines += f.on_event(event("running", 4, episode=2), T0 + 4 * DT)
+    assert "was reset before it ended" in lines[0] and f.discarded == 1 and rec.recording
+    assert f.on_event(event("success", 9, episode=1), T0 + 9 * DT) == []  # not this episode's end
+    assert f.current.episode == 2
+    # stamped before the follower existed: that episode started before the recorder could see it
+    _, rec2, f2 = rig()
+    f2.created = T0 + 1.0
+    assert f2.on_event(event("running", 0), T0 + 1.1) == [] and not rec2.recording
+
+
+def test_resets_are_asked_for_only_once_joint_states_come_and_again_after_the_retry_time():
+    sink, rec, f = rig(request_resets=True, reset_retry_s=0.49)
+    assert not f.poll(T0).request_reset  # no joint state yet: the bridge is not up
+    steps = run(rec, f, 25)
+    asked = [k for k, s in enumerate(steps) if s.request_reset]
+    assert asked == [0, 10, 20] and f.resets_requested == 3
+
+
+def test_a_frame_written_past_the_end_refuses_the_episode():
+    """The end event came so late that a frame of the terminal observation was already written: refused."""
+    sink, rec, f = rig()
+    run(rec, f, 8, {0: [event("running", 0)]})
+    f.on_event(event("success", 5, steps=5), T0 + 8 * DT)
+    steps = run(rec, f, 1, first=8)
+    assert sink.episodes == [] and f.refused == 1 and "before the end event" in steps[0].lines[0]
