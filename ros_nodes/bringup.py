@@ -83,8 +83,8 @@ TELEOP = NodeDescription(executable="expert_teleop_node", name="expert_teleop", 
 RECORDER = NodeDescription(executable="streamdp-record", name="recorder", module="streamdp.ros_nodes.recorder_node",
                            node_class="streamdp.ros_nodes.recorder_node:RecorderNode")
 # The recorder follows the bridge's episodes and asks for each next one once the last is written; the bridge
-# waits for it (no auto reset), so no observation is lost while an episode is saved.
-RECORD_FOLLOW = {"episode_topic": "/task/episode", "reset_topic": "/task/reset"}
+# waits for it (no auto reset), so no observation is lost while an episode is saved. One frame per bridge tick.
+RECORD_FOLLOW = {"episode_topic": "/task/episode", "reset_topic": "/task/reset", "frame_trigger": "joint_state"}
 
 
 def describe(

@@ -13,8 +13,13 @@ published with the event (``stamp``: the episode's first observation, or its las
   ``timeout`` is discarded unless ``save_failed``;
 * with ``request_resets``, asks for every next episode (the recorder publishes ``std_msgs/Empty`` on the
   bridge's ``/task/reset``; the bridge runs with ``auto_reset:=false``) once the last one is written, so no
-  observation is lost while lerobot writes an episode; and asks again when no episode has started
-  ``reset_retry_s`` later (a request sent before DDS matched the bridge is lost);
+  observation is lost while lerobot writes an episode; the first one once the recorder hears the robot and
+  ``connected()`` says every input has a publisher (DDS may match the recorder with the teleop a second
+  after the bridge); and asks again when no episode has started ``reset_retry_s`` later (a request sent
+  before DDS matched the bridge is lost);
+* with ``every_step`` (the recorder takes one frame per joint state), refuses an episode with fewer frames
+  than the bridge's steps: an observation lost on the way (or one before the recorder started) is never
+  silently skipped;
 * stops after ``max_episodes`` saved episodes (0: never).
 
 Events stamped before the follower was made are ignored: the recorder cannot have that episode's start.
@@ -23,7 +28,7 @@ Events stamped before the follower was made are ignored: the recorder cannot hav
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from streamdp.ros_nodes.recording import EpisodeRecorder, RecordingError
@@ -64,6 +69,7 @@ class FollowOptions:
     save_failed: bool = False
     max_episodes: int = 0
     request_resets: bool = False
+    every_step: bool = False  # one frame per bridge step is expected (frame_trigger joint_state)
     reset_retry_s: float = 2.0
     end_wait_s: float = 0.25  # after an end event, wait this long at most for its last observation
 
@@ -84,8 +90,10 @@ class FollowStep:
 class EpisodeFollower:
     """Drives an :class:`EpisodeRecorder` from sim-bridge episode events (see the module docstring)."""
 
-    def __init__(self, recorder: EpisodeRecorder, options: FollowOptions, now: float) -> None:
+    def __init__(self, recorder: EpisodeRecorder, options: FollowOptions, now: float,
+                 connected: Callable[[], bool] = lambda: True) -> None:
         self.rec, self.o = recorder, options
+        self.connected = connected
         self.created = now
         self.current: EpisodeEvent | None = None  # the running event of the episode being recorded
         self._end: EpisodeEvent | None = None
@@ -102,12 +110,14 @@ class EpisodeFollower:
         if ev.stamp < self.created or self.done:
             return []
         if ev.state == RUNNING:
-            lines = []
+            lines = self._finish() if self._end is not None else []  # the bridge reset at once (auto_reset)
+            if self.done:
+                return lines
             if self.rec.recording:  # reset before it ended (someone else reset the sim): it is incomplete
                 lines.append(f"{self.current.describe() if self.current else 'episode'} was reset before it "
                              f"ended: {self.rec.discard()}")
                 self.discarded += 1
-            self._end, self.current, self._requested_at = None, ev, None
+            self.current, self._requested_at = ev, None
             self.rec.start(now, first_stamp=ev.stamp)
             return [*lines, f"recording {ev.describe()}"]
         if ev.state in END_STATES and self.rec.recording and self._end is None and self.current is not None \
@@ -116,32 +126,37 @@ class EpisodeFollower:
             self._end, self._end_seen_at = ev, now
         return []
 
+    def _finish(self) -> list[str]:
+        """Save the ended episode (a time-out: discard it unless save_failed)."""
+        end, self._end, self.current = self._end, None, None
+        what = f"{end.describe()}, {end.state} in {end.steps} steps"
+        if end.state != "success" and not self.o.save_failed:
+            self.discarded += 1
+            return [f"{what}: {self.rec.discard()} (save_failed_episodes is false)"]
+        if self.o.every_step and self.rec.counters.ticks < end.steps:
+            self.refused += 1
+            lost = f"{self.rec.counters.ticks} of its {end.steps} observations reached the recorder"
+            return [f"{what}: episode refused, nothing saved: only {lost}; {self.rec.discard()}"]
+        try:
+            out = self.rec.save()
+        except RecordingError as e:
+            return [f"{what}: {e}"]
+        self.saved += int(out.saved)
+        self.refused += int(not out.saved)
+        return [f"{what}: {out.message}"]
+
     def poll(self, now: float) -> FollowStep:
         """After every control tick: finish an ended episode once its last observation is in; ask for the next."""
         step = FollowStep([])
-        end = self._end
-        if end is not None:
+        if self._end is not None:
             last = self.rec.sync.joint_stamp
-            if (last is None or last < end.stamp) and now - self._end_seen_at < self.o.end_wait_s:
+            if (last is None or last < self._end.stamp) and now - self._end_seen_at < self.o.end_wait_s:
                 return step
-            self._end, self.current = None, None
-            what = f"{end.describe()}, {end.state} in {end.steps} steps"
-            if end.state == "success" or self.o.save_failed:
-                try:
-                    out = self.rec.save()
-                except RecordingError as e:
-                    out = None
-                    step.lines.append(f"{what}: {e}")
-                if out is not None:
-                    self.saved += int(out.saved)
-                    self.refused += int(not out.saved)
-                    step.lines.append(f"{what}: {out.message}")
-            else:
-                self.discarded += 1
-                step.lines.append(f"{what}: {self.rec.discard()} (save_failed_episodes is false)")
+            step.lines += self._finish()
         step.done = self.done
         if self.o.request_resets and not step.done and not self.rec.recording and self.rec.sync.joint_stamp is not None:
-            if self._requested_at is None or now - self._requested_at >= self.o.reset_retry_s:
+            due = self._requested_at is None or now - self._requested_at >= self.o.reset_retry_s
+            if due and self.connected():
                 self._requested_at = now
                 self.resets_requested += 1
                 step.request_reset = True

@@ -50,10 +50,17 @@ from trajectory_msgs.msg import JointTrajectory
 
 from streamdp.ros_nodes.episode_follow import EpisodeEvent, EpisodeFollower, FollowOptions
 from streamdp.ros_nodes.episode_writer import EpisodeWriter
+from streamdp.ros_nodes.observation import stamp_seconds
 from streamdp.ros_nodes.recording import EpisodeRecorder, RecordingError, RecordingOptions
 
-# The node's own parameters besides RecordingOptions (shared with streamdp-convert-bag): following the sim's episodes.
-FOLLOW_PARAMETERS: tuple[tuple[str, Any, str], ...] = (
+FRAME_TRIGGERS = ("timer", "joint_state")
+# The node's own parameters besides RecordingOptions (shared with streamdp-convert-bag): when frames are taken,
+# following the sim's episodes.
+NODE_PARAMETERS: tuple[tuple[str, Any, str], ...] = (
+    ("frame_trigger", "timer", "timer: a control_rate_hz timer takes a frame of the latest inputs (joint states "
+     "come faster than the control rate) | joint_state: one frame per joint state, taken when the next one "
+     "arrives (a robot publishing them at the control rate, as the sim bridge: no frame doubled or skipped "
+     "between two clocks)"),
     ("episode_topic", "", "diagnostic_msgs/DiagnosticStatus episode events (the sim bridge's /task/episode) that "
      "start and save episodes; empty: the ~/start_episode, ~/save_episode services only"),
     ("reset_topic", "", "with episode_topic: std_msgs/Empty published to ask for the next episode once one is "
@@ -95,25 +102,31 @@ class RecorderNode(Node):
                 v = []
             values[name] = list(v) if isinstance(default, list) else float(v) if isinstance(default, float) else v
         self.options = RecordingOptions(**values)
-        for name, default, text in FOLLOW_PARAMETERS:
+        for name, default, text in NODE_PARAMETERS:
             self.declare_parameter(name, default, ParameterDescriptor(description=text))
-        follow = {name: self.get_parameter(name).value for name, _, _ in FOLLOW_PARAMETERS}
+        own = {name: self.get_parameter(name).value for name, _, _ in NODE_PARAMETERS}
+        if own["frame_trigger"] not in FRAME_TRIGGERS:
+            raise ValueError(f"recorder parameter frame_trigger must be one of {FRAME_TRIGGERS}, got "
+                             f"{own['frame_trigger']!r}")
+        self.frame_on_joint_state = own["frame_trigger"] == "joint_state"
         self.writer = EpisodeWriter(self.options)
         log = self.get_logger()
         self.recorder = EpisodeRecorder(self.options, self.writer, warn=log.warning)
         o = self.options
         sensor = qos_profile_sensor_data
         self.follower: EpisodeFollower | None = None
-        if follow["episode_topic"]:
+        self.pub_reset = None
+        if own["episode_topic"]:
             self.follower = EpisodeFollower(self.recorder, FollowOptions(
-                save_failed=bool(follow["save_failed_episodes"]), max_episodes=int(follow["max_episodes"]),
-                request_resets=bool(follow["reset_topic"])), self._now())
+                save_failed=bool(own["save_failed_episodes"]), max_episodes=int(own["max_episodes"]),
+                request_resets=bool(own["reset_topic"]), every_step=self.frame_on_joint_state), self._now(),
+                connected=self._connected)
             # Before the joint states: an end event and the next joint state waiting together are taken event
             # first, so the episode's end is known before a frame after it could be written.
-            self.create_subscription(DiagnosticStatus, follow["episode_topic"], self._on_episode_event,
+            self.create_subscription(DiagnosticStatus, own["episode_topic"], self._on_episode_event,
                                      QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
-            self.pub_reset = self.create_publisher(Empty, follow["reset_topic"], QoSProfile(depth=1)) \
-                if follow["reset_topic"] else None
+            self.pub_reset = self.create_publisher(Empty, own["reset_topic"], QoSProfile(depth=1)) \
+                if own["reset_topic"] else None
         # The joint-state subscription first: the executor serves ready subscriptions in this order, so a joint
         # state and a command waiting together are taken joint state first (a command's time is its arrival).
         self.create_subscription(JointState, o.joint_states_topic, self._on_joint_state, sensor)
@@ -134,7 +147,7 @@ class RecorderNode(Node):
         self.timer = self.create_timer(o.period, self._tick)
         action = f"commands on {o.command_topic} ({o.command_type})" if o.command_topic else \
             "the next measured joint positions"
-        how = f"episodes follow {follow['episode_topic']}" if self.follower else "call ~/start_episode"
+        how = f"episodes follow {own['episode_topic']}" if self.follower else "call ~/start_episode"
         log.info(f"recording {o.joint_names} from {o.joint_states_topic} at {o.fps} Hz, cameras {o.camera_names}, "
                  f"action = {action}, into {self.writer.root}; {how}")
 
@@ -143,9 +156,16 @@ class RecorderNode(Node):
         """The episodes asked for (max_episodes) are saved: the process may stop."""
         return self.follower is not None and self.follower.done
 
+    def _connected(self) -> bool:
+        """Every input topic has a publisher and the reset topic a subscriber (the DDS graph): ready to record."""
+        if self.pub_reset is not None and self.pub_reset.get_subscription_count() == 0:
+            return False
+        return all(self.count_publishers(t) > 0 for t in self.options.topics)
+
     def _tick(self) -> None:
         now = self._now()
-        self.recorder.tick(now)
+        if not self.frame_on_joint_state:
+            self.recorder.tick(now)
         if self.follower is None:
             return
         if not self.writer.is_open and (not self.options.camera_names or self.recorder.image_hw is not None):
@@ -179,6 +199,10 @@ class RecorderNode(Node):
                                       throttle_duration_sec=5.0)
 
     def _on_joint_state(self, msg: JointState) -> None:
+        if self.frame_on_joint_state:
+            last, stamp = self.recorder.sync.joint_stamp, stamp_seconds(msg.header.stamp)
+            if last is not None and stamp > last:  # the previous observation is complete (its extras are in)
+                self.recorder.tick(stamp, check_spacing=False)  # its frame, on the robot's clock
         self._sensor(self.recorder.joint_state_msg(msg), self.options.joint_states_topic)
 
     def _on_command(self, msg: Any) -> None:
@@ -238,7 +262,7 @@ def help_text() -> str:
              "usage: streamdp-record [--help] --ros-args [--params-file FILE] [-p name:=value ...]", "",
              "services: ~/start_episode, ~/save_episode, ~/discard_episode (std_srvs/Trigger; streamdp-episode "
              "calls them)", "", "parameters (default, meaning):"]
-    rows += [(name, repr(default), text) for name, default, text in FOLLOW_PARAMETERS]
+    rows += [(name, repr(default), text) for name, default, text in NODE_PARAMETERS]
     width = max(len(n) + len(d) + 1 for n, d, _ in rows)
     lines += [f"  {f'{n}={d}':<{width}}  {h}" for n, d, h in rows]
     return "\n".join(lines)

@@ -388,14 +388,15 @@ class EpisodeRecorder:
         return ((self._first_stamp is not None and stamp < self._first_stamp)
                 or (self._end_stamp is not None and stamp >= self._end_stamp))
 
-    def tick(self, now: float) -> None:
-        """One control tick: sample a frame (or mark why there is none) while recording."""
+    def tick(self, now: float, check_spacing: bool = True) -> None:
+        """One control tick: sample a frame (or mark why there is none) while recording. `check_spacing` false:
+        ticks come with the robot's joint states (one frame each), so a late one is the robot's own timing."""
         if not self.recording:
             return
         period = self.options.period
         res = self.sync.sample(now)
         reason = res.reason
-        if self._last_tick is not None and now - self._last_tick > 2 * period:
+        if check_spacing and self._last_tick is not None and now - self._last_tick > 2 * period:
             reason = (f"control tick {now - self._last_tick:.3f} s after the previous one (period {period:.3f} s): "
                       "frames are missing")
         self._last_tick = now

@@ -135,9 +135,14 @@ def test_a_reset_mid_episode_discards_it_and_old_or_foreign_events_are_ignored()
     assert f2.on_event(event("running", 0), T0 + 1.1) == [] and not rec2.recording
 
 
-def test_resets_are_asked_for_only_once_joint_states_come_and_again_after_the_retry_time():
+def test_resets_are_asked_for_once_the_robot_is_heard_and_connected_and_again_after_the_retry_time():
     sink, rec, f = rig(request_resets=True, reset_retry_s=0.49)
-    assert not f.poll(T0).request_reset  # no joint state yet: the bridge is not up
+    connected = {"now": False}
+    f.connected = lambda: connected["now"]
+    assert not f.poll(T0 - 0.5).request_reset  # no joint state yet: the bridge is not up
+    assert rec.joint_state_msg(joint_state(T0 - 0.2, q_at(0)))
+    assert not f.poll(T0 - 0.1).request_reset  # e.g. the teleop's command publisher is not discovered yet
+    connected["now"] = True
     steps = run(rec, f, 25)
     asked = [k for k, s in enumerate(steps) if s.request_reset]
     assert asked == [0, 10, 20] and f.resets_requested == 3
@@ -150,3 +155,57 @@ def test_a_frame_written_past_the_end_refuses_the_episode():
     f.on_event(event("success", 5, steps=5), T0 + 8 * DT)
     steps = run(rec, f, 1, first=8)
     assert sink.episodes == [] and f.refused == 1 and "before the end event" in steps[0].lines[0]
+
+
+def test_an_immediate_reset_after_the_end_saves_the_ended_episode_first():
+    """A bridge with auto_reset publishes the end and the next running event in one tick: the ended episode is
+    saved (not discarded as cut short) and the next one starts from its own first observation."""
+    sink, rec, f = rig()
+    run(rec, f, 4, {0: [event("running", 0)]})
+    assert rec.joint_state_msg(joint_state(T0 + 4 * DT, q_at(4)))  # the terminal observation
+    lines = f.on_event(event("success", 4, steps=4), T0 + 4 * DT + 0.001)
+    lines += f.on_event(event("running", 5, episode=2), T0 + 4 * DT + 0.002)
+    assert "saved episode 0: 4 frames" in lines[0] and lines[1] == "recording sim episode 2 (seed 42)"
+    run(rec, f, 4, {8: [event("success", 8, episode=2, steps=3)]}, first=5)
+    assert [len(e) for e in sink.episodes] == [4, 3] and f.discarded == 0
+
+
+def test_the_recorder_node_refuses_an_unknown_frame_trigger(ros_context, tmp_path):
+    from .test_recorder_node import make_recorder
+
+    with pytest.raises(ValueError, match="frame_trigger must be one of"):
+        make_recorder(ros_context, root=str(tmp_path / "ds"), control_rate_hz=20, frame_trigger="clock")
+
+
+def run_per_joint_state(rec, follower, times, events=None, lost=()):
+    """frame_trigger joint_state: joint state k at times[k] (not delivered for k in `lost`) first closes the
+    previous observation as a frame (the node's tick on the robot's clock), then its command; events of k after
+    it; the follower is polled 10 ms later."""
+    steps = []
+    for k, t in enumerate(times):
+        if k not in lost:
+            js = joint_state(t, q_at(k))
+            if rec.sync.joint_stamp is not None:
+                rec.tick(stamp_seconds(js.header.stamp), check_spacing=False)
+            assert rec.joint_state_msg(js)
+            assert rec.command_msg(forward_command(q_at(k) + 0.5), t + 0.004)
+        for e in (events or {}).get(k, []):
+            follower.on_event(EpisodeEvent(e.state, stamp_seconds(joint_state(t, q_at(k)).header.stamp),
+                                           e.episode, e.seed, e.steps), t + 0.002)
+        steps.append(follower.poll(t + 0.010))
+    return steps
+
+
+def test_one_frame_per_joint_state_a_late_robot_tick_is_no_gap_and_a_lost_observation_refuses():
+    """The bridge ticks late once (0.12 s, a loaded machine): every step is still one frame, the episode is
+    saved. A joint state lost on the way: fewer frames than the bridge's steps, refused (never skipped)."""
+    times = [T0 + DT * k + (0.07 if k >= 5 else 0.0) for k in range(10)]
+    sink, rec, f = rig(every_step=True)
+    steps = run_per_joint_state(rec, f, times, {0: [event("running", 0)], 9: [event("success", 0, steps=9)]})
+    assert [len(e) for e in sink.episodes] == [9] and "9 frames" in steps[9].lines[0]
+    np.testing.assert_array_equal(positions(sink.episodes[0]), np.array([q_at(k) for k in range(9)], np.float32))
+    sink, rec, f = rig(every_step=True)
+    steps = run_per_joint_state(rec, f, times, {0: [event("running", 0)], 9: [event("success", 0, steps=9)]},
+                                lost={4})
+    assert sink.episodes == [] and f.refused == 1
+    assert "only 8 of its 9 observations reached the recorder" in steps[9].lines[0]
