@@ -20,6 +20,7 @@ Pure logic (no rclpy; unit-tested on its own):
 - ``sim_robots``: each sim task as a ROS robot (joints, state topics, cameras, command channels) and the
   policy node parameters that read it back.
 - ``teleop``: which expert suggestions the teleop node relays as commands.
+- ``episode_follow``: the sim bridge's episode events bracket the recorder's episodes (EpisodeFollower).
 
 ROS nodes and tools:
 

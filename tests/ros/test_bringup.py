@@ -239,3 +239,34 @@ def test_bringup_refuses_a_bad_checkpoint_in_one_line_before_starting_nodes(ros_
     params.write_text(yaml.safe_dump({"policy_node": {"ros__parameters": {"checkpoint": "/from/yaml"}}}))
     r = _bringup(["sim", "--params", str(params)], env)
     assert r.returncode == 2 and "/from/yaml" in r.stderr, r.stderr
+
+
+def test_sim_round_trip_descriptions_teleop_and_record(ros_env):
+    """`--teleop`: the expert drives (expert_teleop_node instead of policy_node, the bridge's expert on); `--record`:
+    the recorder follows the bridge's episodes, one frame per tick, and the bridge waits for its resets."""
+    scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
+    sim, teleop, rec = bringup.describe("sim", teleop=True, record=True, overrides={"recorder": {"root": "/d"}})
+    assert [sim.name, teleop.name, rec.name] == ["sim_bridge", "expert_teleop", "recorder"]
+    for d in (teleop, rec):
+        assert scripts[d.executable].startswith("streamdp.ros_nodes.cli:")
+        assert d.node_class.split(":")[0] == d.module and d.env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
+    param = bringup.effective_parameter
+    assert param(sim, "expert") is True and param(sim, "auto_reset") is False
+    assert [param(rec, k) for k in ("root", "episode_topic", "reset_topic", "frame_trigger")] == [
+        "/d", "/task/episode", "/task/reset", "joint_state"]
+    assert param(rec, "joint_names") == ["joint1", "joint2", "joint3"]  # config/ros/record.yaml
+    # recording the policy's own episodes; a -p override still wins over what --record sets
+    names = [d.name for d in bringup.describe("sim", record=True, overrides={"sim_bridge": {"auto_reset": True}})]
+    assert names == ["sim_bridge", "policy_node", "recorder"]
+    assert param(bringup.describe("sim", record=True, overrides={"sim_bridge": {"auto_reset": True}})[0],
+                 "auto_reset") is True
+    with pytest.raises(ValueError, match="sim bring-up"):
+        bringup.describe("real_arm", teleop=True)
+    env = {**os.environ, **ros_env}
+    r = _bringup(["sim", "--teleop", "--record", "--dry-run"], env)
+    assert r.returncode == 2 and r.stderr.strip() == "streamdp-bringup: --record needs the dataset folder: " \
+                                                     "-p recorder.root:=DIR", r.stderr
+    r = _bringup(["sim", "--teleop", "--record", "--dry-run", "-p", "recorder.root:=/tmp/x"], env)
+    lines = r.stdout.strip().splitlines()
+    assert r.returncode == 0 and [x.split()[2] for x in lines] == [
+        "streamdp.ros_nodes.sim_bridge_node", "streamdp.ros_nodes.teleop_node", "streamdp.ros_nodes.recorder_node"]

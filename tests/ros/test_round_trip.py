@@ -103,7 +103,12 @@ def check_dataset(root: Path, watch: BridgeWatch) -> list[str]:
     episode, states, actions = frames["episode_index"], frames["observation.state"], frames["action"]
     by_state = {v.astype(np.float32).tobytes(): s for s, v in watch.joints.items()}
     finished = watch.finished_episodes()
-    report = []
+    from streamdp.sim import make_expert, make_task, task_spec
+    from streamdp.sim.collect import rollout
+
+    env = make_task("arm_reach_dynamic")
+    expert, spec = make_expert("arm_reach_dynamic", env), task_spec("arm_reach_dynamic")
+    report, offline_equal = [], 0
     for e in range(EPISODES):
         state, action = states[episode == e], actions[episode == e]
         # every frame is a joint state the bridge published, of one bridge episode, in order
@@ -124,8 +129,17 @@ def check_dataset(root: Path, watch: BridgeWatch) -> list[str]:
         sent = np.array([watch.commands[s] for s in stamps], dtype=np.float32)
         same = np.all(action == sent, axis=1)
         assert same.mean() >= 0.95, (e, np.flatnonzero(~same))
-        report.append(f"sim episode {run.episode}: {end.steps} ticks, {len(stamps)} frames, "
-                      f"{int(same.sum())} actions = the teleop's command")
+        # streamdp-collect's rollout of the same seed, in this process: the same frames bit for bit as long as
+        # every command reached the bridge before its next tick (on a loaded machine one may come late)
+        frames = rollout(env, expert, spec, run.seed).frames
+        equal = len(frames) == len(state) and np.array_equal(np.stack([f["observation.state"] for f in frames]),
+                                                             state) \
+            and np.array_equal(np.stack([f["action"] for f in frames]), action)
+        offline_equal += int(equal)
+        report.append(f"sim episode {run.episode} (seed {run.seed}): {end.steps} ticks, {len(stamps)} frames, "
+                      f"{int(same.sum())} actions = the teleop's command, = streamdp-collect's: {equal}")
+    env.close()
+    assert offline_equal >= 1, report  # an off-by-one frame or action would make every episode differ
     return report
 
 
