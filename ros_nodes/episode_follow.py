@@ -13,10 +13,11 @@ published with the event (``stamp``: the episode's first observation, or its las
   ``timeout`` is discarded unless ``save_failed``;
 * with ``request_resets``, asks for every next episode (the recorder publishes ``std_msgs/Empty`` on the
   bridge's ``/task/reset``; the bridge runs with ``auto_reset:=false``) once the last one is written, so no
-  observation is lost while lerobot writes an episode; the first one once the recorder hears the robot and
-  ``connected()`` says every input has a publisher (DDS may match the recorder with the teleop a second
-  after the bridge); and asks again when no episode has started ``reset_retry_s`` later (a request sent
-  before DDS matched the bridge is lost);
+  observation is lost while lerobot writes an episode. The first one once ``connected()`` says every input
+  is matched and a command has arrived (DDS may match the teleop with the bridge or the recorder seconds
+  after the rest; the bridge's first episode, running at start-up, has commands), or ``first_wait_s``
+  after it is matched without one. It asks again when no episode has started ``reset_retry_s`` later (a
+  request sent before DDS matched the bridge is lost);
 * with ``every_step`` (the recorder takes one frame per joint state), refuses an episode with fewer frames
   than the bridge's steps: an observation lost on the way (or one before the recorder started) is never
   silently skipped;
@@ -71,11 +72,13 @@ class FollowOptions:
     request_resets: bool = False
     every_step: bool = False  # one frame per bridge step is expected (frame_trigger joint_state)
     reset_retry_s: float = 2.0
+    first_wait_s: float = 5.0  # the first request: how long to wait for a command once every input is matched
     end_wait_s: float = 0.25  # after an end event, wait this long at most for its last observation
 
     def __post_init__(self) -> None:
-        if self.max_episodes < 0 or not self.reset_retry_s > 0 or not self.end_wait_s > 0:
-            raise ValueError(f"max_episodes must be >= 0 and reset_retry_s, end_wait_s > 0, got {self}")
+        if self.max_episodes < 0 or not self.reset_retry_s > 0 or not self.end_wait_s > 0 or self.first_wait_s < 0:
+            raise ValueError(f"max_episodes must be >= 0, reset_retry_s and end_wait_s > 0, first_wait_s >= 0, got "
+                             f"{self}")
 
 
 @dataclass
@@ -99,6 +102,7 @@ class EpisodeFollower:
         self._end: EpisodeEvent | None = None
         self._end_seen_at = math.nan
         self._requested_at: float | None = None
+        self._connected_since: float | None = None
         self.saved = self.refused = self.discarded = self.resets_requested = 0
 
     @property
@@ -156,8 +160,19 @@ class EpisodeFollower:
         step.done = self.done
         if self.o.request_resets and not step.done and not self.rec.recording and self.rec.sync.joint_stamp is not None:
             due = self._requested_at is None or now - self._requested_at >= self.o.reset_retry_s
-            if due and self.connected():
+            if due and self._ready(now):
                 self._requested_at = now
                 self.resets_requested += 1
                 step.request_reset = True
         return step
+
+    def _ready(self, now: float) -> bool:
+        """Inputs matched and, before the first request, a command heard (or first_wait_s passed without)."""
+        if not self.connected():
+            self._connected_since = None
+            return False
+        if self.resets_requested or not self.rec.options.command_topic or self.rec.counters.commands:
+            return True
+        if self._connected_since is None:
+            self._connected_since = now
+        return now - self._connected_since >= self.o.first_wait_s

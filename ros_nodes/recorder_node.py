@@ -157,10 +157,10 @@ class RecorderNode(Node):
         return self.follower is not None and self.follower.done
 
     def _connected(self) -> bool:
-        """Every input topic has a publisher and the reset topic a subscriber (the DDS graph): ready to record."""
+        """Every subscription is matched with a publisher and the reset publisher with a subscriber (DDS)."""
         if self.pub_reset is not None and self.pub_reset.get_subscription_count() == 0:
             return False
-        return all(self.count_publishers(t) > 0 for t in self.options.topics)
+        return all(sub.get_publisher_count() > 0 for sub in self.subscriptions)
 
     def _tick(self) -> None:
         now = self._now()

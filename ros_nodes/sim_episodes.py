@@ -9,7 +9,8 @@ it starts both nodes from the ``sim`` bring-up descriptions (the ones ``streamdp
 1. deactivates the policy node (``/policy_node/change_state``: it holds),
 2. resets the sim with ``reset = i + 1`` (``/sim_bridge/set_parameters``; the episode's seed is then
    ``seed + i``, as in ``streamdp-eval``),
-3. activates the policy node once the new episode's joint state is out (the buffer is seeded from it),
+3. activates the policy node once the new episode's joint state is out (the buffer is seeded from it; before
+   the first episode it was activated once, unscored, to know it hears the robot),
 4. waits for the sim's ``/task/episode`` end message (``success`` or ``timeout``), deactivates, and
    reads the policy node's ``/diagnostics`` for that activation: observation -> command latency,
    inference time, network calls per chunk, deadline misses, holds and safety-filter counts.
@@ -173,6 +174,20 @@ class _Session:
         req.transition.id = tid
         return bool(self.call(self.d.change_state, req, timeout, f"policy_node {label}").success)
 
+    def first_activation(self, timeout: float) -> None:
+        """Activate once, unscored, retrying while the node has no joint state yet, then deactivate. The node
+        subscribes at configure, and DDS may match it with the bridge only after the first episode would start
+        (a small checkpoint configures in a moment, before the bridge is up): every scored episode then starts
+        on a node that hears the robot."""
+        end = time.monotonic() + timeout
+        while not self.transition(Transition.TRANSITION_ACTIVATE, "activate"):
+            if time.monotonic() > end:
+                raise RuntimeError(f"policy_node refused to activate for {timeout:.0f} s; logs in {self.log_dir}\n"
+                                   + log_tail(self.log_dir))
+            retry = time.monotonic() + 0.5
+            self.spin_until(lambda t=retry: time.monotonic() > t, 5.0, "a retry")
+        self.transition(Transition.TRANSITION_DEACTIVATE, "deactivate")
+
     def lifecycle_state(self) -> str:
         return self.call(self.d.get_state, GetState.Request(), 10.0, "policy_node get_state").current_state.label
 
@@ -267,6 +282,7 @@ def run_sampler_episodes(
         if not s.transition(Transition.TRANSITION_CONFIGURE, "configure", timeout=startup_timeout):
             raise RuntimeError(f"policy_node refused to configure; logs in {log_dir}\n" + log_tail(log_dir))
         run.startup_s = time.monotonic() - t0
+        s.first_activation(timeout=30.0)
         diag = s.fresh_diagnostics()
         name, k = diag.get("sampler", sampler), int(float(diag.get("num_inference_steps", 0) or 0))
         from streamdp.policy.checkpoint import read_config

@@ -141,7 +141,7 @@ def test_resets_are_asked_for_once_the_robot_is_heard_and_connected_and_again_af
     f.connected = lambda: connected["now"]
     assert not f.poll(T0 - 0.5).request_reset  # no joint state yet: the bridge is not up
     assert rec.joint_state_msg(joint_state(T0 - 0.2, q_at(0)))
-    assert not f.poll(T0 - 0.1).request_reset  # e.g. the teleop's command publisher is not discovered yet
+    assert not f.poll(T0 - 0.1).request_reset  # e.g. the teleop's command publisher is not matched yet
     connected["now"] = True
     steps = run(rec, f, 25)
     asked = [k for k, s in enumerate(steps) if s.request_reset]
@@ -209,3 +209,17 @@ def test_one_frame_per_joint_state_a_late_robot_tick_is_no_gap_and_a_lost_observ
                                 lost={4})
     assert sink.episodes == [] and f.refused == 1
     assert "only 8 of its 9 observations reached the recorder" in steps[9].lines[0]
+
+
+def test_the_first_reset_waits_for_a_command_or_first_wait_s():
+    """Matched but no command yet (the teleop may not hear the bridge yet): the first request waits for one, at
+    most first_wait_s; later requests (between episodes no command flows) do not."""
+    sink, rec, f = rig(request_resets=True, first_wait_s=1.0, reset_retry_s=0.2)
+    assert rec.joint_state_msg(joint_state(T0, q_at(0)))
+    assert not f.poll(T0 + 0.01).request_reset and not f.poll(T0 + 0.5).request_reset
+    assert f.poll(T0 + 1.02).request_reset  # none came: ask anyway
+    sink, rec, f = rig(request_resets=True, first_wait_s=1.0)
+    assert rec.joint_state_msg(joint_state(T0, q_at(0)))
+    assert not f.poll(T0 + 0.01).request_reset
+    assert rec.command_msg(forward_command(q_at(0)), T0 + 0.02)
+    assert f.poll(T0 + 0.03).request_reset

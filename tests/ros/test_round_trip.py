@@ -155,14 +155,15 @@ def test_sim_round_trip_record_train_deploy_score(ros_env, tmp_path):
 
     assert Policy.from_pretrained(ckpt).config.joint_names == JOINTS  # read from the recorded dataset
 
-    commands: list[np.ndarray] = []
+    commands: list[tuple[int, np.ndarray]] = []  # (sim episodes started so far, the command's points)
 
     class Driver(EpisodeDriver):
         """The scoring runner's node, keeping every command's points for the limit check."""
 
         def _on_cmd(self, m: JointTrajectory) -> None:
             super()._on_cmd(m)
-            commands.append(np.array([p.positions for p in m.points], dtype=np.float64))
+            started = sum(e.get("state") == "running" for e in self.events)
+            commands.append((started, np.array([p.positions for p in m.points], dtype=np.float64)))
 
     result = run_sampler_episodes(ckpt, episodes=1, seed=10000, policy_params={"num_threads": 1},
                                   log_dir=tmp_path / "deploy_logs", driver=Driver)
@@ -170,14 +171,17 @@ def test_sim_round_trip_record_train_deploy_score(ros_env, tmp_path):
     assert ep.seed == 10000 and 0 < ep.steps <= 120 and np.isfinite(ep.final_distance)
     d = ep.diagnostics
     assert d["actions_sent"] > 0 and d["nonfinite_outputs"] == 0 and d["safety_fault"] == 0, d
-    assert len(commands) >= ep.steps // 2, (len(commands), ep.steps)
+    scored = max(n for n, _ in commands)  # the scored episode's commands come after its reset
+    assert sum(n == scored for n, _ in commands) >= ep.steps // 2, (len(commands), ep.steps)
     lo, hi = np.array(LIMITS["position_min"]), np.array(LIMITS["position_max"])
     step = np.array(LIMITS["max_delta"])
     prev = None
-    for k, pts in enumerate(commands):
+    for k, (n, pts) in enumerate(commands):  # every command, that of the runner's unscored activation too
         assert np.all(np.isfinite(pts)) and np.all(pts >= lo) and np.all(pts <= hi), (k, pts)
-        chain = pts if prev is None else np.vstack([prev, pts])
+        if prev is not None and prev[0] != n:  # an activation after a reset starts from the new measured state
+            prev = None
+        chain = pts if prev is None else np.vstack([prev[1], pts])
         assert np.all(np.abs(np.diff(chain, axis=0)) <= step + 1e-9), (k, chain)
-        prev = pts[:1]
+        prev = (n, pts[:1])
     print(f"deployed: episode seed {ep.seed} {'success' if ep.success else 'timeout'} in {ep.steps} steps, "
           f"{len(commands)} commands inside the limits")
