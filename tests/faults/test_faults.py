@@ -370,8 +370,13 @@ def test_workspace_box_from_the_urdf(ros_env, bundled_ckpt):
             mark = rig.mark()
             rig.node.hooks.output = lambda a: np.repeat(outside[None], len(a), 0)
             rig.run_ticks(FAULT)
-            end = rig.mark()
             s1 = rig.node.stats()
+            for _ in range(2 * FAULT):  # on a loaded machine, starved-inference holds thin out the clamps
+                if "consecutive clamped" in s1["fault"]:
+                    break
+                rig.run_ticks(1)
+                s1 = rig.node.stats()
+            end = rig.mark()
             rep = rig.finish()
             _assert_safe(rep)  # includes the workspace check of every point
             _record("workspace box (policy forced outside)", seed, rep, mark, end)
