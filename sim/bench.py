@@ -101,6 +101,10 @@ class BenchRow:
     eval_tick_ms_p99: float = math.nan
     eval_tick_ms_mean: float = math.nan  # policy wall time per control tick, averaged over all ticks
     start_level: int | None = None  # RTI's calibrated k' (rti, sdp_rti rows)
+    # BAC rows: the schedule's open-loop action error (cached vs not, same draws) and the spread between two
+    # independent full samples, as streamdp-calibrate-bac measures them; error > spread: it would refuse it
+    bac_error: float | None = None
+    bac_spread: float | None = None
 
 
 @dataclass
@@ -162,7 +166,9 @@ def calibrate_copy(ckpt: Path, episodes: list, modes: Sequence[Mode], calib_obs:
             b = calibrate_bac(Policy.from_pretrained(ckpt, **over), episodes, max_obs=calib_obs)
             cur = Policy.from_pretrained(ckpt)
             cur.save_pretrained(ckpt, extras={"bac": merge_bac_extras(cur.extras.get("bac"), b)})
-            info[f"bac/{sampler}"] = {s: v["branch_computes_per_solve"] for s, v in b["schedules"].items()}
+            info[f"bac/{sampler}"] = {
+                "branch_computes_per_solve": {s: v["branch_computes_per_solve"] for s, v in b["schedules"].items()},
+                "open_loop_error": b["open_loop_error"], "sample_spread": b["sample_spread"]}
             log(f"[bench]   BAC schedules for {sampler}: {sorted(b['schedules'])} in {time.perf_counter() - t:.0f} s")
     return info
 
@@ -226,8 +232,10 @@ def bench_task(
     for m in modes:
         t = time.perf_counter()
         lat = latency(dst, m, stream, device)
+        vouch = tb.calibration.get(f"bac/{m.sampler}", {}) if m.cache == "bac" else {}
         tb.rows.append(BenchRow(task, m.sampler, lat["label"], m.cache, m.path, lat["calls"], lat["branches"],
-                                lat["ms_p50"], lat["ms_p99"], lat["n_obs"], start_level=lat["start_level"]))
+                                lat["ms_p50"], lat["ms_p99"], lat["n_obs"], start_level=lat["start_level"],
+                                bac_error=vouch.get("open_loop_error"), bac_spread=vouch.get("sample_spread")))
         log(f"[bench]   {lat['label']:<24} cache={m.cache:<4} {m.path:<10} {lat['calls']:6.1f} calls "
             f"{lat['ms_p50']:8.1f} ms p50 ({time.perf_counter() - t:.0f} s)")
     for p in paths:
@@ -294,6 +302,9 @@ def _row_cells(task: str, r: BenchRow) -> list[str]:
         notes.append(f"coverage {r.mean_max_coverage:.2f}")
     if r.branch_computes_per_obs is not None and r.cache == "bac":
         notes.append(f"{r.branch_computes_per_obs:.0f} branch computes/obs")
+    if r.bac_error is not None and r.bac_spread is not None:
+        verdict = " (not vouched for)" if r.bac_error > r.bac_spread else ""
+        notes.append(f"open-loop error {r.bac_error:.4f} vs spread {r.bac_spread:.4f}{verdict}")
     return [task, r.label, r.cache, r.path, _f(r.calls_per_obs, ".2f"), _f(r.ms_p50), _f(r.ms_p99),
             _f(r.ratio_ddpm, ".3f"), _f(r.ratio_ddim, ".3f"), _f(r.calls_ratio_ddpm, ".3f"), succ, "; ".join(notes)]
 

@@ -66,6 +66,14 @@ def test_quick_bench_has_every_mode_and_field(tiny_ckpts, tmp_path, capsys):
             assert by[(s, "bac")]["calls_per_obs"] == by[(s, "none")]["calls_per_obs"]
             assert by[(s, "bac")]["branch_computes_per_obs"] < by[(s, "none")]["branch_computes_per_obs"]
         assert t["calibration"]["rti"]["start_level"] >= 0
+        # every BAC row says whether its schedule is vouched for: open-loop error next to the sample spread
+        for r in rows:
+            vouched = (r["bac_error"], r["bac_spread"]) if r["cache"] == "bac" else (None, None)
+            assert (None not in vouched) == (r["cache"] == "bac"), r
+            if r["cache"] == "bac":
+                assert vouched == (t["calibration"][f"bac/{r['sampler']}"]["open_loop_error"],
+                                   t["calibration"][f"bac/{r['sampler']}"]["sample_spread"])
+                assert f"open-loop error {r['bac_error']:.4f} vs spread {r['bac_spread']:.4f}" in table
     pusht_rows = doc["tasks"][1]["rows"]
     assert all(r["mean_max_coverage"] is not None for r in pusht_rows)
     for name in ("latency.png", "success.png", "tradeoff.png"):
