@@ -264,7 +264,7 @@ class FaultRig:
     def _try_activate(self) -> bool:
         if self.node.lifecycle_state == "active":
             return True
-        if self.measured() is None:
+        if self.node.activation_blocker():  # this thread spins the executor: trigger once the inputs are in
             return False
         self.node.trigger_activate()
         return self.node.lifecycle_state == "active"
