@@ -1,4 +1,4 @@
-"""The safety filter, judged by an independent oracle (tests/safety/oracle.py): every command it returns is
+"""The safety filter, judged by an independent oracle (streamdp.ros_nodes.safety_oracle): every command it returns is
 checked against the raw limit numbers (finite, position range, |dq| per tick, velocity, acceleration, the
 workspace box through the URDF chain's FK), never against the filter's own idea of them."""
 
@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamdp.ros_nodes.safety import SafetyConfigError, SafetyFilter, SafetyLimits, SafetyStatus
-
-from .oracle import Bounds, urdf_limits, violations
+from streamdp.ros_nodes.safety_oracle import Bounds, urdf_limits, violations
 
 NAMES = ["j1", "j2", "j3"]
 BASE = dict(position_lower=[-1.0, -2.0, -1.5], position_upper=[1.0, 2.0, 1.5], max_velocity=2.0,

@@ -1,7 +1,8 @@
-"""An independent check of published joint commands against raw limit numbers (the tests' oracle).
+"""An independent check of published joint commands against raw limit numbers (the safety oracle).
 
-It shares no code with :class:`~streamdp.ros_nodes.safety.SafetyFilter`: the limits are the numbers of a
-parameter file (``position_min`` / ``position_max`` / ``max_delta`` / ``max_velocity`` /
+The fault-injection tests, the safety filter's tests and ``streamdp-soak`` judge every published command
+with it. It shares no code with :class:`~streamdp.ros_nodes.safety.SafetyFilter`: the limits are the
+numbers of a parameter file (``position_min`` / ``position_max`` / ``max_delta`` / ``max_velocity`` /
 ``max_acceleration`` per joint, the control period, an optional workspace box), URDF limits are read
 here from the XML, and the workspace test uses the URDF chain's forward kinematics (itself checked
 against MuJoCo in tests/safety). A filter whose own check were wrong could not pass its tests here.
@@ -11,8 +12,9 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -102,3 +104,75 @@ def check_stream(commands: Sequence[np.ndarray], start: np.ndarray, b: Bounds) -
         if np.shape(q) == prev.shape:
             prev, prev_step = np.asarray(q, dtype=np.float64), np.asarray(q, dtype=np.float64) - prev
     return bad
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_commands` over one trial's command log."""
+
+    commands: int = 0  # published commands (JointTrajectory / Float64MultiArray messages)
+    points: int = 0  # positions checked (every trajectory point)
+    unsafe: int = 0  # commands with at least one violation
+    violations: list[str] = field(default_factory=list)
+    holds: list[bool] = field(default_factory=list)  # per command: a hold (incl. safety holds)
+    log: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)  # the node's counters at the end of the trial
+
+    def ticks_to_hold(self, mark: int) -> int | None:
+        """Commands after `mark` until the first hold (0: the command at `mark` already holds)."""
+        for i in range(mark, len(self.holds)):
+            if self.holds[i]:
+                return i - mark
+        return None
+
+    def ticks_to_sustained_hold(self, mark: int, end: int) -> int | None:
+        """Commands after `mark` until the arm holds for good, i.e. every command up to `end` is a hold."""
+        if not 0 <= mark < end <= len(self.holds) or not self.holds[end - 1]:
+            return None
+        i = end - 1
+        while i > mark and self.holds[i - 1]:
+            i -= 1
+        return i - mark
+
+    def held_from(self, start: int, end: int) -> bool:
+        """Every command in [start, end) is a hold."""
+        return start < end <= len(self.holds) and all(self.holds[start:end])
+
+    def first_action_after(self, mark: int) -> int | None:
+        """Commands after `mark` until the first non-hold one (recovery)."""
+        for i in range(mark, len(self.holds)):
+            if not self.holds[i]:
+                return i - mark
+        return None
+
+
+def check_commands(log: list[dict[str, Any]], bounds: Bounds, seeds: dict[int, np.ndarray]) -> CheckReport:
+    """Check every published point with the oracle: finite, position limits, per-step delta/velocity,
+    acceleration, and (when `bounds` has a box and FK) the tip inside the box.
+
+    Commands are chained in publish order; a new activation (``segment``) restarts from its measured seed
+    with zero velocity. Within a trajectory, point i is checked against point i-1."""
+    rep = CheckReport(log=log)
+    seg, prev, prev_step = None, None, None
+    for k, entry in enumerate(log):
+        pts = np.atleast_2d(np.asarray(entry["points"], dtype=np.float64))
+        if entry["segment"] != seg:
+            seg = entry["segment"]
+            prev = np.asarray(seeds[seg], dtype=np.float64)
+            prev_step = np.zeros_like(prev)
+        bad: list[str] = []
+        p, s = prev, prev_step
+        for i, q in enumerate(pts):
+            bad += [f"point {i}: {x}" for x in violations(q, p, s, bounds)]
+            rep.points += 1
+            if q.shape == p.shape:
+                p, s = q, q - p
+            if i == 0:
+                new_prev, new_step = p, s
+        rep.commands += 1
+        rep.holds.append(bool(entry["hold"]))
+        if bad:
+            rep.unsafe += 1
+            rep.violations.append(f"command {k} ({entry.get('status')}, {entry.get('reason')}): {bad}")
+        prev, prev_step = new_prev, new_step
+    return rep
