@@ -146,6 +146,47 @@ class CheckReport:
         return None
 
 
+class ChainCheck:
+    """Commands checked one at a time as they are published, each point against the one before: the
+    incremental form of :func:`check_commands` (a soak keeps the chain, not the log)."""
+
+    def __init__(self, bounds: Bounds, keep: int = 100) -> None:
+        self.bounds = bounds
+        self.keep = keep  # violation messages kept (all are counted)
+        self.commands = self.points = self.unsafe = 0
+        self.violations: list[str] = []
+        self._prev: np.ndarray | None = None
+        self._prev_step: np.ndarray | None = None
+
+    def restart(self, seed: Sequence[float]) -> None:
+        """A new activation: the next command starts from the measured `seed`, at rest."""
+        self._prev = np.asarray(seed, dtype=np.float64).copy()
+        self._prev_step = np.zeros_like(self._prev)
+
+    def add(self, points: np.ndarray, label: str = "") -> list[str]:
+        """Check one command (row 0 now, then its look-ahead, chained); what it breaks (empty when safe)."""
+        if self._prev is None or self._prev_step is None:
+            raise RuntimeError("ChainCheck.add before restart(seed)")
+        pts = np.atleast_2d(np.asarray(points, dtype=np.float64))
+        bad: list[str] = []
+        p, s = self._prev, self._prev_step
+        new_prev, new_step = p, s
+        for i, q in enumerate(pts):
+            bad += [f"point {i}: {x}" for x in violations(q, p, s, self.bounds)]
+            self.points += 1
+            if q.shape == p.shape:
+                p, s = q, q - p
+            if i == 0:
+                new_prev, new_step = p, s
+        if bad:
+            self.unsafe += 1
+            if len(self.violations) < self.keep:
+                self.violations.append(f"command {self.commands}{label}: {bad}")
+        self.commands += 1
+        self._prev, self._prev_step = new_prev, new_step
+        return bad
+
+
 def check_commands(log: list[dict[str, Any]], bounds: Bounds, seeds: dict[int, np.ndarray]) -> CheckReport:
     """Check every published point with the oracle: finite, position limits, per-step delta/velocity,
     acceleration, and (when `bounds` has a box and FK) the tip inside the box.
@@ -153,26 +194,13 @@ def check_commands(log: list[dict[str, Any]], bounds: Bounds, seeds: dict[int, n
     Commands are chained in publish order; a new activation (``segment``) restarts from its measured seed
     with zero velocity. Within a trajectory, point i is checked against point i-1."""
     rep = CheckReport(log=log)
-    seg, prev, prev_step = None, None, None
-    for k, entry in enumerate(log):
-        pts = np.atleast_2d(np.asarray(entry["points"], dtype=np.float64))
+    chain = ChainCheck(bounds, keep=len(log))
+    seg = None
+    for entry in log:
         if entry["segment"] != seg:
             seg = entry["segment"]
-            prev = np.asarray(seeds[seg], dtype=np.float64)
-            prev_step = np.zeros_like(prev)
-        bad: list[str] = []
-        p, s = prev, prev_step
-        for i, q in enumerate(pts):
-            bad += [f"point {i}: {x}" for x in violations(q, p, s, bounds)]
-            rep.points += 1
-            if q.shape == p.shape:
-                p, s = q, q - p
-            if i == 0:
-                new_prev, new_step = p, s
-        rep.commands += 1
+            chain.restart(seeds[seg])
+        chain.add(entry["points"], f" ({entry.get('status')}, {entry.get('reason')})")
         rep.holds.append(bool(entry["hold"]))
-        if bad:
-            rep.unsafe += 1
-            rep.violations.append(f"command {k} ({entry.get('status')}, {entry.get('reason')}): {bad}")
-        prev, prev_step = new_prev, new_step
+    rep.commands, rep.points, rep.unsafe, rep.violations = chain.commands, chain.points, chain.unsafe, chain.violations
     return rep

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PURE = [  # modules that must import without rclpy (the pure logic, the CLIs that call ensure_ros_env first)
     "rosenv", "cli", "bringup", "demo", "e2e_bench", "observation", "streamer", "trajectory", "stats",
-    "inference", "safety", "kinematics", "params", "commands",
+    "inference", "safety", "kinematics", "params", "commands", "safety_oracle", "soak",
 ]
 ALL = sorted(p.stem for p in (ROOT / "ros_nodes").glob("*.py") if p.stem != "__init__")
 
