@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from streamdp.policy.cli import UserError, opt, run_job
+from streamdp.policy.cli import UserError, load_config, opt, run_job
 from streamdp.ros_nodes import bringup
 from streamdp.ros_nodes.rosenv import ros_env_problems
 
@@ -512,6 +512,11 @@ def run_soak(cfg: SoakConfig) -> int:
     (out / "summary.md").write_text(text)
     print(text, flush=True)
     return 0 if rep["unsafe_commands"] == 0 else 1
+
+
+def soak_config(argv: list[str]) -> SoakConfig:
+    """The validated ``streamdp-soak`` config of these ``key=value`` overrides."""
+    return load_config("soak", SoakConfig, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
