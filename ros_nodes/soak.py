@@ -9,9 +9,13 @@ coordinated with ``policy_node``, the bundled arm policy and the safety filter o
 processes, plus ``load`` busy-loop processes, and watches from its own node:
 
 * every command on the wire, checked by the safety oracle (:mod:`streamdp.ros_nodes.safety_oracle`, the
-  fault suite's): chained point by point, each activation from the joint state measured when its first
-  command arrives (activations are seen on ``/policy_node/transition_event``), so a restarted or
-  re-seeded node whose first command is not within one step of the arm is unsafe too;
+  fault suite's): chained point by point per publisher, each activation from the joint state measured
+  when its first command arrives (activations are seen on ``/policy_node/transition_event``), so a
+  restarted or re-seeded node whose first command is not within one step of the arm is unsafe too;
+* who else is on the ROS domain: commands are attributed to their publisher (its node, from the ROS
+  graph), and nodes other than the soak's own are reported (``foreign_nodes``): a test or a second
+  bring-up on the same ``ROS_DOMAIN_ID`` would publish on the same topics, so give the soak a domain of
+  its own (tests draw theirs from 1-101);
 * the policy node's ``/diagnostics`` totals (ticks, deadline misses, holds, clamps, catch-ups, stale
   ticks, latency percentiles over its whole life), the sim's episodes, the relay's counts;
 * the resident memory of the two node processes (``/proc/<pid>/status``) every ``sample_every_s``.
@@ -47,6 +51,8 @@ from streamdp.ros_nodes import bringup
 from streamdp.ros_nodes.rosenv import ros_env_problems
 
 BUSY_LOOP = "while True: pass"
+COMMAND_TOPIC = "/joint_trajectory_controller/joint_trajectory"
+OWN_NODES = ("sim_bridge", "policy_node", "joint_state_relay", "streamdp_soak_monitor")
 
 
 @dataclass
@@ -146,7 +152,11 @@ def _monitor_class() -> type:
             super().__init__("streamdp_soak_monitor", **kwargs)
             self.joints = joints
             self.points: list[np.ndarray] | None = [] if keep_points else None  # every command's (tests)
-            self.chain = ChainCheck(bounds)
+            self.bounds = bounds
+            self.chains: dict[str, ChainCheck] = {}  # one oracle chain per publisher (its gid)
+            self.publisher_nodes: dict[str, str] = {}  # gid -> node name, from the ROS graph
+            self.received = 0
+            self.foreign_nodes: set[str] = set()
             self.step = np.asarray(bounds.step, dtype=np.float64)
             self.measured: np.ndarray | None = None
             self.joint_states = 0
@@ -185,25 +195,46 @@ def _monitor_class() -> type:
             state = m.message
             self.episodes[state] = self.episodes.get(state, 0) + 1
 
-        def _on_cmd(self, m: Any) -> None:
+        def _on_cmd(self, m: Any, info: Any) -> None:  # with the message info: who published it
             super()._on_cmd(m)
+            gid = bytes((info.get("publisher_gid") or {}).get("data", b"")).hex()
             try:
                 idx = [list(m.joint_names).index(j) for j in self.joints]
                 pts = np.array([[p.positions[i] for i in idx] for p in m.points], dtype=np.float64)
             except (ValueError, IndexError):
                 pts = np.full((1, len(self.joints)), np.nan)  # malformed: the oracle counts it unsafe
-            if self._new_segment or not self.starts:
+            chain = self.chains.get(gid)
+            if chain is None or self._new_segment:
+                if chain is None:
+                    chain = self.chains[gid] = ChainCheck(self.bounds)
+                    self._name_publishers()
                 self._new_segment = False
                 seed = self.measured if self.measured is not None else pts[0]
                 gap = np.abs(pts[0] - seed) if pts.shape[1:] == seed.shape else np.full_like(seed, np.inf)
-                self.starts.append({"command": self.chain.commands, "after_restart": self.restart_pending,
+                self.starts.append({"command": self.received, "publisher": gid, "after_restart": self.restart_pending,
                                     "first_command_gap": float(np.max(gap)),
                                     "within_one_step": bool(np.all(gap <= self.step + 1e-9))})
                 self.restart_pending = False
-                self.chain.restart(seed)
-            self.chain.add(pts)
+                chain.restart(seed)
+            chain.add(pts)
+            self.received += 1
             if self.points is not None:
                 self.points.append(pts)
+
+        @property
+        def unsafe(self) -> int:
+            return sum(c.unsafe for c in self.chains.values())
+
+        def _name_publishers(self) -> None:
+            for e in self.get_publishers_info_by_topic(COMMAND_TOPIC):
+                self.publisher_nodes[bytes(e.endpoint_gid).hex()] = e.node_name
+
+        def check_graph(self) -> None:
+            """Note nodes on this ROS domain that are not the soak's (or more than one of one of them)."""
+            names = [n for n, _ in self.get_node_names_and_namespaces()]
+            for n in set(names):
+                if n not in OWN_NODES or names.count(n) > 1:
+                    self.foreign_nodes.add(n if n not in OWN_NODES else f"{n} x{names.count(n)}")
 
         def _on_diag(self, m: Any) -> None:
             for s in m.status:
@@ -308,7 +339,7 @@ class SoakRun:
         self._restarting = True
         p.send_signal(signal.SIGKILL)
         p.wait()
-        self.restarts.append({"killed_pid": p.pid, "after_commands": self.mon.chain.commands,
+        self.restarts.append({"killed_pid": p.pid, "after_commands": self.mon.received,
                               "t_s": time.monotonic() - self.t_start})
         self.mon.restart_pending = True
 
@@ -358,6 +389,8 @@ class SoakRun:
         return log_tail(self.log_dir)
 
     def sample_memory(self, t: float, tag: str = "") -> dict[str, Any]:
+        """Resident memory of both nodes now (and a look at the ROS graph for foreign nodes)."""
+        self.mon.check_graph()
         row = {"t_s": round(t, 3), "tag": tag, "policy_node_pid": self.pid("policy_node"),
                "policy_node_rss_kb": rss_kb(self.pid("policy_node")),
                "sim_bridge_rss_kb": rss_kb(self.pid("sim_bridge")), "loadavg_1min": os.getloadavg()[0]}
@@ -393,8 +426,12 @@ class SoakRun:
         ticks = total("total_ticks")
         return {
             "duration_s": round(time.monotonic() - t0, 1) if t0 is not None else math.nan,
-            "commands_received": m.chain.commands, "points_checked": m.chain.points,
-            "unsafe_commands": m.chain.unsafe, "violations": m.chain.violations[:20],
+            "commands_received": m.received, "points_checked": sum(c.points for c in m.chains.values()),
+            "unsafe_commands": m.unsafe,
+            "violations": [v for c in m.chains.values() for v in c.violations][:20],
+            "publishers": [{"gid": g, "node": m.publisher_nodes.get(g, "?"), "commands": c.commands,
+                            "unsafe": c.unsafe} for g, c in m.chains.items()],
+            "foreign_nodes": sorted(m.foreign_nodes),
             "ticks": ticks, "commands_published": total("total_commands_published"),
             "deadline_misses": total("total_deadline_misses"), "holds": total("total_holds"),
             "starved_holds": total("total_starved_holds"), "late_actions_dropped": total("total_late_actions_dropped"),
@@ -432,6 +469,7 @@ def summary_markdown(cfg: SoakConfig, rep: dict[str, Any]) -> str:
     def f(x: Any, fmt: str = "{:,}") -> str:
         return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else fmt.format(x)
 
+    pubs = "; ".join(f"{p['node']}: {p['commands']:,}, {p['unsafe']}" for p in rep["publishers"])
     lines = [
         f"# streamdp-soak: {rep['duration_s']:.0f} s, load={cfg.load}, restart_every_s={cfg.restart_every_s:g}, "
         f"relay={'on ' + json.dumps(asdict(cfg.relay)) if cfg.relay.enabled else 'off'}",
@@ -440,6 +478,8 @@ def summary_markdown(cfg: SoakConfig, rep: dict[str, Any]) -> str:
         "|---|---|",
         f"| control ticks (policy node) | {f(rep['ticks'])} |",
         f"| commands received and checked (points) | {f(rep['commands_received'])} ({f(rep['points_checked'])}) |",
+        f"| command publishers (node: commands, unsafe) | {pubs or 'none'} |",
+        f"| foreign nodes on the ROS domain | {', '.join(rep['foreign_nodes']) or 'none'} |",
         f"| **unsafe commands** (safety oracle) | **{f(rep['unsafe_commands'])}** |",
         f"| deadline misses | {f(rep['deadline_misses'])} |",
         f"| holds (starved) | {f(rep['holds'])} ({f(rep['starved_holds'])}), "
@@ -480,7 +520,7 @@ def run_soak(cfg: SoakConfig) -> int:
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     with SoakRun(cfg, out / "logs") as run:
         print(f"[soak] nodes starting (logs in {run.log_dir}); load: {cfg.load} busy process(es)", flush=True)
-        run.spin_until(lambda: run.mon.chain.commands > 0, cfg.startup_timeout_s, "the policy node's first command")
+        run.spin_until(lambda: run.mon.received > 0, cfg.startup_timeout_s, "the policy node's first command")
         t0 = time.monotonic()
         run.sample_memory(0.0, "first command")
         next_sample, next_log = t0 + cfg.sample_every_s, t0 + 60.0

@@ -25,14 +25,14 @@ def test_sigkill_mid_motion_then_restart_reseeds_from_the_measured_state(ros_env
     cfg = SoakConfig(load=0, max_episode_steps=100000, seed=10003)  # one long episode: the arm is moving
     with SoakRun(cfg, tmp_path, keep_points=True) as run:
         mon = run.mon
-        run.spin_until(lambda: mon.chain.commands >= 60 and _moves(mon.points[-3:]) == 2, 300.0, "motion")
-        killed_at = mon.chain.commands
+        run.spin_until(lambda: mon.received >= 60 and _moves(mon.points[-3:]) == 2, 300.0, "motion")
+        killed_at = mon.received
         run.kill_policy()  # mid-motion: the last commands moved the arm
         run.spin(0.5)  # anything still in flight from the killed process arrives
-        assert mon.chain.commands - killed_at <= 3, "the killed process published on"
-        before = mon.chain.commands
+        assert mon.received - killed_at <= 3, "the killed process published on"
+        before = mon.received
         run.start_policy()
-        run.spin_until(lambda: mon.chain.commands >= before + 40, 300.0, "40 commands from the restarted node")
+        run.spin_until(lambda: mon.received >= before + 40, 300.0, "40 commands from the restarted node")
         rep = run.report()
     assert rep["unsafe_commands"] == 0, rep["violations"]
     assert rep["restarts"] == 1 and len(rep["restart_starts"]) == 1
@@ -51,18 +51,18 @@ def test_lossy_relay_the_node_holds_rather_than_acting_on_stale_joint_states(ros
                      relay=RelayConfig(drop_share=0.5, delay_share=0.0, delay_s=0.6, seed=1))
     with SoakRun(cfg, tmp_path, keep_points=True) as run:
         mon = run.mon
-        run.spin_until(lambda: mon.chain.commands >= 40, 300.0, "40 commands")
+        run.spin_until(lambda: mon.received >= 40, 300.0, "40 commands")
         phase1 = list(mon.points[-30:])
         run.set_relay(delay_share=1.0)
-        mark = mon.chain.commands
-        run.spin_until(lambda: mon.chain.commands >= mark + STALE_HOLD_BOUND, 120.0, "the queue to run out")
+        mark = mon.received
+        run.spin_until(lambda: mon.received >= mark + STALE_HOLD_BOUND, 120.0, "the queue to run out")
         d1 = fresh_diagnostics(run)
-        run.spin_until(lambda: mon.chain.commands >= mark + STALE_HOLD_BOUND + 40, 120.0, "the delayed phase")
+        run.spin_until(lambda: mon.received >= mark + STALE_HOLD_BOUND + 40, 120.0, "the delayed phase")
         d2 = fresh_diagnostics(run)
-        end = mon.chain.commands
+        end = mon.received
         run.set_relay(delay_share=0.0)
-        resume = mon.chain.commands
-        run.spin_until(lambda: mon.chain.commands >= resume + 60, 120.0, "the recovered phase")
+        resume = mon.received
+        run.spin_until(lambda: mon.received >= resume + 60, 120.0, "the recovered phase")
         pos = list(mon.points)
         rep = run.report()
     assert rep["unsafe_commands"] == 0, rep["violations"]
