@@ -50,7 +50,8 @@ from streamdp.policy.cli import UserError, load_config, opt, run_job
 from streamdp.ros_nodes import bringup
 from streamdp.ros_nodes.rosenv import ros_env_problems
 
-BUSY_LOOP = "while True: pass"
+# A busy core that ends with its parent (a soak killed without cleanup leaves no load behind).
+BUSY_LOOP = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    sum(range(100_000))\n"
 COMMAND_TOPIC = "/joint_trajectory_controller/joint_trajectory"
 OWN_NODES = ("sim_bridge", "policy_node", "joint_state_relay", "streamdp_soak_monitor")
 
@@ -518,14 +519,19 @@ def run_soak(cfg: SoakConfig) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    stop: list[int] = []
     with SoakRun(cfg, out / "logs") as run:
+        # After rclpy's own handlers (set up with the watcher): SIGINT/SIGTERM end the run with a report.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda n, _f: stop.append(n))
         print(f"[soak] nodes starting (logs in {run.log_dir}); load: {cfg.load} busy process(es)", flush=True)
-        run.spin_until(lambda: run.mon.received > 0, cfg.startup_timeout_s, "the policy node's first command")
+        run.spin_until(lambda: run.mon.received > 0 or bool(stop), cfg.startup_timeout_s,
+                       "the policy node's first command")
         t0 = time.monotonic()
         run.sample_memory(0.0, "first command")
         next_sample, next_log = t0 + cfg.sample_every_s, t0 + 60.0
         next_kill = t0 + cfg.restart_every_s if cfg.restart_every_s else math.inf
-        while (now := time.monotonic()) - t0 < cfg.duration_s:
+        while (now := time.monotonic()) - t0 < cfg.duration_s and not stop:
             run.spin(0.1)
             if now >= next_sample:
                 run.sample_memory(now - t0)
@@ -544,7 +550,10 @@ def run_soak(cfg: SoakConfig) -> int:
         run.sample_memory(time.monotonic() - t0, "end")
         run.spin(1.0)  # the last diagnostics
         rep = run.report(t0, cfg.warmup_s)
+    if stop:
+        print(f"[soak] stopped by signal {stop[0]} after {rep['duration_s']:.0f} s", flush=True)
     rep = {"command": "streamdp-soak " + " ".join(sys.argv[1:]), "started": started, "config": asdict(cfg),
+           "stopped_early": bool(stop),
            "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
            **rep, "memory": run.memory}
     (out / "report.json").write_text(json.dumps(rep, indent=1, default=str))

@@ -73,7 +73,7 @@ def test_plan_is_what_gets_commanded_and_noise_levels_are_the_ladder(ros_context
         ex.add_node(n)
     try:
         assert node.trigger_configure() == SUCCESS, node.configure_error
-        assert spin_until(ex, lambda: node.sync.joint_positions is not None, 10.0)
+        assert spin_until(ex, lambda: not node.activation_blocker(), 10.0), node.activation_blocker()
         assert node.trigger_activate() == SUCCESS, node.activate_error
         assert spin_until(ex, lambda: len(node.command_log) >= 60, 30.0), node.stats()
         n = len(node.command_log)

@@ -9,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,21 +91,40 @@ def _moves(pos: list[np.ndarray]) -> int:
     return sum(not np.array_equal(a[0], b[0]) for a, b in zip(pos, pos[1:]))
 
 
-def test_soak_job_in_small(ros_env, tmp_path):
-    """`streamdp-soak` end to end: short episodes (resets coordinated with the policy node), one busy process;
-    the report and summary are written, every command is safe and every activation starts at the arm."""
+def test_soak_job_in_small_stopped_by_sigint(ros_env, tmp_path):
+    """`streamdp-soak` end to end: short episodes (resets coordinated with the policy node), one busy process,
+    stopped with SIGINT once the policy node has been re-seeded by two resets: the report and summary are
+    written, every command was safe, every activation started at the arm, and no process is left behind."""
+    import signal
+    import time
+
     out = tmp_path / "soak"
-    r = subprocess.run([sys.executable, "-m", "streamdp.ros_nodes.soak", "duration_s=20", "load=1",
-                        "max_episode_steps=40", "sample_every_s=2", "warmup_s=4", f"out={out}"],
-                       env=dict(os.environ), capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "streamdp.ros_nodes.soak", "duration_s=3600", "load=1",
+                             "max_episode_steps=40", "sample_every_s=1", "warmup_s=0", f"out={out}"],
+                            env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = out / "logs" / "policy_node.log"
+    try:
+        end = time.monotonic() + 300
+        while not (log.is_file() and log.read_text().count("active: seeded") >= 3):
+            assert proc.poll() is None and time.monotonic() < end, proc.communicate()[0][-3000:] if proc.poll() else ""
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        text, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, text[-3000:]
     rep = json.loads((out / "report.json").read_text())
+    assert rep["stopped_early"] and "stopped by signal" in text
     assert "unsafe commands" in (out / "summary.md").read_text()
-    assert rep["unsafe_commands"] == 0 and rep["commands_received"] > 0
-    assert rep["activations"] >= 2 and rep["activation_starts"] == rep["activations"]  # resets re-seed
+    assert rep["unsafe_commands"] == 0 and rep["commands_received"] > 0, rep["violations"]
+    assert rep["activations"] >= 3 and rep["activation_starts"] == rep["activations"]  # resets re-seed
     assert rep["activation_starts_within_one_step"] == rep["activation_starts"]
-    assert rep["faults"] == [] and rep["ticks"] > 0
+    assert rep["faults"] == [] and rep["foreign_nodes"] == [] and len(rep["publishers"]) == 1
     assert rep["policy_rss_kb_start"] > 0 and rep["policy_rss_kb_end"] > 0 and len(rep["memory"]) >= 2
+    pids = {r["policy_node_pid"] for r in rep["memory"]}
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)  # the nodes were stopped
 
 
 def test_soak_refuses_bad_input_in_one_line(ros_env):
