@@ -157,6 +157,7 @@ def _monitor_class() -> type:
             self.chains: dict[str, ChainCheck] = {}  # one oracle chain per publisher (its gid)
             self.publisher_nodes: dict[str, str] = {}  # gid -> node name, from the ROS graph
             self.received = 0
+            self.publisher_since = 0  # commands received when the latest publisher (process) sent its first
             self.foreign_nodes: set[str] = set()
             self.step = np.asarray(bounds.step, dtype=np.float64)
             self.measured: np.ndarray | None = None
@@ -208,6 +209,7 @@ def _monitor_class() -> type:
             if chain is None or self._new_segment:
                 if chain is None:
                     chain = self.chains[gid] = ChainCheck(self.bounds)
+                    self.publisher_since = self.received
                     self._name_publishers()
                 self._new_segment = False
                 seed = self.measured if self.measured is not None else pts[0]
@@ -355,9 +357,11 @@ class SoakRun:
         self._restarting = False
         self._activations_before = self.mon.activations
 
-    def policy_streaming(self) -> bool:
-        """The current policy process has activated (so a kill now is one mid-motion)."""
-        return self.mon.activations > self._activations_before
+    def policy_streaming(self, commands: int = 40) -> bool:
+        """The current policy process has activated and published `commands` commands (2 s at 20 Hz), so a
+        kill now is one mid-motion, not one right after its activation."""
+        m = self.mon
+        return m.activations > self._activations_before and m.received - m.publisher_since >= commands
 
     # ------------------------------------------------------------------ watching
     def spin(self, seconds: float) -> None:
@@ -471,6 +475,7 @@ def summary_markdown(cfg: SoakConfig, rep: dict[str, Any]) -> str:
         return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else fmt.format(x)
 
     pubs = "; ".join(f"{p['node']}: {p['commands']:,}, {p['unsafe']}" for p in rep["publishers"])
+    lease = " (after a SIGKILL the dead node stays in the ROS graph until its lease ends)" if rep["restarts"] else ""
     lines = [
         f"# streamdp-soak: {rep['duration_s']:.0f} s, load={cfg.load}, restart_every_s={cfg.restart_every_s:g}, "
         f"relay={'on ' + json.dumps(asdict(cfg.relay)) if cfg.relay.enabled else 'off'}",
@@ -480,7 +485,7 @@ def summary_markdown(cfg: SoakConfig, rep: dict[str, Any]) -> str:
         f"| control ticks (policy node) | {f(rep['ticks'])} |",
         f"| commands received and checked (points) | {f(rep['commands_received'])} ({f(rep['points_checked'])}) |",
         f"| command publishers (node: commands, unsafe) | {pubs or 'none'} |",
-        f"| foreign nodes on the ROS domain | {', '.join(rep['foreign_nodes']) or 'none'} |",
+        f"| foreign nodes on the ROS domain | {', '.join(rep['foreign_nodes']) or 'none'}{lease} |",
         f"| **unsafe commands** (safety oracle) | **{f(rep['unsafe_commands'])}** |",
         f"| deadline misses | {f(rep['deadline_misses'])} |",
         f"| holds (starved) | {f(rep['holds'])} ({f(rep['starved_holds'])}), "
