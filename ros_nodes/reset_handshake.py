@@ -9,7 +9,9 @@ episode reset, where the simulated arm jumps to a new start, is never seen by th
 1. the reset is due: ``/<node>/change_state`` deactivate is sent and the bridge freezes (no physics step,
    no joint state) until the answer, so every joint state stamped after the deactivation belongs to the
    new episode;
-2. the answer (or ``timeout_s`` without one: a node that died) lets the reset go ahead;
+2. the answer (or ``timeout_s`` without one: a node that died) lets the reset go ahead; an unanswered
+   request is withdrawn with its client (a new one takes its place), so DDS never hands it to a node
+   started later under the same name (which it would deactivate for nothing: seen after a SIGKILL);
 3. after the reset, activate is sent when the deactivation succeeded; the policy node waits for a joint
    state measured after its deactivation (``activate_timeout_s``) and seeds from it. A refused activation
    is retried a few times.
@@ -35,13 +37,32 @@ class ResetHandshake:
         self.target = target.strip("/")
         self.timeout_s = float(timeout_s)
         self.activate_attempts = int(activate_attempts)
-        self._client = node.create_client(ChangeState, f"/{self.target}/change_state")
+        self._client = self._new_client()
         self._deactivating: Any = None  # the pending deactivation request
         self._sent = 0.0
         self._activating: Any = None
         self._attempts = 0
         self._reactivate = False
         self.counts = {"deactivated": 0, "activated": 0, "uncoordinated": 0, "timeouts": 0, "refused": 0}
+
+    def _new_client(self) -> Any:
+        return self.node.create_client(ChangeState, f"/{self.target}/change_state")
+
+    def _renew_client(self) -> None:
+        """Withdraw every unanswered request: destroy the client that sent them, make a fresh one."""
+        for f in (self._deactivating, self._activating):
+            if f is not None:
+                f.cancel()
+        self._deactivating = self._activating = None
+        self.node.destroy_client(self._client)
+        self._client = self._new_client()
+
+    def close(self) -> None:
+        """Cancel what is still pending (before the node is destroyed)."""
+        for f in (self._deactivating, self._activating):
+            if f is not None:
+                f.cancel()
+        self._deactivating = self._activating = None
 
     def _request(self, transition: int) -> Any:
         req = ChangeState.Request()
@@ -71,8 +92,8 @@ class ResetHandshake:
             self.counts["deactivated" if self._reactivate else "uncoordinated"] += 1
             return True
         if time.monotonic() - self._sent > self.timeout_s:
-            self._client.remove_pending_request(f)
-            self._deactivating, self._reactivate = None, False
+            self._renew_client()
+            self._reactivate = False
             self.counts["timeouts"] += 1
             self.node.get_logger().warning(f"/{self.target} did not answer the deactivation within "
                                            f"{self.timeout_s:g} s: resetting without it")
@@ -83,8 +104,8 @@ class ResetHandshake:
         """After the reset: activate the node again when it was deactivated for it."""
         if self._reactivate:
             self._reactivate = False
-            if self._activating is not None:  # an older request never answered (the node died): forget it
-                self._client.remove_pending_request(self._activating)
+            if self._activating is not None:  # an older request never answered (the node died): withdraw it
+                self._renew_client()
             self._attempts = 1
             self._activating = self._request(Transition.TRANSITION_ACTIVATE)
 

@@ -392,6 +392,8 @@ class SimBridgeNode(Node):
         self.expert_suggestions += 1
 
     def finalize(self) -> None:
+        if self.handshake is not None:
+            self.handshake.close()
         self.env.close()
 
 
