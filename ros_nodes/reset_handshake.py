@@ -9,9 +9,11 @@ episode reset, where the simulated arm jumps to a new start, is never seen by th
 1. the reset is due: ``/<node>/change_state`` deactivate is sent and the bridge freezes (no physics step,
    no joint state) until the answer, so every joint state stamped after the deactivation belongs to the
    new episode;
-2. the answer (or ``timeout_s`` without one: a node that died) lets the reset go ahead; an unanswered
-   request is withdrawn with its client (a new one takes its place), so DDS never hands it to a node
-   started later under the same name (which it would deactivate for nothing: seen after a SIGKILL);
+2. the answer (or ``timeout_s`` without one: a node that died, or one too busy to answer, e.g. still
+   configuring after a restart) lets the reset go ahead. An unanswered deactivation may still be carried
+   out later by a busy node: when its answer comes, the node is activated again (seen after a SIGKILL:
+   the restarted node was deactivated by a request it answered only after activating, and stayed
+   inactive);
 3. after the reset, activate is sent when the deactivation succeeded; the policy node waits for a joint
    state measured after its deactivation (``activate_timeout_s``) and seeds from it. A refused activation
    is retried a few times.
@@ -41,28 +43,21 @@ class ResetHandshake:
         self._deactivating: Any = None  # the pending deactivation request
         self._sent = 0.0
         self._activating: Any = None
+        self._late: Any = None  # a deactivation not answered in time, which a busy node may still carry out
         self._attempts = 0
         self._reactivate = False
-        self.counts = {"deactivated": 0, "activated": 0, "uncoordinated": 0, "timeouts": 0, "refused": 0}
+        self.counts = {"deactivated": 0, "activated": 0, "uncoordinated": 0, "timeouts": 0, "refused": 0,
+                       "late_deactivations": 0}
 
     def _new_client(self) -> Any:
         return self.node.create_client(ChangeState, f"/{self.target}/change_state")
 
-    def _renew_client(self) -> None:
-        """Withdraw every unanswered request: destroy the client that sent them, make a fresh one."""
-        for f in (self._deactivating, self._activating):
-            if f is not None:
-                f.cancel()
-        self._deactivating = self._activating = None
-        self.node.destroy_client(self._client)
-        self._client = self._new_client()
-
     def close(self) -> None:
         """Cancel what is still pending (before the node is destroyed)."""
-        for f in (self._deactivating, self._activating):
+        for f in (self._deactivating, self._activating, self._late):
             if f is not None:
                 f.cancel()
-        self._deactivating = self._activating = None
+        self._deactivating = self._activating = self._late = None
 
     def _request(self, transition: int) -> Any:
         req = ChangeState.Request()
@@ -92,8 +87,9 @@ class ResetHandshake:
             self.counts["deactivated" if self._reactivate else "uncoordinated"] += 1
             return True
         if time.monotonic() - self._sent > self.timeout_s:
-            self._renew_client()
-            self._reactivate = False
+            if self._late is not None:
+                self._late.cancel()
+            self._late, self._deactivating, self._reactivate = f, None, False
             self.counts["timeouts"] += 1
             self.node.get_logger().warning(f"/{self.target} did not answer the deactivation within "
                                            f"{self.timeout_s:g} s: resetting without it")
@@ -104,13 +100,22 @@ class ResetHandshake:
         """After the reset: activate the node again when it was deactivated for it."""
         if self._reactivate:
             self._reactivate = False
-            if self._activating is not None:  # an older request never answered (the node died): withdraw it
-                self._renew_client()
+            if self._activating is not None:  # an older request never answered (the node died): drop it
+                self._client.remove_pending_request(self._activating)
             self._attempts = 1
             self._activating = self._request(Transition.TRANSITION_ACTIVATE)
 
     def poll(self) -> None:
-        """Check on a pending activation (call every tick): count it, or retry a refused one."""
+        """Check on a pending activation (call every tick): count it, or retry a refused one; and on a late
+        deactivation: once carried out, activate the node again (it seeds from the state after it)."""
+        late = self._late
+        if late is not None and late.done():
+            self._late = None
+            res = late.result()
+            if res is not None and res.success and self._activating is None and self._deactivating is None:
+                self.counts["late_deactivations"] += 1
+                self._reactivate = True
+                self.reset_done()
         f = self._activating
         if f is None or not f.done():
             return
