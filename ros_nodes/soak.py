@@ -158,6 +158,7 @@ def _monitor_class() -> type:
             self.publisher_nodes: dict[str, str] = {}  # gid -> node name, from the ROS graph
             self.received = 0
             self.publisher_since = 0  # commands received when the latest publisher (process) sent its first
+            self.latest_publisher = ""
             self.foreign_nodes: set[str] = set()
             self.step = np.asarray(bounds.step, dtype=np.float64)
             self.measured: np.ndarray | None = None
@@ -209,7 +210,7 @@ def _monitor_class() -> type:
             if chain is None or self._new_segment:
                 if chain is None:
                     chain = self.chains[gid] = ChainCheck(self.bounds)
-                    self.publisher_since = self.received
+                    self.publisher_since, self.latest_publisher = self.received, gid
                     self._name_publishers()
                 self._new_segment = False
                 seed = self.measured if self.measured is not None else pts[0]
@@ -342,7 +343,8 @@ class SoakRun:
         self._restarting = True
         p.send_signal(signal.SIGKILL)
         p.wait()
-        self.restarts.append({"killed_pid": p.pid, "after_commands": self.mon.received,
+        self.restarts.append({"killed_pid": p.pid, "killed_publisher": self.mon.latest_publisher,
+                              "after_commands": self.mon.received,
                               "t_s": time.monotonic() - self.t_start})
         self.mon.restart_pending = True
 
