@@ -14,9 +14,9 @@ Lifecycle (docs/architecture.md):
   state arrives), enable the command publisher. Fails (retry later) when the inputs did not come within
   the bound. A lifecycle manager may therefore send configure and activate back to back. The
   subscriptions have a callback group of their own, so under the ``MultiThreadedExecutor`` that ``main``
-  spins they keep being served while the transition waits; under a single-threaded executor nothing
-  arrives during the wait, so activate there once inputs are in (:meth:`PolicyNode.activation_blocker`
-  says what is missing).
+  and ``streamdp-bringup --compose`` spin the node on (``runtime.executor_for``) they keep being served
+  while the transition waits; under a single-threaded executor nothing arrives during the wait, so
+  activate there once inputs are in (:meth:`PolicyNode.activation_blocker` says what is missing).
 * **deactivate**: stop the timer and the inference thread, publish a final hold at the last
   commanded position, disable the publisher.
 * **cleanup / shutdown**: drop everything configure made.
@@ -117,6 +117,10 @@ def stamp_seconds(stamp: Any) -> float:
 
 class PolicyNode(LifecycleNode):
     """Lifecycle node running a streamdp Policy (see the module docstring)."""
+
+    # Spun on a MultiThreadedExecutor of its own (runtime.executor_for): its subscriptions' callback group is
+    # served while an activation waits for the inputs to seed from.
+    multi_threaded = True
 
     def __init__(
         self,
@@ -742,8 +746,7 @@ def main(args: list[str] | None = None) -> int:
 
     runtime.init(args if args is not None else sys.argv)
     node = PolicyNode()
-    # Multi-threaded: the inputs' callback group keeps being served while an activation waits for them.
-    runtime.spin_until_signal([node], multi_threaded=True, until=lambda: node.autostart_failed)
+    runtime.spin_until_signal([node], until=lambda: node.autostart_failed)  # multi-threaded: see the class
     return 1 if node.configure_error else 0
 
 
