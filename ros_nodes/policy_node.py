@@ -12,11 +12,11 @@ Lifecycle (docs/architecture.md):
   and the hold position from it (``policy.reset(state=q)``), start the inference thread and the control
   timer (its ticks in phase with the joint states: the first one ``TICK_PHASE`` of a period after the next
   state arrives), enable the command publisher. Fails (retry later) when the inputs did not come within
-  the bound. A lifecycle manager may therefore send configure and activate back to back. The
-  subscriptions have a callback group of their own, so under the ``MultiThreadedExecutor`` that ``main``
-  and ``streamdp-bringup --compose`` spin the node on (``runtime.executor_for``) they keep being served
-  while the transition waits; under a single-threaded executor nothing arrives during the wait, so
-  activate there once inputs are in (:meth:`PolicyNode.activation_blocker` says what is missing).
+  the bound. A lifecycle manager may therefore send configure and activate back to back. The transition
+  runs in the executor, which cannot serve the subscriptions meanwhile (a single-threaded executor, or
+  the lifecycle services' callback group), so while it waits the node takes its input messages itself,
+  as ``rclpy.wait_for_message`` does, and hands them to the same callbacks
+  (:meth:`PolicyNode.activation_blocker` says what is still missing).
 * **deactivate**: stop the timer and the inference thread, publish a final hold at the last
   commanded position, disable the publisher.
 * **cleanup / shutdown**: drop everything configure made.
@@ -67,8 +67,8 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -118,10 +118,6 @@ def stamp_seconds(stamp: Any) -> float:
 class PolicyNode(LifecycleNode):
     """Lifecycle node running a streamdp Policy (see the module docstring)."""
 
-    # Spun on a MultiThreadedExecutor of its own (runtime.executor_for): its subscriptions' callback group is
-    # served while an activation waits for the inputs to seed from.
-    multi_threaded = True
-
     def __init__(
         self,
         node_name: str = "policy_node",
@@ -157,8 +153,6 @@ class PolicyNode(LifecycleNode):
         self._phase_pending = False  # active, control ticks not yet in phase with the joint states
         self._timer_lock = threading.RLock()  # the control timer is also (re)started from the joint-state callback
         self._lock = threading.Lock()
-        self._inputs = MutuallyExclusiveCallbackGroup()  # served while a transition waits (MultiThreadedExecutor)
-        self._input_arrived = threading.Event()
         self._seed_not_before: float | None = None  # set on deactivate: re-seed only from newer measurements
         self._totals: dict[str, int] = dict.fromkeys(TOTAL_KEYS, 0)
         self.latency_total = LatencyHistogram()  # obs -> command over the node's life (the soak's percentiles)
@@ -283,15 +277,12 @@ class PolicyNode(LifecycleNode):
         self._warmup(policy, s)
         self.sync = ObservationSync(layout, s.camera_names, s.max_obs_age_s, s.max_image_age_s, c.n_obs_steps)
         qos = qos_profile_sensor_data
-        g = self._inputs
-        self._subs.append(self.create_subscription(JointState, s.joint_states_topic, self._on_joint_state, qos,
-                                                   callback_group=g))
+        self._subs.append(self.create_subscription(JointState, s.joint_states_topic, self._on_joint_state, qos))
         for e in s.extras:
             self._subs.append(self.create_subscription(
-                PointStamped, e.topic, lambda m, e=e: self._on_extra(e, m), qos, callback_group=g))
+                PointStamped, e.topic, lambda m, e=e: self._on_extra(e, m), qos))
         for cam, topic in zip(s.camera_names, s.camera_topics):
-            self._subs.append(self.create_subscription(Image, topic, lambda m, cam=cam: self._on_image(cam, m), qos,
-                                                       callback_group=g))
+            self._subs.append(self.create_subscription(Image, topic, lambda m, cam=cam: self._on_image(cam, m), qos))
         msg_type = JointTrajectory if s.output_type == "joint_trajectory" else Float64MultiArray
         self._cmd_pub = self.create_lifecycle_publisher(msg_type, s.command_topic, QoSProfile(depth=10))
         if s.publish_plan:
@@ -353,14 +344,35 @@ class PolicyNode(LifecycleNode):
         end = time.monotonic() + max(0.0, bound)
         first = ""
         while True:
-            self._input_arrived.clear()
             why = self.activation_blocker()
             if not why or time.monotonic() >= end:
                 if first and not why:
                     self.get_logger().info(f"activate: waited for the inputs ({first})")
                 return why
             first = first or why
-            self._input_arrived.wait(min(0.05, max(0.0, end - time.monotonic())))
+            self._take_inputs(min(0.05, max(0.0, end - time.monotonic())))
+
+    def _take_inputs(self, timeout: float) -> None:
+        """Wait up to `timeout` for input messages and run their callbacks here. The executor is busy with the
+        transition, so it cannot; this is rclpy.wait_for_message's way (a wait set on the subscriptions, then
+        take), on the node's own subscriptions, with nothing created per call."""
+        subs = list(self._subs)
+        if not subs:
+            time.sleep(timeout)
+            return
+        ws = _rclpy.WaitSet(len(subs), 0, 0, 0, 0, 0, self.context.handle)
+        ws.clear_entities()
+        for sub in subs:
+            ws.add_subscription(sub.handle)
+        ws.wait(int(timeout * 1e9))
+        ready = ws.get_ready_entities("subscription")
+        for sub in subs:
+            if sub.handle.pointer not in ready:
+                continue
+            with sub.handle:
+                taken = sub.handle.take_message(sub.msg_type, sub.raw)
+            if taken is not None:
+                sub.callback(taken[0])
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.activate_error = ""
@@ -494,8 +506,7 @@ class PolicyNode(LifecycleNode):
         if self.sync is not None:
             self.sync.add_joint_state(stamp_seconds(msg.header.stamp), msg.name, msg.position, msg.velocity,
                                       msg.effort)
-            self._input_arrived.set()
-        with self._timer_lock:  # the subscriptions' own callback group: the transitions may run meanwhile
+        with self._timer_lock:  # (a multi-threaded executor may run a transition meanwhile)
             if self._phase_pending and self.sync is not None and self.sync.joint_positions is not None:
                 self._phase_pending = False  # first joint state since activation: tick just after each one
                 self._restart_timer(TICK_PHASE * self.period, self._start_ticks)
@@ -504,7 +515,6 @@ class PolicyNode(LifecycleNode):
         if self.sync is not None:
             v = [getattr(msg.point, c) for c in extra.fields]
             self.sync.add_extra(extra.name, stamp_seconds(msg.header.stamp), v)
-            self._input_arrived.set()
 
     def _on_image(self, cam: str, msg: Image) -> None:
         if self.sync is None or self._image_shape is None:
@@ -517,7 +527,6 @@ class PolicyNode(LifecycleNode):
             self.get_logger().warning(f"camera {cam}: {e}", throttle_duration_sec=5.0)
             return
         self.sync.add_image(cam, stamp_seconds(msg.header.stamp), img)
-        self._input_arrived.set()
 
     # ------------------------------------------------------------------------------ inference thread
     def _on_chunk(self, chunk: Chunk) -> None:
@@ -746,7 +755,7 @@ def main(args: list[str] | None = None) -> int:
 
     runtime.init(args if args is not None else sys.argv)
     node = PolicyNode()
-    runtime.spin_until_signal([node], until=lambda: node.autostart_failed)  # multi-threaded: see the class
+    runtime.spin_until_signal([node], until=lambda: node.autostart_failed)
     return 1 if node.configure_error else 0
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
 
 
@@ -41,13 +41,6 @@ def make_node(tool: str, factory: Callable[[], Any]) -> Any | None:
         return None
 
 
-def executor_for(node: Any) -> Any:
-    """The executor a node is spun on: a SingleThreadedExecutor, or, for a node whose class says
-    ``multi_threaded = True`` (the policy node: its subscriptions are served while an activation waits for
-    them), a MultiThreadedExecutor of its own with two threads."""
-    return MultiThreadedExecutor(num_threads=2) if getattr(node, "multi_threaded", False) else SingleThreadedExecutor()
-
-
 def spin_until_signal(
     nodes: Sequence[Any],
     stop: threading.Event | None = None,
@@ -59,7 +52,7 @@ def spin_until_signal(
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())
-    executor = executor_for(nodes[0]) if len(nodes) == 1 else SingleThreadedExecutor()
+    executor = SingleThreadedExecutor()
     for n in nodes:
         executor.add_node(n)
     try:
@@ -114,7 +107,7 @@ def spin_each_in_a_thread(
         made.wait()
         if node is None:
             return
-        executor = executor_for(node)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:
             while not stop.is_set() and rclpy.ok():

@@ -240,8 +240,6 @@ def test_resets_are_coordinated_with_the_policy_node(ros_context, bundled_ckpt):
     """With `policy_node` set (config/ros/sim.yaml), every automatic reset deactivates the policy node, resets,
     and activates it on the new state: each activation's first command is the new episode's start (a reset is
     never a step to be clamped), and every command, chained per activation, passes the safety oracle."""
-    from rclpy.executors import MultiThreadedExecutor
-
     from streamdp.ros_nodes.bringup import default_params
     from streamdp.ros_nodes.safety_oracle import Bounds, check_commands
 
@@ -258,7 +256,7 @@ def test_resets_are_coordinated_with_the_policy_node(ros_context, bundled_ckpt):
 
     sim._reset_env = recording_reset
     node = make_policy_node(ros_context, bundled_ckpt, params_file=default_params("sim"))
-    ex = MultiThreadedExecutor(context=ros_context)  # the activations wait for joint states: inputs go on meanwhile
+    ex = SingleThreadedExecutor(context=ros_context)  # one thread: an activation takes its inputs itself
     ex.add_node(sim)
     ex.add_node(node)
     try:
