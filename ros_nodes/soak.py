@@ -350,12 +350,15 @@ class SoakRun:
 
     def start_policy(self) -> None:
         """Start the policy node again (it configures and activates by itself, from the measured state)."""
+        from streamdp.ros_nodes.testing import die_with_parent
+
         i = self._index("policy_node")
         out = open(self.log_dir / f"policy_node.restart{len(self.restarts)}.log", "w")  # noqa: SIM115 - closed at exit
         self._restart_logs.append(out)
         self.procs[i] = subprocess.Popen(bringup.command(self.policy_desc, self.log_dir),
                                          env=bringup.child_env(self.policy_desc), stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=die_with_parent)
         self._restarting = False
         self._activations_before = self.mon.activations
 
