@@ -140,6 +140,7 @@ class PolicyNode(LifecycleNode):
         self.sync: ObservationSync | None = None
         self.streamer: ActionStreamer | None = None
         self.worker: InferenceWorker | None = None
+        self.activation_seed: np.ndarray | None = None  # the joint positions the current activation started from
         self._subs: list[Any] = []
         self._cmd_pub: Any = None
         self._timer: Any = None
@@ -390,17 +391,9 @@ class PolicyNode(LifecycleNode):
         self._reset_counters()
         self.tick_stats = TickStats(self.period)
         self._jumps = ClockJumpDetector(max(0.5, 5 * self.period))
-        self.policy.reset(state=q)
-        if self.safety is not None:
-            self.safety.reset(q)
         self.segment += 1
-        self.activation_seed = q.copy()
         self._nfe0 = int(self.policy.nfe_total)
-        self.streamer = ActionStreamer(self.period)
-        self.streamer.seed(q)
-        self._plan_snap, self._levels_snap = None, self.policy.noise_levels()  # the ladder it starts from
-        self._last_published = q.copy()
-        self.worker = InferenceWorker(self.policy, self._on_chunk, self._on_worker_error, s.denoise_budget).start()
+        self._seed(q)
         # Ticks start TICK_PHASE periods after the next joint state arrives (_on_joint_state), or one period
         # from now if none does.
         with self._timer_lock:
@@ -412,6 +405,35 @@ class PolicyNode(LifecycleNode):
         self.get_logger().info(f"active: seeded from joint state {np.round(q, 4).tolist()}")
         return super().on_activate(state)
 
+    def _seed(self, q: np.ndarray) -> None:
+        """Start streaming from the measured joint positions `q`: buffer, safety filter, streamer, worker."""
+        s = self.settings
+        assert s is not None and self.policy is not None
+        if self.worker is not None:
+            self.worker.stop()
+        self.policy.reset(state=q)
+        if self.safety is not None:
+            self.safety.reset(q)
+        self.activation_seed = q.copy()
+        self.streamer = ActionStreamer(self.period)
+        self.streamer.seed(q)
+        self._plan_snap, self._levels_snap = None, self.policy.noise_levels()  # the ladder it starts from
+        self._last_published = q.copy()
+        self.worker = InferenceWorker(self.policy, self._on_chunk, self._on_worker_error, s.denoise_budget).start()
+
+    def _reseed_if_moved(self) -> None:
+        """Before the first command: when the arm has moved more than one command step since the seed (an
+        episode reset or a move that raced with the activation, e.g. a restarted node activating by itself
+        while the sim bridge resets), seed again from where it is now, so the first command starts at the arm."""
+        sync, seed = self.sync, self.activation_seed
+        q = None if sync is None else sync.joint_positions
+        if q is None or seed is None or self.safety is None:
+            return
+        if np.any(np.abs(q - seed) > self.safety.limits.step_limit):
+            self.get_logger().warning(f"the arm moved {np.round(q - seed, 4).tolist()} rad between the seed and the "
+                                      "first control tick: seeded again from the measured state")
+            self._seed(q)
+
     def _restart_timer(self, period: float, callback: Callable[[], None]) -> None:
         with self._timer_lock:
             if self._timer is not None:
@@ -421,6 +443,7 @@ class PolicyNode(LifecycleNode):
     def _start_ticks(self) -> None:
         """The first control tick, then one per period from here (in phase with the joint states)."""
         self._phase_pending = False
+        self._reseed_if_moved()
         self._restart_timer(self.period, self._tick)
         self._tick()
 

@@ -100,6 +100,22 @@ def test_lifecycle_configure_activate_deactivate_cleanup(rig, untrained_ckpt):
     assert node.trigger_configure() == SUCCESS  # configurable again after cleanup
 
 
+def test_first_command_starts_at_the_arm_when_it_moved_during_the_activation(rig, untrained_ckpt):
+    """A move that races with the activation (the sim bridge resetting while a restarted node activates by
+    itself) must not leave the node streaming from where the arm was: the first command starts where it is."""
+    node, robot, rec, ex = rig(untrained_ckpt, **{"limits.max_delta": [0.3] * 3})
+    assert node.trigger_configure() == SUCCESS
+    assert spin_until(ex, lambda: not node.activation_blocker(), 5.0), node.activation_blocker()
+    seed = robot.q.copy()
+    assert node.trigger_activate() == SUCCESS
+    np.testing.assert_allclose(node.activation_seed, seed)
+    robot.q = seed + np.array([0.8, -1.2, 0.5])  # reset before the first control tick
+    assert spin_until(ex, lambda: len(rec.trajectories) >= 1, 10.0)
+    first = np.asarray(rec.trajectories[0].points[0].positions)
+    assert np.all(np.abs(first - robot.q) <= 0.3 + 1e-9), (first, robot.q, seed)
+    np.testing.assert_allclose(node.activation_seed, robot.q)
+
+
 def test_reactivation_seeds_only_from_a_joint_state_measured_after_the_deactivation(rig, untrained_ckpt):
     """While inactive the arm may be moved (or the sim reset): the joint state held from before the deactivation
     is not a seed, however fresh."""
