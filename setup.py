@@ -64,6 +64,7 @@ setup(
             "streamdp-record = streamdp.ros_nodes.cli:record",
             "streamdp-episode = streamdp.ros_nodes.cli:episode",
             "streamdp-convert-bag = streamdp.ros_nodes.convert_bag:main",
+            "streamdp-soak = streamdp.ros_nodes.cli:soak",
             "policy_node = streamdp.ros_nodes.cli:policy_node",
             "sim_bridge_node = streamdp.ros_nodes.cli:sim_bridge_node",
             "expert_teleop_node = streamdp.ros_nodes.cli:expert_teleop_node",

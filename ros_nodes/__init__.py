@@ -8,7 +8,8 @@ Pure logic (no rclpy; unit-tested on its own):
   QueuedAction) and the node's timing model.
 - ``trajectory``: JointTrajectory points, sampling a trajectory in time, (sec, nanosec) stamps.
 - ``inference``: the inference worker thread (InferenceWorker, Frame, Chunk).
-- ``stats``: rolling percentiles, tick jitter, ROS clock jumps (RollingStats, TickStats, ClockJumpDetector).
+- ``stats``: rolling percentiles, lifetime latency histogram, tick jitter, ROS clock jumps (RollingStats,
+  LatencyHistogram, TickStats, ClockJumpDetector).
 - ``safety`` / ``kinematics``: the safety filter and the URDF chain's forward kinematics.
 - ``params``: the policy node's parameter table, the Settings it becomes, the limits -> safety filter step.
 - ``commands``: the command pipeline (user filter seam, safety filter, publish-or-hold).
@@ -21,13 +22,17 @@ Pure logic (no rclpy; unit-tested on its own):
   policy node parameters that read it back.
 - ``teleop``: which expert suggestions the teleop node relays as commands.
 - ``episode_follow``: the sim bridge's episode events bracket the recorder's episodes (EpisodeFollower).
+- ``safety_oracle``: the independent check of published commands against raw limit numbers (tests, soak).
 
 ROS nodes and tools:
 
 - ``policy_node``: the managed (lifecycle) policy node; ``sim_bridge_node``: a sim task as a ROS robot;
-  ``teleop_node``: the sim's scripted expert as a teleoperator publishing commands for the bridge.
+  ``teleop_node``: the sim's scripted expert as a teleoperator publishing commands for the bridge;
+  ``reset_handshake``: the bridge's episode resets coordinated with the policy node's lifecycle;
+  ``joint_state_relay``: a lossy JointState link (drops and delays a share).
 - ``cli``: console scripts ``policy_node``, ``sim_bridge_node``, ``expert_teleop_node``,
-  ``streamdp-sim-episodes``, ``streamdp-record``, ``streamdp-episode`` (rclpy's libraries made loadable first).
+  ``streamdp-sim-episodes``, ``streamdp-record``, ``streamdp-episode``, ``streamdp-soak`` (rclpy's libraries
+  made loadable first).
 - ``recorder_node``: the recorder (``streamdp-record``: topics, std_srvs episode services, control-rate timer);
   ``episode_client``: ``streamdp-episode start|save|discard``, its command-line client.
 - ``bringup``: node descriptions shared by ``launch/*.launch.py`` and ``streamdp-bringup``.
@@ -35,7 +40,8 @@ ROS nodes and tools:
   for entry points, and the ROS environment rule (LOCALHOST discovery, ROS_DOMAIN_ID, ROS_LOG_DIR).
 - ``runtime``: spin until SIGINT/SIGTERM, then finalise (final hold) while ROS is still up.
 - ``testing``: the process harness (node processes with logs, a watcher node) of the tools below and the tests.
-- ``e2e_bench``, ``sim_episodes``, ``demo``: measurement over DDS, scored episodes, the main job.
+- ``e2e_bench``, ``sim_episodes``, ``demo``: measurement over DDS, scored episodes, the main job;
+  ``soak``: ``streamdp-soak``, a long run under load with every command checked.
 
 Importing this package does not import rclpy, and no module re-executes the process at import.
 """

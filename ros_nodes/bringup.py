@@ -120,7 +120,8 @@ def describe(
     )
     if config == "real_arm":
         return [policy]
-    modes = {**({"expert": True} if teleop else {}), **({"auto_reset": False} if record else {})}
+    # With teleop there is no policy node to coordinate resets with (sim.yaml names one).
+    modes = {**({"expert": True, "policy_node": ""} if teleop else {}), **({"auto_reset": False} if record else {})}
     sim = NodeDescription(
         executable="sim_bridge_node",
         name="sim_bridge",

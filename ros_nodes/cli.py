@@ -71,3 +71,12 @@ def episode() -> int:
     from streamdp.ros_nodes.episode_client import episode_main
 
     return episode_main()
+
+
+def soak() -> int:
+    """``streamdp-soak``: the sim bring-up for a long run under load, every command judged
+    (:mod:`streamdp.ros_nodes.soak`)."""
+    ensure_ros_env()
+    from streamdp.ros_nodes.soak import main
+
+    return main()

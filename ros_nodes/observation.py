@@ -13,6 +13,7 @@ converter) go through the same code and give the same arrays.
 from __future__ import annotations
 
 import collections
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,7 +139,10 @@ class SyncCounters:
 
 
 class ObservationSync:
-    """Latest sample per sensor stream, checked for ordering and age, assembled per control tick."""
+    """Latest sample per sensor stream, checked for ordering and age, assembled per control tick.
+
+    Thread-safe: the node's subscriptions feed it from their own callback group while the control tick and
+    the lifecycle transitions read it."""
 
     def __init__(
         self,
@@ -155,15 +159,17 @@ class ObservationSync:
         self.counters = SyncCounters()
         self.last_drop = ""  # why the latest dropped message was dropped (for logs and bag errors)
         self.history: collections.deque[tuple[float, float]] = collections.deque(maxlen=max(1, history))
+        self._lock = threading.RLock()
         self.reset()
 
     def reset(self) -> None:
         """Forget every sample and the history (clock jump, re-activation)."""
-        self._joint: StreamSample | None = None
-        self._extra: dict[str, StreamSample] = {}
-        self._images: dict[str, StreamSample] = {}
-        self._last_stamp: dict[str, float] = {}
-        self.history.clear()
+        with self._lock:
+            self._joint: StreamSample | None = None
+            self._extra: dict[str, StreamSample] = {}
+            self._images: dict[str, StreamSample] = {}
+            self._last_stamp: dict[str, float] = {}
+            self.history.clear()
 
     # -- ingestion -----------------------------------------------------------------------------
     def _order_ok(self, stream: str, stamp: float) -> bool:
@@ -201,40 +207,44 @@ class ObservationSync:
         effort: Sequence[float] = (),
     ) -> bool:
         """A JointState message; False (and counted) when dropped."""
-        if not self._order_ok("joint_states", stamp):
-            return False
-        arrays = {"position": position, "velocity": velocity, "effort": effort}
-        try:
-            data = {f: select_joints(names, arrays[f], self.layout.joint_names)
-                    for f in {"position", *self.layout.joint_fields}}
-        except SyncError as e:
-            return self._reject(str(e))
-        if not all(_finite32(v) for v in data.values()):
-            return self._nonfinite()
-        self._joint = StreamSample(stamp, data)
-        self._accept("joint_states", stamp)
-        return True
+        with self._lock:
+            if not self._order_ok("joint_states", stamp):
+                return False
+            arrays = {"position": position, "velocity": velocity, "effort": effort}
+            try:
+                data = {f: select_joints(names, arrays[f], self.layout.joint_names)
+                        for f in {"position", *self.layout.joint_fields}}
+            except SyncError as e:
+                return self._reject(str(e))
+            if not all(_finite32(v) for v in data.values()):
+                return self._nonfinite()
+            self._joint = StreamSample(stamp, data)
+            self._accept("joint_states", stamp)
+            return True
 
     def add_extra(self, name: str, stamp: float, values: Sequence[float]) -> bool:
         """An extra state entry (already reduced to its fields)."""
         v = np.asarray(values, dtype=np.float64).reshape(-1)
-        if v.size != self.layout.extra(name).dim:
-            return self._reject(f"{v.size} values for extra state {name!r}, which has {self.layout.extra(name).dim}")
-        if not self._order_ok("extra:" + name, stamp):
-            return False
-        if not _finite32(v):
-            return self._nonfinite()
-        self._extra[name] = StreamSample(stamp, v)
-        self._accept("extra:" + name, stamp)
-        return True
+        with self._lock:
+            if v.size != self.layout.extra(name).dim:
+                dim = self.layout.extra(name).dim
+                return self._reject(f"{v.size} values for extra state {name!r}, which has {dim}")
+            if not self._order_ok("extra:" + name, stamp):
+                return False
+            if not _finite32(v):
+                return self._nonfinite()
+            self._extra[name] = StreamSample(stamp, v)
+            self._accept("extra:" + name, stamp)
+            return True
 
     def add_image(self, camera: str, stamp: float, image: np.ndarray) -> bool:
         """A decoded HWC uint8 image of `camera`."""
-        if not self._order_ok("image:" + camera, stamp):
-            return False
-        self._images[camera] = StreamSample(stamp, image)
-        self._accept("image:" + camera, stamp)
-        return True
+        with self._lock:
+            if not self._order_ok("image:" + camera, stamp):
+                return False
+            self._images[camera] = StreamSample(stamp, image)
+            self._accept("image:" + camera, stamp)
+            return True
 
     # -- ROS messages (rclpy or bag-reader objects: only field names are used) -------------------
     def add_joint_state_msg(self, msg: Any, stamp: float | None = None) -> bool:
@@ -266,49 +276,69 @@ class ObservationSync:
     @property
     def joint_positions(self) -> np.ndarray | None:
         """Latest measured joint positions in the checkpoint's order (seeds the buffer on activate)."""
-        return None if self._joint is None else self._joint.data["position"].copy()
+        j = self._joint
+        return None if j is None else j.data["position"].copy()
 
     @property
     def joint_stamp(self) -> float | None:
-        return None if self._joint is None else self._joint.stamp
+        j = self._joint
+        return None if j is None else j.stamp
 
     def _stale(self, reason: str) -> SyncResult:
         self.counters.stale += 1
         return SyncResult(None, reason=reason)
 
-    def sample(self, now: float) -> SyncResult:
-        """The observation of the tick at `now`, or None with the reason (missing or stale stream)."""
+    def _assemble(self, now: float, since: float | None = None) -> tuple[str, dict[str, np.ndarray]]:
+        """Why the tick at `now` has no observation ("" when it has one) and the observation. With `since`,
+        every stream must also have been measured at or after that time (a re-activation seeds only from
+        what was measured after the deactivation)."""
         j = self._joint
         if j is None:
-            return self._stale("no joint state yet")
+            return "no joint state yet", {}
+        if since is not None and j.stamp < since:
+            return "no joint state measured since the deactivation yet", {}
         age = now - j.stamp
         if age > self.max_age:
-            return self._stale(f"joint state is stale (age {age:.3f} s > max_obs_age {self.max_age:.3f} s)")
+            return f"joint state is stale (age {age:.3f} s > max_obs_age {self.max_age:.3f} s)", {}
         parts = []
         for e in self.layout.entries:
             if e.startswith("joint_state."):
                 parts.append(j.data[e.split(".", 1)[1]])
                 continue
             x = self._extra.get(e)
-            if x is None:
-                return self._stale(f"no {e!r} state yet")
+            if x is None or (since is not None and x.stamp < since):
+                return f"no {e!r} state yet", {}
             if now - x.stamp > self.max_age:
-                return self._stale(f"{e!r} state is stale (age {now - x.stamp:.3f} s > {self.max_age:.3f} s)")
+                return f"{e!r} state is stale (age {now - x.stamp:.3f} s > {self.max_age:.3f} s)", {}
             parts.append(x.data)
         obs: dict[str, np.ndarray] = {}
         if parts:
             obs[STATE_KEY] = np.concatenate(parts).astype(np.float32)
         for cam in self.cameras:
             im = self._images.get(cam)
-            if im is None:
-                return self._stale(f"no image from camera {cam!r} yet")
+            if im is None or (since is not None and im.stamp < since):
+                return f"no image from camera {cam!r} yet", {}
             if now - im.stamp > self.max_image_age:
-                return self._stale(
-                    f"camera {cam!r} dropped out (age {now - im.stamp:.3f} s > {self.max_image_age:.3f} s)"
-                )
+                return f"camera {cam!r} dropped out (age {now - im.stamp:.3f} s > {self.max_image_age:.3f} s)", {}
             obs[IMAGE_PREFIX + cam] = im.data
-        self.history.append((now, j.stamp))
-        return SyncResult(obs, stamp=j.stamp, age=age)
+        return "", obs
+
+    def missing(self, now: float, since: float | None = None) -> str:
+        """What the tick at `now` would lack for an observation ("" when every stream is there and fresh);
+        counts nothing. `since`: see :meth:`_assemble`."""
+        with self._lock:
+            return self._assemble(now, since)[0]
+
+    def sample(self, now: float) -> SyncResult:
+        """The observation of the tick at `now`, or None with the reason (missing or stale stream)."""
+        with self._lock:
+            reason, obs = self._assemble(now)
+            if reason:
+                return self._stale(reason)
+            j = self._joint
+            assert j is not None
+            self.history.append((now, j.stamp))
+            return SyncResult(obs, stamp=j.stamp, age=now - j.stamp)
 
     def history_spacing(self) -> list[float]:
         """Gaps between the sample times of the kept history (one control period when healthy)."""

@@ -82,6 +82,8 @@ PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("autostart", False, "configure, then activate once a JointState has arrived, without a manager"),
     ParamSpec("publish_plan", True, "publish ~/plan (JointTrajectory: the queued clean actions, before the safety "
               "filter) and ~/noise_levels (Float32MultiArray: the SDP buffer's per-slot grid levels, -1 clean)"),
+    ParamSpec("activate_timeout_s", 5.0, "activate waits this long for the first fresh JointState (and every camera "
+              "and extra state) to seed from, then fails"),
     *(ParamSpec(f"limits.{n}", UNSET_DOUBLES, "safety filter limit (per joint; read by the safety filter)")
       for n in LIMIT_PARAMS),
     ParamSpec("limits.max_consecutive_clamps", 3, "safety filter: escalate to hold after this many clamps"),
@@ -123,6 +125,7 @@ class Settings:
     max_image_age_s: float
     warmup_chunks: int
     trajectory_points: int
+    activate_timeout_s: float
     limits: dict[str, Any]
     publish_plan: bool = True
 
@@ -167,6 +170,9 @@ def read_settings(get: Callable[[str], Any]) -> Settings:
     threads = int(get("num_threads"))
     if threads < 1:
         raise ParameterError(f"num_threads must be >= 1, got {threads}")
+    wait = float(get("activate_timeout_s"))
+    if not wait >= 0:
+        raise ParameterError(f"activate_timeout_s must be >= 0 seconds, got {wait}")
     return Settings(
         checkpoint=ckpt,
         joint_names=list(get("joint_names") or []),
@@ -191,6 +197,7 @@ def read_settings(get: Callable[[str], Any]) -> Settings:
         max_image_age_s=float(get("max_image_age_s")),
         warmup_chunks=int(get("warmup_chunks")),
         trajectory_points=int(get("trajectory_points")),
+        activate_timeout_s=wait,
         limits={n: get(f"limits.{n}") for n in (*LIMIT_PARAMS, *LIMIT_STRINGS, "max_consecutive_clamps")},
         publish_plan=bool(get("publish_plan")),
     )

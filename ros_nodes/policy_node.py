@@ -7,10 +7,16 @@ Lifecycle (docs/architecture.md):
   dim, action dim, cameras, control rate = checkpoint fps) and refuse with a clear message
   (FAILURE; the reason is logged, kept in ``configure_error`` and shown on ``/diagnostics``), warm up
   (a few dummy chunks), create the subscriptions.
-* **activate**: seed the buffer and the hold position from the current JointState
-  (``policy.reset(state=q)``), start the inference thread and the control timer (its ticks in phase with
-  the joint states: the first one ``TICK_PHASE`` of a period after the next state arrives), enable the
-  command publisher. Fails (retry later) when no fresh JointState has arrived yet.
+* **activate**: wait up to ``activate_timeout_s`` for the first fresh JointState (and every camera and
+  extra state the observation needs; after a deactivation, one measured since then), then seed the buffer
+  and the hold position from it (``policy.reset(state=q)``), start the inference thread and the control
+  timer (its ticks in phase with the joint states: the first one ``TICK_PHASE`` of a period after the next
+  state arrives), enable the command publisher. Fails (retry later) when the inputs did not come within
+  the bound. A lifecycle manager may therefore send configure and activate back to back. The transition
+  runs in the executor, which cannot serve the subscriptions meanwhile (a single-threaded executor, or
+  the lifecycle services' callback group), so while it waits the node takes its input messages itself,
+  as ``rclpy.wait_for_message`` does, and hands them to the same callbacks
+  (:meth:`PolicyNode.activation_blocker` says what is still missing).
 * **deactivate**: stop the timer and the inference thread, publish a final hold at the last
   commanded position, disable the publisher.
 * **cleanup / shutdown**: drop everything configure made.
@@ -62,6 +68,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.exceptions import ParameterUninitializedException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -80,7 +87,7 @@ from streamdp.ros_nodes.observation import (
 )
 from streamdp.ros_nodes.params import PARAMETERS, ParameterError, Settings, Unset, read_settings, safety_filter_from
 from streamdp.ros_nodes.safety import SafetyFilter, SafetyStatus
-from streamdp.ros_nodes.stats import ClockJumpDetector, RollingStats, TickStats
+from streamdp.ros_nodes.stats import ClockJumpDetector, LatencyHistogram, RollingStats, TickStats
 from streamdp.ros_nodes.streamer import ActionStreamer, Command
 from streamdp.ros_nodes.trajectory import split_seconds, trajectory_points
 
@@ -97,6 +104,11 @@ class FaultHooks:
     output: Callable[[np.ndarray], np.ndarray] | None = None  # applied to each clean chunk (Ta, D)
     inference_delay_s: float = 0.0  # extra time spent in the inference thread per chunk
     clock_offset_s: float = 0.0  # added to the node's ROS time (clock-jump injection)
+
+
+# Counters that restart at every activation, also kept as totals over the node's life (``total_<key>``).
+TOTAL_KEYS = ("ticks", "ticks_overrun", "commands_published", "chunks", "chunk_requests", "deadline_misses",
+              "actions_sent", "holds", "starved_holds", "late_actions_dropped", "nonfinite_outputs", "worker_errors")
 
 
 def stamp_seconds(stamp: Any) -> float:
@@ -128,6 +140,7 @@ class PolicyNode(LifecycleNode):
         self.sync: ObservationSync | None = None
         self.streamer: ActionStreamer | None = None
         self.worker: InferenceWorker | None = None
+        self.activation_seed: np.ndarray | None = None  # the joint positions the current activation started from
         self._subs: list[Any] = []
         self._cmd_pub: Any = None
         self._timer: Any = None
@@ -139,7 +152,11 @@ class PolicyNode(LifecycleNode):
         self._plan_sent: Any = None
         self._levels_sent: Any = None
         self._phase_pending = False  # active, control ticks not yet in phase with the joint states
+        self._timer_lock = threading.RLock()  # the control timer is also (re)started from the joint-state callback
         self._lock = threading.Lock()
+        self._seed_not_before: float | None = None  # set on deactivate: re-seed only from newer measurements
+        self._totals: dict[str, int] = dict.fromkeys(TOTAL_KEYS, 0)
+        self.latency_total = LatencyHistogram()  # obs -> command over the node's life (the soak's percentiles)
         self._reset_counters()
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         rate = float(self.get_parameter("diagnostics_rate_hz").value)
@@ -304,60 +321,138 @@ class PolicyNode(LifecycleNode):
                 "cheaper sampler"
             )
 
+    def activation_blocker(self) -> str:
+        """Why activating now could not seed from the measured state ("" when it can): no fresh JointState yet
+        (after a deactivation: none measured since), or another input the first observation needs."""
+        s, sync = self.settings, self.sync
+        if s is None or sync is None:
+            return "not configured"
+        now = self._now()
+        why = sync.missing(now, since=self._seed_not_before)
+        if not why:
+            return ""
+        joints = f"JointState with joints {s.joint_names} on {s.joint_states_topic}"
+        if sync.joint_stamp is None:
+            return f"no {joints} yet: cannot seed the buffer from the measured state"
+        if self._seed_not_before is not None and sync.joint_stamp < self._seed_not_before:
+            return f"no {joints} measured since the deactivation yet: cannot seed the buffer from the measured state"
+        if now - sync.joint_stamp > s.max_obs_age_s:
+            return f"the last JointState is stale ({now - sync.joint_stamp:.2f} s old)"
+        return f"no observation yet: {why}"
+
+    def _wait_for_inputs(self, bound: float) -> str:
+        """Wait up to `bound` seconds until :meth:`activation_blocker` is clear; the last reason ("" when clear)."""
+        end = time.monotonic() + max(0.0, bound)
+        first = ""
+        while True:
+            why = self.activation_blocker()
+            if not why or time.monotonic() >= end:
+                if first and not why:
+                    self.get_logger().info(f"activate: waited for the inputs ({first})")
+                return why
+            first = first or why
+            self._take_inputs(min(0.05, max(0.0, end - time.monotonic())))
+
+    def _take_inputs(self, timeout: float) -> None:
+        """Wait up to `timeout` for input messages and run their callbacks here. The executor is busy with the
+        transition, so it cannot; this is rclpy.wait_for_message's way (a wait set on the subscriptions, then
+        take), on the node's own subscriptions, with nothing created per call."""
+        subs = list(self._subs)
+        if not subs:
+            time.sleep(timeout)
+            return
+        ws = _rclpy.WaitSet(len(subs), 0, 0, 0, 0, 0, self.context.handle)
+        ws.clear_entities()
+        for sub in subs:
+            ws.add_subscription(sub.handle)
+        ws.wait(int(timeout * 1e9))
+        ready = ws.get_ready_entities("subscription")
+        for sub in subs:
+            if sub.handle.pointer not in ready:
+                continue
+            with sub.handle:
+                taken = sub.handle.take_message(sub.msg_type, sub.raw)
+            if taken is not None:
+                sub.callback(taken[0])
+
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.activate_error = ""
         s, sync = self.settings, self.sync
         assert s is not None and sync is not None
-        q = sync.joint_positions
-        now = self._now()
-        if q is None:
-            self.activate_error = (f"no JointState with joints {s.joint_names} on {s.joint_states_topic} yet: "
-                                   "cannot seed the buffer from the measured state")
-        elif now - (sync.joint_stamp or 0.0) > s.max_obs_age_s:
-            self.activate_error = f"the last JointState is stale ({now - sync.joint_stamp:.2f} s old)"
-        if self.activate_error:
+        bound = s.activate_timeout_s
+        why = self._wait_for_inputs(bound)
+        if why:
+            self.activate_error = f"{why} (waited {bound:g} s, activate_timeout_s)"
             self.get_logger().error(f"refusing to activate: {self.activate_error}")
             return TransitionCallbackReturn.FAILURE
+        q = sync.joint_positions
+        assert q is not None
+        self._add_totals()
         self._reset_counters()
         self.tick_stats = TickStats(self.period)
         self._jumps = ClockJumpDetector(max(0.5, 5 * self.period))
-        self.policy.reset(state=q)
-        if self.safety is not None:
-            self.safety.reset(q)
         self.segment += 1
-        self.activation_seed = q.copy()
         self._nfe0 = int(self.policy.nfe_total)
-        self.streamer = ActionStreamer(self.period)
-        self.streamer.seed(q)
-        self._plan_snap, self._levels_snap = None, self.policy.noise_levels()  # the ladder it starts from
-        self._last_published = q.copy()
-        self.worker = InferenceWorker(self.policy, self._on_chunk, self._on_worker_error, s.denoise_budget).start()
+        self._seed(q)
         # Ticks start TICK_PHASE periods after the next joint state arrives (_on_joint_state), or one period
         # from now if none does.
-        self._phase_pending = True
-        self._restart_timer(self.period, self._start_ticks)
+        with self._timer_lock:
+            self._phase_pending = True
+            self._restart_timer(self.period, self._start_ticks)
         if self._plan_pub is not None:
             self._plan_timer = self.create_timer(self.period, self._publish_plan)
         self.lifecycle_state = "active"
         self.get_logger().info(f"active: seeded from joint state {np.round(q, 4).tolist()}")
         return super().on_activate(state)
 
+    def _seed(self, q: np.ndarray) -> None:
+        """Start streaming from the measured joint positions `q`: buffer, safety filter, streamer, worker."""
+        s = self.settings
+        assert s is not None and self.policy is not None
+        if self.worker is not None:
+            self.worker.stop()
+        self.policy.reset(state=q)
+        if self.safety is not None:
+            self.safety.reset(q)
+        self.activation_seed = q.copy()
+        self.streamer = ActionStreamer(self.period)
+        self.streamer.seed(q)
+        self._plan_snap, self._levels_snap = None, self.policy.noise_levels()  # the ladder it starts from
+        self._last_published = q.copy()
+        self.worker = InferenceWorker(self.policy, self._on_chunk, self._on_worker_error, s.denoise_budget).start()
+
+    def _reseed_if_moved(self) -> None:
+        """Before the first command: when the arm has moved more than one command step since the seed (an
+        episode reset or a move that raced with the activation, e.g. a restarted node activating by itself
+        while the sim bridge resets), seed again from where it is now, so the first command starts at the arm."""
+        sync, seed = self.sync, self.activation_seed
+        q = None if sync is None else sync.joint_positions
+        if q is None or seed is None or self.safety is None:
+            return
+        if np.any(np.abs(q - seed) > self.safety.limits.step_limit):
+            self.get_logger().warning(f"the arm moved {np.round(q - seed, 4).tolist()} rad between the seed and the "
+                                      "first control tick: seeded again from the measured state")
+            self._seed(q)
+
     def _restart_timer(self, period: float, callback: Callable[[], None]) -> None:
-        if self._timer is not None:
-            self.destroy_timer(self._timer)
-        self._timer = self.create_timer(period, callback)
+        with self._timer_lock:
+            if self._timer is not None:
+                self.destroy_timer(self._timer)
+            self._timer = self.create_timer(period, callback)
 
     def _start_ticks(self) -> None:
         """The first control tick, then one per period from here (in phase with the joint states)."""
         self._phase_pending = False
+        self._reseed_if_moved()
         self._restart_timer(self.period, self._tick)
         self._tick()
 
     def _stop_streaming(self) -> None:
-        self._phase_pending = False
-        if self._timer is not None:
-            self.destroy_timer(self._timer)
-            self._timer = None
+        with self._timer_lock:
+            self._phase_pending = False
+            if self._timer is not None:
+                self.destroy_timer(self._timer)
+                self._timer = None
         if self._plan_timer is not None:
             self.destroy_timer(self._plan_timer)
             self._plan_timer = None
@@ -366,6 +461,7 @@ class PolicyNode(LifecycleNode):
             self.worker = None
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._seed_not_before = self._now()  # the arm may move (or the episode reset) while inactive
         self._stop_streaming()
         if self.streamer is not None:
             self.streamer.clear()
@@ -391,6 +487,7 @@ class PolicyNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._teardown()
+        self._seed_not_before = None
         self.settings = None
         self.lifecycle_state = "unconfigured"
         return super().on_cleanup(state)
@@ -422,7 +519,7 @@ class PolicyNode(LifecycleNode):
                 self.destroy_timer(self._autostart_timer)
                 self._autostart_timer = None
             return
-        if self.lifecycle_state == "inactive" and self.sync is not None and self.sync.joint_positions is not None:
+        if self.lifecycle_state == "inactive" and not self.activation_blocker():
             if self.trigger_activate() == TransitionCallbackReturn.SUCCESS:
                 self.destroy_timer(self._autostart_timer)
                 self._autostart_timer = None
@@ -432,9 +529,10 @@ class PolicyNode(LifecycleNode):
         if self.sync is not None:
             self.sync.add_joint_state(stamp_seconds(msg.header.stamp), msg.name, msg.position, msg.velocity,
                                       msg.effort)
-        if self._phase_pending and self.sync is not None and self.sync.joint_positions is not None:
-            self._phase_pending = False  # first joint state since activation: tick just after each one
-            self._restart_timer(TICK_PHASE * self.period, self._start_ticks)
+        with self._timer_lock:  # (a multi-threaded executor may run a transition meanwhile)
+            if self._phase_pending and self.sync is not None and self.sync.joint_positions is not None:
+                self._phase_pending = False  # first joint state since activation: tick just after each one
+                self._restart_timer(TICK_PHASE * self.period, self._start_ticks)
 
     def _on_extra(self, extra: ExtraState, msg: PointStamped) -> None:
         if self.sync is not None:
@@ -536,6 +634,7 @@ class PolicyNode(LifecycleNode):
         if not cmd.hold and cmd.meta.get("chunk") != self._last_chunk_sent:
             self._last_chunk_sent = cmd.meta.get("chunk")
             self.latency.add(now - cmd.meta["source_stamp"])
+            self.latency_total.add(now - cmd.meta["source_stamp"])
         self._publish(cmd, now)
 
     def _publish(self, cmd: Command, now: float) -> None:
@@ -635,7 +734,17 @@ class PolicyNode(LifecycleNode):
             y = self.sync.counters
             out.update(stale_ticks=y.stale, out_of_order_drops=y.out_of_order, duplicate_drops=y.duplicate,
                        rejected_msgs=y.rejected, nonfinite_inputs=y.nonfinite)
+        out.update(obs_age_ms_max=1e3 * age["max"], activations=self.segment,
+                   **{f"total_{k}": self._totals[k] + int(out.get(k, 0)) for k in TOTAL_KEYS},
+                   total_obs_to_cmd_latency_ms_p50=1e3 * self.latency_total.percentile(50),
+                   total_obs_to_cmd_latency_ms_p99=1e3 * self.latency_total.percentile(99))
         return out
+
+    def _add_totals(self) -> None:
+        """Fold the ending activation's counters into the totals (they restart at every activation)."""
+        st = self.stats()
+        for k in TOTAL_KEYS:
+            self._totals[k] += int(st.get(k, 0))
 
     def publish_diagnostics(self) -> None:
         st = self.stats()

@@ -11,6 +11,13 @@ Applied after un-normalisation. Each command is handled in this order:
    rest, leaves the box is refused, and the filter holds instead, so the tip stops inside the box.
 5. **Escalation.** After `escalate_after` consecutive clamped commands the filter latches HOLDING
    until `reset()`. A policy that keeps asking for the impossible is stopped.
+6. **Catching up after a hold.** While the node held (no clean action in time: a starved queue, a late
+   chunk), the plan went on; the first actions after the hold are therefore ahead of the arm. Such a
+   command is still rate-limited, but it is CATCHING_UP, not a clamp that counts toward escalation, as
+   long as (a) the gap to it was within what the arm could have moved during the hold (ticks held + 1
+   step limits) and (b) the arm closes the gap (it shrinks, or the arm is still speeding up toward it).
+   A position-limit or workspace clamp always counts, and so does the first catch-up step that does not
+   close the gap: commands that keep pushing past the limits still escalate.
 
 A hold decelerates within the acceleration limit to zero velocity; it does not stop dead. The limits
 come from YAML (`SafetyLimits.from_dict`) or from a URDF (`SafetyLimits.from_urdf`).
@@ -34,6 +41,7 @@ class SafetyStatus(enum.Enum):
     HOLDING = "holding"
     STALE = "stale"
     FAULT = "fault"
+    CATCHING_UP = "catching_up"  # rate-limited while the arm catches up with the plan after a hold (not a clamp)
 
 
 class SafetyConfigError(ValueError):
@@ -178,6 +186,9 @@ class SafetyFilter:
     _last: np.ndarray | None = None  # last published command
     _last_step: np.ndarray | None = None  # last published change (per control period)
     _latched: bool = False
+    _held: int = 0  # hold() calls since the last filter() (ticks the arm was held while the plan went on)
+    _catching_up: bool = False  # resumed after a hold with a gap the hold explains; cleared once caught up
+    _gap: float | None = None  # the catch-up gap after the last step (it must shrink)
 
     def reset(self, measured: Sequence[float]) -> None:
         """Seed from the measured joint state (activation / re-activation): the first command starts there."""
@@ -188,6 +199,7 @@ class SafetyFilter:
         self._last_step = np.zeros_like(q)
         self._latched = False
         self.consecutive_clamps = 0
+        self._held, self._catching_up, self._gap = 0, False, None
         self.status = SafetyStatus.OK
 
     @property
@@ -241,10 +253,26 @@ class SafetyFilter:
         return q.copy(), status
 
     def hold(self, status: SafetyStatus = SafetyStatus.HOLDING) -> tuple[np.ndarray, SafetyStatus]:
-        """Decelerate toward zero velocity within the acceleration limit (a smooth stop), and hold."""
+        """Decelerate toward zero velocity within the acceleration limit (a smooth stop), and hold. The caller
+        had no command for this tick: the commands after it may catch up (see the module docstring, 6)."""
+        out = self._brake(status)
+        self._held += 1
+        return out
+
+    def _brake(self, status: SafetyStatus) -> tuple[np.ndarray, SafetyStatus]:
+        """One tick of decelerating toward rest (a hold, or a refused command)."""
         if self._last is None:
             raise RuntimeError("safety filter not seeded: call reset(measured_joint_positions) first")
         return self._emit(self._bounded_step(np.zeros_like(self._last)), status)
+
+    def _closing_in(self, target: np.ndarray, step: np.ndarray) -> bool:
+        """Catching up: the gap to the target shrinks, or the arm is still speeding up toward it."""
+        assert self._last is not None and self._last_step is not None
+        gap = float(np.max(np.abs(target - (self._last + step))))
+        speeding_up = float(np.max(np.abs(step))) > float(np.max(np.abs(self._last_step))) + 1e-12
+        ok = self._gap is None or gap < self._gap - 1e-12 or speeding_up
+        self._gap = gap
+        return ok
 
     def filter(self, command: Sequence[float]) -> tuple[np.ndarray, SafetyStatus]:
         """The command to publish for this tick and why. Never returns a non-finite or out-of-limit value."""
@@ -252,27 +280,36 @@ class SafetyFilter:
             raise RuntimeError("safety filter not seeded: call reset(measured_joint_positions) first")
         q = np.asarray(command, dtype=np.float64).reshape(-1)
         if q.size != self._last.size or not np.isfinite(q).all():
-            return self.hold(SafetyStatus.FAULT)
+            return self._brake(SafetyStatus.FAULT)
         if self._latched:
-            return self.hold(SafetyStatus.HOLDING)
+            return self._brake(SafetyStatus.HOLDING)
+        held, self._held = self._held, 0
         target = np.clip(q, self.limits.position_lower, self.limits.position_upper)
-        clamped = not np.array_equal(target, q)
+        position_clamped = not np.array_equal(target, q)
         want = target - self._last
         step = self._bounded_step(want)
-        clamped |= not np.allclose(step, want, rtol=0, atol=1e-12)
+        motion_clamped = not np.allclose(step, want, rtol=0, atol=1e-12)
+        if held:  # resuming after a hold: a gap up to what the arm could have moved meanwhile is expected
+            credit = (held + 1) * self.limits.step_limit
+            self._catching_up, self._gap = bool(np.all(np.abs(want) <= credit + 1e-12)), None
         if self.fk is not None and self.limits.workspace_lower is not None:
             # The commanded pose and every pose of braking from it to rest must be inside the box: a hold
             # decelerates rather than stops dead, so a check of the pose alone would let the stopping
             # distance carry the tip out.
             if not all(self.in_workspace(q) for q in self._braking_path(step)):
+                self._catching_up = False
                 self.consecutive_clamps += 1
                 self._maybe_latch()
-                return self.hold(SafetyStatus.CLAMPED if not self._latched else SafetyStatus.HOLDING)
-        if clamped:
+                return self._brake(SafetyStatus.CLAMPED if not self._latched else SafetyStatus.HOLDING)
+        if position_clamped or motion_clamped:
+            if not position_clamped and self._catching_up and self._closing_in(target, step):
+                return self._emit(step, SafetyStatus.CATCHING_UP)  # not a clamp: the count stays as it was
+            self._catching_up = False
             self.consecutive_clamps += 1
             self._maybe_latch()
             return self._emit(step, SafetyStatus.HOLDING if self._latched else SafetyStatus.CLAMPED)
         self.consecutive_clamps = 0
+        self._catching_up = False
         return self._emit(step, SafetyStatus.OK)
 
     def in_workspace(self, q: np.ndarray, tol: float = 0.0) -> bool:

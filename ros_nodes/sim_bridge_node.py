@@ -39,7 +39,12 @@ matching parameters):
 * resets the task when the ``reset`` parameter is set to a new value (``ros2 param set /sim_bridge
   reset 1``; that episode's seed is ``seed + reset``), on any message on ``/task/reset``
   (std_msgs/Empty), and, with ``auto_reset``, when an episode ends (these continue the sequence:
-  ``seed + reset + episodes since the parameter last changed``).
+  ``seed + reset + episodes since the parameter last changed``);
+* with ``policy_node`` set (``config/ros/sim.yaml``), coordinates every reset with that lifecycle node
+  (:class:`~streamdp.ros_nodes.reset_handshake.ResetHandshake`): deactivate it, freeze until it answers,
+  reset, activate it, so it re-seeds from the new episode's measured state as the scored episodes do;
+  trajectories stamped before the episode's start (in flight across the reset) are ignored
+  (``commands['stale']``).
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from std_msgs.msg import Bool, Empty, Float64, Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from streamdp.ros_nodes.observation import encode_rgb8
+from streamdp.ros_nodes.reset_handshake import ResetHandshake
 from streamdp.ros_nodes.sim_robots import sim_robot
 from streamdp.ros_nodes.trajectory import TrajectorySampler, split_seconds
 
@@ -87,6 +93,8 @@ PARAMETERS: tuple[tuple[str, Any, str], ...] = (
      "states go on); may be changed at run time"),
     ("expert", False, "run the task's scripted expert on this env and publish its suggestion every tick"),
     ("expert_topic", "/task/expert_action", "JointTrajectory: the expert's command for the tick's observation"),
+    ("policy_node", "", "lifecycle node to re-seed at every reset: deactivated before it, activated after it on the "
+     "new state (as the scored episodes do); empty: no coordination"),
 )
 
 
@@ -123,7 +131,7 @@ class SimBridgeNode(Node):
         self.steps = 0
         self.total_steps = 0
         self.successes = 0
-        self.commands = {"trajectory": 0, "forward": 0, "rejected": 0}
+        self.commands = {"trajectory": 0, "forward": 0, "rejected": 0, "stale": 0}
         self.expert_suggestions = 0
         self.expert_errors = 0
         self._reset_value = int(p("reset"))
@@ -131,6 +139,9 @@ class SimBridgeNode(Node):
         self._cameras_enabled = bool(p("cameras_enabled"))  # kept by _on_params: no lookup per tick
         self._reset_requested = False
         self._applied: np.ndarray | None = None  # the command of the last step (None: none since the reset)
+        self._reset_due = False  # a reset waits for the coordinated policy node to stop (the sim is frozen)
+        self._episode_start = 0.0  # stamp of the current episode's first joint state
+        self.handshake: ResetHandshake | None = ResetHandshake(self, p("policy_node")) if p("policy_node") else None
 
         sensor = qos_profile_sensor_data
         self.pub_js = self.create_publisher(JointState, p("joint_states_topic"), QoSProfile(depth=10))
@@ -193,7 +204,8 @@ class SimBridgeNode(Node):
         self.success = False
         if self.expert is not None:
             self.expert.reset()
-        self._publish(self._now())
+        self._episode_start = self._now()
+        self._publish(self._episode_start)
         self._publish_episode("running")
 
     def _publish_episode(self, state: str) -> None:
@@ -210,6 +222,23 @@ class SimBridgeNode(Node):
 
     def _request_reset(self) -> None:
         self._reset_requested = True
+
+    def _begin_reset(self) -> None:
+        """Reset now, or, with a coordinated policy node, once it has stopped (the sim is frozen meanwhile)."""
+        self._reset_due = True
+        if self.handshake is not None:
+            self.handshake.begin()
+        self._finish_reset()
+
+    def _finish_reset(self) -> None:
+        if self.handshake is not None and not self.handshake.ready():
+            return
+        self._reset_due = False
+        self.episode += 1
+        self._since_reset += 1
+        self._reset_env()
+        if self.handshake is not None:
+            self.handshake.reset_done()
 
     def _on_params(self, params: list[Any]) -> SetParametersResult:
         for prm in params:
@@ -254,6 +283,9 @@ class SimBridgeNode(Node):
             return
         now = self._now()
         start = _secs(msg.header.stamp) or now  # stamp 0: start now (joint_trajectory_controller semantics)
+        if start < self._episode_start:  # planned before this episode began (in flight across a reset)
+            self.commands["stale"] += 1
+            return
         times = [start + _secs(pt.time_from_start) for pt in msg.points]
         try:
             self._traj = TrajectorySampler(start, self._current_command(), times, pos)
@@ -276,11 +308,14 @@ class SimBridgeNode(Node):
 
     # ------------------------------------------------------------------ tick
     def _tick(self) -> None:
+        if self.handshake is not None:
+            self.handshake.poll()
+        if self._reset_due:
+            self._finish_reset()
+            return
         if self._reset_requested:
             self._reset_requested = False
-            self.episode += 1
-            self._since_reset += 1
-            self._reset_env()
+            self._begin_reset()
             return
         a = np.asarray(self._current_command(), dtype=np.float64).copy()
         self._applied = a
@@ -299,9 +334,7 @@ class SimBridgeNode(Node):
             self.successes += int(self.success and terminated)
             self._publish_episode("success" if terminated and self.success else "timeout")
         if (terminated or truncated) and self._param("auto_reset"):
-            self.episode += 1
-            self._since_reset += 1
-            self._reset_env()
+            self._begin_reset()
 
     def _publish(self, now: float) -> None:
         sec, nsec = split_seconds(now)
@@ -359,6 +392,8 @@ class SimBridgeNode(Node):
         self.expert_suggestions += 1
 
     def finalize(self) -> None:
+        if self.handshake is not None:
+            self.handshake.close()
         self.env.close()
 
 

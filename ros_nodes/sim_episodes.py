@@ -266,7 +266,8 @@ def run_sampler_episodes(
     spec = task_spec(task)
     episode_s = spec.max_episode_steps / spec.fps
     overrides = {
-        "sim_bridge": {"task": task, "seed": int(seed) - 1, "auto_reset": False},
+        # this runner deactivates / activates the policy node around its resets itself
+        "sim_bridge": {"task": task, "seed": int(seed) - 1, "auto_reset": False, "policy_node": ""},
         "policy_node": {"checkpoint": str(checkpoint), "autostart": False, "sampler": sampler,
                         "num_inference_steps": int(num_inference_steps), "diagnostics_rate_hz": 10.0,
                         **(policy_params or {})},

@@ -38,6 +38,36 @@ class RollingStats:
                 "max": float(v.max()), "mean": float(v.mean())}
 
 
+class LatencyHistogram:
+    """Percentiles over every sample since creation in constant memory: 1-ms bins up to `max_s` (later ones
+    in the last bin), so a node running for hours keeps exact-to-the-bin percentiles without growing."""
+
+    def __init__(self, bin_s: float = 1e-3, max_s: float = 2.0) -> None:
+        if bin_s <= 0 or max_s <= bin_s:
+            raise ValueError(f"need 0 < bin_s < max_s, got {bin_s}, {max_s}")
+        self.bin_s = float(bin_s)
+        self._bins = np.zeros(int(math.ceil(max_s / bin_s)) + 1, dtype=np.int64)
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def add(self, x: float) -> None:
+        if not math.isfinite(x):
+            return
+        i = min(max(int(x / self.bin_s), 0), self._bins.size - 1)
+        with self._lock:
+            self._bins[i] += 1
+            self.count += 1
+
+    def percentile(self, q: float) -> float:
+        """The upper edge of the bin holding the `q`-th percentile (NaN before the first sample)."""
+        with self._lock:
+            if not self.count:
+                return math.nan
+            c = np.cumsum(self._bins)
+            i = int(np.searchsorted(c, q / 100.0 * self.count, side="left"))
+        return (min(i, self._bins.size - 1) + 1) * self.bin_s
+
+
 class TickStats:
     """Control-tick timing on the monotonic clock: interval jitter and overruns."""
 

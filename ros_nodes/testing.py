@@ -8,8 +8,10 @@ and by the tests; no node of the robot itself lives here. Importing it imports r
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +59,13 @@ class Monitor(Node):
                 self.diag_count += 1
 
 
+def die_with_parent() -> None:
+    """``preexec_fn`` of a node child: SIGTERM it when the harness dies, even by SIGKILL (Linux
+    ``PR_SET_PDEATHSIG``), so no node outlives a killed soak or test and keeps publishing on its domain."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def node_processes(descs: list[Any], log_dir: Path, watcher_cls: type, **watcher_kw: Any) -> Iterator[tuple]:
     """Start `descs` as child processes (logs in `log_dir`) and a `watcher_cls` node in a context of its own;
@@ -74,7 +83,8 @@ def node_processes(descs: list[Any], log_dir: Path, watcher_cls: type, **watcher
             out = open(log_dir / f"{d.name}.log", "w")  # noqa: SIM115 - closed with the process
             logs.append(out)
             procs.append(subprocess.Popen(bringup.command(d, log_dir), env=bringup.child_env(d),
-                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                          preexec_fn=die_with_parent))
         yield watcher, ex, procs
     finally:
         stop_processes(procs)

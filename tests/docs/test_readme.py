@@ -40,6 +40,7 @@ HYDRA_TOOLS = {
     "streamdp-calibrate-rti": "streamdp.policy.calibration:rti_config",
     "streamdp-calibrate-bac": "streamdp.policy.calibration:bac_config",
     "streamdp.ros_nodes.convert_bag": "load_config",
+    "streamdp-soak": "streamdp.ros_nodes.soak:soak_config",
 }
 
 

@@ -6,7 +6,7 @@ duplicated ``JointState`` messages on the robot's topic. The policy node's ``hoo
 (:class:`~streamdp.ros_nodes.policy_node.FaultHooks`) corrupt the network output, slow the
 inference thread down or shift its ROS clock; its ``command_log`` records **every** command it
 publishes (each point of each JointTrajectory), and :func:`check_commands` checks them all against
-the raw limit numbers with the independent oracle of tests/safety/oracle.py (finite, within position
+the raw limit numbers with the independent oracle of streamdp.ros_nodes.safety_oracle (finite, within position
 limits, |step| <= max_delta and v_max dt, |step change| <= a_max dt^2, the tip in the workspace box by
 the URDF chain's FK; the look-ahead points of a trajectory are chained from its first point; each
 activation restarts from the measured joint state).
@@ -27,7 +27,6 @@ Use::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,8 +40,8 @@ from sensor_msgs.msg import JointState
 from streamdp.ros_nodes.kinematics import UrdfChain
 from streamdp.ros_nodes.policy_node import FaultHooks, PolicyNode
 from streamdp.ros_nodes.safety import SafetyLimits
+from streamdp.ros_nodes.safety_oracle import Bounds, CheckReport, check_commands
 from streamdp.ros_nodes.trajectory import split_seconds
-from tests.safety.oracle import Bounds, violations
 
 INJECTOR_FRAME = "fault_injector"
 
@@ -81,78 +80,6 @@ class FaultInjector(Node):
         t = float(m.header.stamp.sec) + 1e-9 * float(m.header.stamp.nanosec) + stamp_shift
         self.publish(list(m.name), list(m.position), list(m.velocity), stamp=t)
         return True
-
-
-@dataclass
-class CheckReport:
-    """Result of :func:`check_commands` over one trial's command log."""
-
-    commands: int = 0  # published commands (JointTrajectory / Float64MultiArray messages)
-    points: int = 0  # positions checked (every trajectory point)
-    unsafe: int = 0  # commands with at least one violation
-    violations: list[str] = field(default_factory=list)
-    holds: list[bool] = field(default_factory=list)  # per command: a hold (incl. safety holds)
-    log: list[dict[str, Any]] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)  # the node's counters at the end of the trial
-
-    def ticks_to_hold(self, mark: int) -> int | None:
-        """Commands after `mark` until the first hold (0: the command at `mark` already holds)."""
-        for i in range(mark, len(self.holds)):
-            if self.holds[i]:
-                return i - mark
-        return None
-
-    def ticks_to_sustained_hold(self, mark: int, end: int) -> int | None:
-        """Commands after `mark` until the arm holds for good, i.e. every command up to `end` is a hold."""
-        if not 0 <= mark < end <= len(self.holds) or not self.holds[end - 1]:
-            return None
-        i = end - 1
-        while i > mark and self.holds[i - 1]:
-            i -= 1
-        return i - mark
-
-    def held_from(self, start: int, end: int) -> bool:
-        """Every command in [start, end) is a hold."""
-        return start < end <= len(self.holds) and all(self.holds[start:end])
-
-    def first_action_after(self, mark: int) -> int | None:
-        """Commands after `mark` until the first non-hold one (recovery)."""
-        for i in range(mark, len(self.holds)):
-            if not self.holds[i]:
-                return i - mark
-        return None
-
-
-def check_commands(log: list[dict[str, Any]], bounds: Bounds, seeds: dict[int, np.ndarray]) -> CheckReport:
-    """Check every published point with the oracle: finite, position limits, per-step delta/velocity,
-    acceleration, and (when `bounds` has a box and FK) the tip inside the box.
-
-    Commands are chained in publish order; a new activation (``segment``) restarts from its measured seed
-    with zero velocity. Within a trajectory, point i is checked against point i-1."""
-    rep = CheckReport(log=log)
-    seg, prev, prev_step = None, None, None
-    for k, entry in enumerate(log):
-        pts = np.atleast_2d(np.asarray(entry["points"], dtype=np.float64))
-        if entry["segment"] != seg:
-            seg = entry["segment"]
-            prev = np.asarray(seeds[seg], dtype=np.float64)
-            prev_step = np.zeros_like(prev)
-        bad: list[str] = []
-        p, s = prev, prev_step
-        for i, q in enumerate(pts):
-            bad += [f"point {i}: {x}" for x in violations(q, p, s, bounds)]
-            rep.points += 1
-            if q.shape == p.shape:
-                p, s = q, q - p
-            if i == 0:
-                new_prev, new_step = p, s
-        rep.commands += 1
-        rep.holds.append(bool(entry["hold"]))
-        if bad:
-            rep.unsafe += 1
-            rep.violations.append(f"command {k} ({entry.get('status')}, {entry.get('reason')}): {bad}")
-        prev, prev_step = new_prev, new_step
-    return rep
 
 
 class FaultRig:
@@ -264,7 +191,7 @@ class FaultRig:
     def _try_activate(self) -> bool:
         if self.node.lifecycle_state == "active":
             return True
-        if self.measured() is None:
+        if self.node.activation_blocker():  # this thread spins the executor: trigger once the inputs are in
             return False
         self.node.trigger_activate()
         return self.node.lifecycle_state == "active"

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from streamdp.ros_nodes.observation import ObservationSync, StateLayout, SyncError, decode_image
 from streamdp.ros_nodes.safety import SafetyFilter, SafetyLimits
+from streamdp.ros_nodes.safety_oracle import Bounds, violations
 from streamdp.ros_nodes.streamer import ActionStreamer
-from tests.safety.oracle import Bounds, violations
 
 JOINTS = ("joint1", "joint2", "joint3")
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -135,7 +135,7 @@ def test_camera_dropout_holds_never_a_silent_zero_image():
 
 def test_command_checker_flags_unsafe_commands():
     """Negative control of the fault harness: the checker must report what it exists to catch."""
-    from tests.faults.rig import check_commands
+    from streamdp.ros_nodes.safety_oracle import check_commands
 
     bounds = Bounds.from_params({"position_min": [-1.0] * 3, "position_max": [1.0] * 3, "max_velocity": [4.0] * 3,
                                  "max_acceleration": [100.0] * 3, "max_delta": [0.2] * 3}, 3, 0.05)

@@ -2,9 +2,10 @@
 
 For every fault and seeded trial, every command the policy node publishes (each trajectory point) is
 checked: finite, within the position limits, |step| within the delta/velocity limit, |step change|
-within the acceleration limit (the oracle of tests/safety/oracle.py), chained across the whole trial, each activation
-from its measured joint state. Then the expected transition (docs/safety.md): a hold within a stated
-number of ticks, and recovery after the fault clears (or after re-activation, where the table says so).
+within the acceleration limit (the oracle of streamdp.ros_nodes.safety_oracle), chained across the whole
+trial, each activation from its measured joint state. Then the expected transition (docs/safety.md): a
+hold within a stated number of ticks, and recovery after the fault clears (or after re-activation, where
+the table says so).
 """
 
 from __future__ import annotations

@@ -252,6 +252,8 @@ def test_sim_round_trip_descriptions_teleop_and_record(ros_env):
         assert d.node_class.split(":")[0] == d.module and d.env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
     param = bringup.effective_parameter
     assert param(sim, "expert") is True and param(sim, "auto_reset") is False
+    assert param(sim, "policy_node") == ""  # no policy node to coordinate resets with
+    assert param(bringup.describe("sim")[0], "policy_node") == "policy_node"  # config/ros/sim.yaml
     assert [param(rec, k) for k in ("root", "episode_topic", "reset_topic", "frame_trigger")] == [
         "/d", "/task/episode", "/task/reset", "joint_state"]
     assert param(rec, "joint_names") == ["joint1", "joint2", "joint3"]  # config/ros/record.yaml

@@ -8,7 +8,7 @@ import pytest
 from streamdp.ros_nodes.commands import decide
 from streamdp.ros_nodes.params import PARAMETERS, ParameterError, Unset, read_settings, safety_filter_from
 from streamdp.ros_nodes.safety import SafetyFilter, SafetyLimits
-from tests.safety.oracle import Bounds, violations
+from streamdp.ros_nodes.safety_oracle import Bounds, violations
 
 PREV = np.array([0.1, -0.2, 0.3])
 J = ["joint1", "joint2", "joint3"]

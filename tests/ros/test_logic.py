@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from streamdp.ros_nodes.inference import Frame, InferenceWorker
+from streamdp.ros_nodes.joint_state_relay import RelayPlan
 from streamdp.ros_nodes.observation import (
     ExtraState,
     ObservationSync,
@@ -19,7 +20,7 @@ from streamdp.ros_nodes.observation import (
     encode_rgb8,
     select_joints,
 )
-from streamdp.ros_nodes.stats import ClockJumpDetector, RollingStats, TickStats
+from streamdp.ros_nodes.stats import ClockJumpDetector, LatencyHistogram, RollingStats, TickStats
 from streamdp.ros_nodes.streamer import ActionStreamer
 from streamdp.ros_nodes.trajectory import TrajectorySampler, split_seconds, trajectory_points
 
@@ -83,6 +84,26 @@ def test_sync_staleness_by_age_and_camera_watchdog():
     r = s.sample(1.35)
     assert r.obs is None and "camera 'top' dropped out" in r.reason  # never a silent zero image
     assert s.counters.stale == 2
+
+
+def test_sync_missing_says_what_activation_waits_for_without_counting():
+    s = ObservationSync(arm_layout(), cameras=["top"], max_age=0.1, max_image_age=0.3)
+    assert s.missing(1.0) == "no joint state yet"
+    s.add_joint_state(1.0, J, [0, 0, 0], [0, 0, 0])
+    assert s.missing(1.01) == "no 'target' state yet"
+    s.add_extra("target", 1.0, [0.1, 0.2])
+    assert s.missing(1.01) == "no image from camera 'top' yet"
+    s.add_image("top", 1.0, np.zeros((4, 4, 3), np.uint8))
+    assert s.missing(1.01) == "" and "stale" in s.missing(1.2)
+    # after a deactivation at t = 1.5 only what was measured since then seeds: every stream again
+    assert s.missing(1.05, since=1.5) == "no joint state measured since the deactivation yet"
+    s.add_joint_state(1.6, J, [0, 0, 0], [0, 0, 0])
+    assert s.missing(1.61, since=1.5) == "no 'target' state yet"
+    s.add_extra("target", 1.6, [0.1, 0.2])
+    assert s.missing(1.61, since=1.5) == "no image from camera 'top' yet"
+    s.add_image("top", 1.6, np.zeros((4, 4, 3), np.uint8))
+    assert s.missing(1.61, since=1.5) == ""
+    assert s.counters.stale == 0 and len(s.history) == 0  # asking is not a tick
 
 
 def test_sync_history_is_spaced_by_ticks():
@@ -247,6 +268,36 @@ def test_rolling_stats_ticks_and_clock_jumps():
     c = ClockJumpDetector(0.5)
     assert not c.update(100.0, 1.0) and not c.update(100.05, 1.05)
     assert c.update(0.1, 1.10)  # ROS time jumped back (sim-time switch)
+
+
+def test_latency_histogram_keeps_percentiles_of_every_sample_in_constant_memory():
+    h = LatencyHistogram(bin_s=1e-3, max_s=0.5)
+    assert np.isnan(h.percentile(50))
+    for x in range(1, 101):
+        h.add(x / 1000)  # 1 ... 100 ms
+    h.add(float("nan"))  # ignored
+    assert h.count == 100
+    assert h.percentile(50) == pytest.approx(0.051) and h.percentile(99) == pytest.approx(0.100)
+    size = h._bins.size
+    for _ in range(10_000):
+        h.add(3.0)  # beyond max_s: the last bin
+    assert h._bins.size == size and h.percentile(99) == pytest.approx(0.501)
+    with pytest.raises(ValueError):
+        LatencyHistogram(bin_s=0.0)
+
+
+def test_relay_plan_drops_and_delays_the_seeded_shares():
+    a, b = RelayPlan(0.3, 0.5, 0.4, seed=7), RelayPlan(0.3, 0.5, 0.4, seed=7)
+    fates = [a.decide() for _ in range(4000)]
+    assert fates == [b.decide() for _ in range(4000)]  # the same seed, the same sequence
+    c = a.counts
+    assert c["received"] == 4000 == c["passed"] + c["dropped"] + c["delayed"]
+    assert c["dropped"] / 4000 == pytest.approx(0.3, abs=0.03)
+    assert c["delayed"] / (4000 - c["dropped"]) == pytest.approx(0.5, abs=0.03)
+    assert RelayPlan(0.0, 1.0, 0.0).decide() == "pass"  # a zero delay is no delay
+    for bad in ({"drop_share": 1.5}, {"delay_share": -0.1}, {"delay_s": -1.0}):
+        with pytest.raises(ValueError):
+            RelayPlan(**bad)
 
 
 # ------------------------------------------------------------------------------------ inference thread

@@ -61,17 +61,19 @@ def rig(ros_context):
 
 
 def test_lifecycle_configure_activate_deactivate_cleanup(rig, untrained_ckpt):
-    node, robot, rec, ex = rig(untrained_ckpt)
+    node, robot, rec, ex = rig(untrained_ckpt, activate_timeout_s=0.2)
     robot.timer.cancel()  # no joint state yet
     assert node.trigger_configure() == SUCCESS, node.configure_error
     assert node.lifecycle_state == "inactive" and node.policy is not None
     spin_for(ex, 0.3)
     assert rec.trajectories == []  # inactive: nothing is published
-    # Activation needs the measured joint state to seed the buffer.
+    # Activation needs the measured joint state to seed the buffer: it waits for one (here nothing can arrive:
+    # this thread spins the executor), then refuses.
+    assert "no JointState" in node.activation_blocker()
     assert node.trigger_activate() == FAILURE
-    assert "no JointState" in node.activate_error
+    assert "no JointState" in node.activate_error and "activate_timeout_s" in node.activate_error
     robot.timer.reset()
-    assert spin_until(ex, lambda: node.sync.joint_positions is not None, 5.0)
+    assert spin_until(ex, lambda: not node.activation_blocker(), 5.0), node.activation_blocker()
     assert node.trigger_activate() == SUCCESS, node.activate_error
     assert spin_until(ex, lambda: len(rec.trajectories) >= 30, 20.0), node.stats()
     first = rec.trajectories[0]
@@ -98,6 +100,43 @@ def test_lifecycle_configure_activate_deactivate_cleanup(rig, untrained_ckpt):
     assert node.trigger_configure() == SUCCESS  # configurable again after cleanup
 
 
+def test_first_command_starts_at_the_arm_when_it_moved_during_the_activation(rig, untrained_ckpt):
+    """A move that races with the activation (the sim bridge resetting while a restarted node activates by
+    itself) must not leave the node streaming from where the arm was: the first command starts where it is."""
+    node, robot, rec, ex = rig(untrained_ckpt, **{"limits.max_delta": [0.3] * 3})
+    assert node.trigger_configure() == SUCCESS
+    assert spin_until(ex, lambda: not node.activation_blocker(), 5.0), node.activation_blocker()
+    seed = robot.q.copy()
+    assert node.trigger_activate() == SUCCESS
+    np.testing.assert_allclose(node.activation_seed, seed)
+    robot.q = seed + np.array([0.8, -1.2, 0.5])  # reset before the first control tick
+    assert spin_until(ex, lambda: len(rec.trajectories) >= 1, 10.0)
+    first = np.asarray(rec.trajectories[0].points[0].positions)
+    assert np.all(np.abs(first - robot.q) <= 0.3 + 1e-9), (first, robot.q, seed)
+    np.testing.assert_allclose(node.activation_seed, robot.q)
+
+
+def test_reactivation_seeds_only_from_a_joint_state_measured_after_the_deactivation(rig, untrained_ckpt):
+    """While inactive the arm may be moved (or the sim reset): the joint state held from before the deactivation
+    is not a seed, however fresh."""
+    node, robot, rec, ex = rig(untrained_ckpt, activate_timeout_s=0.2, max_obs_age_s=5.0)
+    assert node.trigger_configure() == SUCCESS
+    assert spin_until(ex, lambda: not node.activation_blocker(), 5.0), node.activation_blocker()
+    assert node.trigger_activate() == SUCCESS
+    assert spin_until(ex, lambda: len(rec.trajectories) >= 5, 10.0)
+    robot.timer.cancel()
+    assert node.trigger_deactivate() == SUCCESS
+    assert "measured since the deactivation" in node.activation_blocker()  # the old sample is still fresh
+    assert node.trigger_activate() == FAILURE and "since the deactivation" in node.activate_error
+    robot.q = robot.q + 0.5  # moved while inactive
+    robot.timer.reset()
+    assert spin_until(ex, lambda: not node.activation_blocker(), 5.0), node.activation_blocker()
+    n = len(rec.trajectories)
+    assert node.trigger_activate() == SUCCESS, node.activate_error
+    assert spin_until(ex, lambda: len(rec.trajectories) > n, 5.0)
+    np.testing.assert_allclose(rec.trajectories[n].points[0].positions, robot.q, atol=1e-9)  # the new measurement
+
+
 def test_lifecycle_services(ros_context, untrained_ckpt):
     node = make_policy_node(ros_context, untrained_ckpt)
     client_node = FakeRobot(context=ros_context)
@@ -119,7 +158,7 @@ def test_lifecycle_services(ros_context, untrained_ckpt):
         req.transition.id = Transition.TRANSITION_CONFIGURE
         assert call(change, req).success
         assert call(get, GetState.Request()).current_state.label == "inactive"
-        assert spin_until(ex, lambda: node.sync.joint_positions is not None, 5.0)
+        assert spin_until(ex, lambda: not node.activation_blocker(), 5.0), node.activation_blocker()
         req.transition.id = Transition.TRANSITION_ACTIVATE
         assert call(change, req).success
         assert call(get, GetState.Request()).current_state.label == "active"
@@ -171,7 +210,7 @@ def test_float64_multi_array_output_and_overrides(rig, untrained_ckpt):
                                num_inference_steps=4)
     assert node.trigger_configure() == SUCCESS, node.configure_error
     assert node.policy.config.sampler == "ddim" and node.policy.config.num_inference_steps == 4
-    assert spin_until(ex, lambda: node.sync.joint_positions is not None, 5.0)
+    assert spin_until(ex, lambda: not node.activation_blocker(), 5.0), node.activation_blocker()
     assert node.trigger_activate() == SUCCESS
     assert spin_until(ex, lambda: len(rec.arrays) >= 20 and node.chunks >= 2, 20.0), node.stats()
     assert rec.trajectories == []
@@ -192,7 +231,7 @@ def test_command_filter_seam_and_nan_guard(rig, untrained_ckpt):
 
     node.command_filter = nan_filter
     assert node.trigger_configure() == SUCCESS
-    assert spin_until(ex, lambda: node.sync.joint_positions is not None, 5.0)
+    assert spin_until(ex, lambda: not node.activation_blocker(), 5.0), node.activation_blocker()
     assert node.trigger_activate() == SUCCESS
     assert spin_until(ex, lambda: len(rec.trajectories) >= 10, 10.0)
     assert seen and all(s[1] == 3 for s in seen)
@@ -204,7 +243,7 @@ def test_command_filter_seam_and_nan_guard(rig, untrained_ckpt):
 def test_stale_joint_state_holds(rig, untrained_ckpt):
     node, robot, rec, ex = rig(untrained_ckpt, max_obs_age_s=0.15)
     assert node.trigger_configure() == SUCCESS
-    assert spin_until(ex, lambda: node.sync.joint_positions is not None, 5.0)
+    assert spin_until(ex, lambda: not node.activation_blocker(), 5.0), node.activation_blocker()
     assert node.trigger_activate() == SUCCESS
     assert spin_until(ex, lambda: node.chunks >= 1, 10.0)
     robot.timer.cancel()  # the robot goes silent
@@ -270,7 +309,7 @@ def test_image_policy_on_the_image_sim(ros_context, untrained_image_ckpt):
     ex.add_node(node)
     try:
         assert node.trigger_configure() == SUCCESS, node.configure_error
-        assert spin_until(ex, lambda: node.sync.joint_positions is not None and "top" in node.sync._images, 10.0)
+        assert spin_until(ex, lambda: not node.activation_blocker(), 10.0), node.activation_blocker()
         assert node.trigger_activate() == SUCCESS, node.activate_error
         assert spin_until(ex, lambda: node.chunks >= 2, 60.0), node.stats()
         st = node.stats()
@@ -285,11 +324,13 @@ def test_image_policy_on_the_image_sim(ros_context, untrained_image_ckpt):
         sim.destroy_node()
 
 
-def test_wrong_image_size_is_rejected_and_holds(rig, untrained_image_ckpt):
+def test_wrong_image_size_is_rejected_and_activation_refused(rig, untrained_image_ckpt):
+    """Frames of the wrong size are rejected and counted, never replaced by a zero image: the camera never
+    delivers, so activation (which waits for every camera) is refused, naming it, and nothing is published."""
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    node, robot, rec, ex = rig(untrained_image_ckpt, **IMAGE_PARAMS)
+    node, robot, rec, ex = rig(untrained_image_ckpt, **IMAGE_PARAMS, activate_timeout_s=0.2)
     cam = robot.create_publisher(Image, "/camera/top/image_raw", qos_profile_sensor_data)
 
     def publish_small():
@@ -300,13 +341,12 @@ def test_wrong_image_size_is_rejected_and_holds(rig, untrained_image_ckpt):
 
     robot.create_timer(0.05, publish_small)
     assert node.trigger_configure() == SUCCESS, node.configure_error
-    assert spin_until(ex, lambda: node.sync.joint_positions is not None, 5.0)
-    assert node.trigger_activate() == SUCCESS
-    assert spin_until(ex, lambda: len(rec.trajectories) >= 10 and node.image_rejected >= 5, 10.0)
-    st = node.stats()
-    assert st["chunks"] == 0 and st["stale_ticks"] >= 10  # never a silent zero image: hold instead
-    assert all(len(m.points) == 1 for m in rec.trajectories)
-    np.testing.assert_allclose(rec.trajectories[-1].points[0].positions, robot.q)
+    assert spin_until(ex, lambda: node.image_rejected >= 5 and node.sync.joint_positions is not None, 10.0)
+    assert "no image from camera 'top' yet" in node.activation_blocker()
+    assert node.trigger_activate() == FAILURE
+    assert "camera 'top'" in node.activate_error
+    spin_for(ex, 0.3)
+    assert rec.trajectories == [] and node.stats()["chunks"] == 0
 
 
 def test_out_of_order_and_duplicate_joint_states_are_dropped(rig, untrained_ckpt):

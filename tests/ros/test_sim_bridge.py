@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 from geometry_msgs.msg import PointStamped
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
@@ -232,3 +234,60 @@ def test_libero_bridge_observation_cameras_and_delta_commands(bridge):
     np.testing.assert_array_equal(sim._applied, [0, 0, 1, 0, 0, 0, -1])
     sim._tick()
     np.testing.assert_array_equal(sim._applied, [0, 0, 0, 0, 0, 0, -1])  # acted once, then stopped
+
+
+def test_resets_are_coordinated_with_the_policy_node(ros_context, bundled_ckpt):
+    """With `policy_node` set (config/ros/sim.yaml), every automatic reset deactivates the policy node, resets,
+    and activates it on the new state: each activation's first command is the new episode's start (a reset is
+    never a step to be clamped), and every command, chained per activation, passes the safety oracle."""
+    from streamdp.ros_nodes.bringup import default_params
+    from streamdp.ros_nodes.safety_oracle import Bounds, check_commands
+
+    from .test_policy_node import make_policy_node
+
+    over = {"seed": 3, "max_episode_steps": 30, "policy_node": "policy_node"}
+    sim = SimBridgeNode(context=ros_context, parameter_overrides=[Parameter(k, value=v) for k, v in over.items()])
+    starts: list[np.ndarray] = []
+    reset_env = sim._reset_env
+
+    def recording_reset() -> None:
+        reset_env()
+        starts.append(np.asarray(sim._u.data.qpos[:3], dtype=float).copy())
+
+    sim._reset_env = recording_reset
+    node = make_policy_node(ros_context, bundled_ckpt, params_file=default_params("sim"))
+    ex = SingleThreadedExecutor(context=ros_context)  # one thread: an activation takes its inputs itself
+    ex.add_node(sim)
+    ex.add_node(node)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.configure_error
+        node.command_log = []
+        assert spin_until(ex, lambda: not node.activation_blocker(), 10.0), node.activation_blocker()
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        seeds = {node.segment: node.activation_seed.copy()}
+        resets = 3
+        assert spin_until(ex, lambda: sim.handshake.counts["activated"] >= resets and node.lifecycle_state == "active"
+                          and node.command_log[-1]["segment"] == node.segment, 60.0), sim.handshake.counts
+        sim.timer.cancel()
+        counts = dict(sim.handshake.counts)
+        assert counts["deactivated"] == counts["activated"] >= resets and counts["timeouts"] == 0, counts
+        assert node.segment == 1 + counts["activated"]
+        log = list(node.command_log)
+        firsts = {}
+        for e in log:
+            firsts.setdefault(e["segment"], e["points"][0])
+        for seg in range(2, node.segment + 1):
+            start = starts[seg - 2]  # activation seg (>= 2) followed reset number seg - 1
+            np.testing.assert_allclose(firsts[seg], start, atol=1e-6)  # seeded from the new episode's state
+            seeds[seg] = start
+        raw = yaml.safe_load(default_params("sim").read_text())["policy_node"]["ros__parameters"]["limits"]
+        rep = check_commands(log, Bounds.from_params(raw, 3, node.period), seeds)  # the raw numbers of sim.yaml
+        assert rep.commands == len(log) and rep.unsafe == 0, rep.violations[:3]
+        assert node.fault == "" and not node.safety.latched
+    finally:
+        if node.lifecycle_state in ("active", "inactive"):
+            node.trigger_shutdown()
+        ex.shutdown()
+        node.destroy_node()
+        sim.finalize()
+        sim.destroy_node()

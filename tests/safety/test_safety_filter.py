@@ -1,4 +1,4 @@
-"""The safety filter, judged by an independent oracle (tests/safety/oracle.py): every command it returns is
+"""The safety filter, judged by an independent oracle (streamdp.ros_nodes.safety_oracle): every command it returns is
 checked against the raw limit numbers (finite, position range, |dq| per tick, velocity, acceleration, the
 workspace box through the URDF chain's FK), never against the filter's own idea of them."""
 
@@ -8,8 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamdp.ros_nodes.safety import SafetyConfigError, SafetyFilter, SafetyLimits, SafetyStatus
-
-from .oracle import Bounds, urdf_limits, violations
+from streamdp.ros_nodes.safety_oracle import Bounds, urdf_limits, violations
 
 NAMES = ["j1", "j2", "j3"]
 BASE = dict(position_lower=[-1.0, -2.0, -1.5], position_upper=[1.0, 2.0, 1.5], max_velocity=2.0,
@@ -71,6 +70,67 @@ def test_huge_jump_is_rate_limited_then_escalates_to_hold():
     f.reset(outs[-1])  # re-activation clears the latch
     _, s = f.filter(outs[-1])
     assert s is SafetyStatus.OK
+
+
+def run_with_holds(filt: SafetyFilter, commands, b: Bounds) -> tuple[list[np.ndarray], list[SafetyStatus]]:
+    """As :func:`run`; a None command is a tick without an action (the node holds: ``hold()``)."""
+    prev, prev_step = filt.last_command, np.zeros(len(filt.last_command))
+    outs, sts = [], []
+    for c in commands:
+        q, s = filt.hold() if c is None else filt.filter(c)
+        assert violations(q, prev, prev_step, b) == [], (c, q, s)
+        prev_step, prev = q - prev, q
+        outs.append(q)
+        sts.append(s)
+    return outs, sts
+
+
+def ramp(speed: float, ticks: range) -> list[np.ndarray]:
+    """A plan moving joint 2 (limits +-2 rad) at `speed` rad per tick, the others still, at the given ticks."""
+    return [np.array([0.0, speed * k, 0.0]) for k in ticks]
+
+
+def test_catching_up_after_a_hold_does_not_escalate():
+    """A plan at 0.06 rad/tick (limit 0.08); three ticks without an action (a late chunk); the plan resumes
+    where it would be by now. The arm closes the gap at 0.02 rad/tick: 12 rate-limited ticks, more than
+    escalate_after = 5, and not one of them counts as a clamp: no latch, and it ends on the plan."""
+    f = SafetyFilter(limits())
+    f.reset([0.0, 0.0, 0.0])
+    plan = ramp(0.06, range(1, 6)) + [None] * 3 + ramp(0.06, range(9, 26))
+    outs, sts = run_with_holds(f, plan, bounds())
+    after = sts[8:]
+    assert SafetyStatus.CATCHING_UP in after and SafetyStatus.CLAMPED not in after, after
+    assert sum(s is SafetyStatus.CATCHING_UP for s in after) > f.limits.escalate_after
+    assert not f.latched and f.consecutive_clamps == 0 and f.counts["clamped"] == 0
+    np.testing.assert_allclose(outs[-1], plan[-1])  # caught up
+
+
+def test_a_plan_faster_than_the_limit_still_escalates_after_a_hold():
+    """After the hold the plan resumes within reach but runs at 0.1 rad/tick against a 0.08 limit: the gap
+    grows once the arm is at full speed, so it is pushing past the limits: clamps, then the latch."""
+    f = SafetyFilter(limits())
+    f.reset([0.0, 0.0, 0.0])
+    plan = ramp(0.06, range(1, 4)) + [None] * 3 + [np.array([0.0, 0.18 + 0.1 * k, 0.0]) for k in range(1, 14)]
+    _, sts = run_with_holds(f, plan, bounds())
+    assert sts[6] is SafetyStatus.CATCHING_UP  # the first step after the hold is within what the hold explains
+    assert f.latched and SafetyStatus.CLAMPED in sts
+    first = sts.index(SafetyStatus.CLAMPED)
+    assert first <= 8 and sts.index(SafetyStatus.HOLDING, first) - first == f.limits.escalate_after - 1
+
+
+def test_a_jump_larger_than_the_hold_explains_still_escalates():
+    """One tick of hold explains 2 step limits of gap, not 1 rad: the jump counts as clamps and latches."""
+    f = SafetyFilter(limits())
+    f.reset([0.0, 0.0, 0.0])
+    _, sts = run_with_holds(f, [None] + [[1.0, 0.0, 0.0]] * 8, bounds())
+    assert SafetyStatus.CATCHING_UP not in sts and f.latched
+
+
+def test_a_position_limit_clamp_after_a_hold_counts():
+    f = SafetyFilter(limits())
+    f.reset([0.95, 0.0, 0.0])
+    _, sts = run_with_holds(f, [None, None] + [[1.2, 0.0, 0.0]] * 6, bounds())
+    assert SafetyStatus.CATCHING_UP not in sts and f.latched
 
 
 def test_position_limits_and_wrong_size():
@@ -148,6 +208,16 @@ def test_property_every_output_is_safe(commands, start):
     f = SafetyFilter(limits())
     f.reset(start)
     run(f, commands, bounds())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.lists(st.floats(-3, 3), min_size=3, max_size=3)), min_size=1, max_size=60),
+       st.lists(st.floats(-0.9, 0.9), min_size=3, max_size=3))
+def test_property_holds_and_catching_up_stay_safe(commands, start):
+    """Holds (None) interleaved with any commands: catching up is never a way around a limit."""
+    f = SafetyFilter(limits())
+    f.reset(start)
+    run_with_holds(f, commands, bounds())
 
 
 ARM_URDF = __import__("pathlib").Path(__file__).resolve().parents[2] / "sim" / "assets" / "arm_reach_dynamic.urdf"
