@@ -105,6 +105,7 @@ class BenchRow:
     # independent full samples, as streamdp-calibrate-bac measures them; error > spread: it would refuse it
     bac_error: float | None = None
     bac_spread: float | None = None
+    bac_update_ratio: float | None = None  # the schedule's update ratio (the calibration's search may raise it)
 
 
 @dataclass
@@ -163,13 +164,16 @@ def calibrate_copy(ckpt: Path, episodes: list, modes: Sequence[Mode], calib_obs:
         for sampler, k in sorted({(m.sampler, m.k) for m in modes if m.cache == "bac"}, key=str):
             t = time.perf_counter()
             over = Mode(sampler, k, "none", "eager").overrides()
-            b = calibrate_bac(Policy.from_pretrained(ckpt, **over), episodes, max_obs=calib_obs)
+            b = calibrate_bac(Policy.from_pretrained(ckpt, **over), episodes, max_obs=calib_obs, search=True)
             cur = Policy.from_pretrained(ckpt)
             cur.save_pretrained(ckpt, extras={"bac": merge_bac_extras(cur.extras.get("bac"), b)})
             info[f"bac/{sampler}"] = {
                 "branch_computes_per_solve": {s: v["branch_computes_per_solve"] for s, v in b["schedules"].items()},
-                "open_loop_error": b["open_loop_error"], "sample_spread": b["sample_spread"]}
-            log(f"[bench]   BAC schedules for {sampler}: {sorted(b['schedules'])} in {time.perf_counter() - t:.0f} s")
+                "open_loop_error": b["open_loop_error"], "sample_spread": b["sample_spread"],
+                "update_ratio": b["update_ratio"]}
+            log(f"[bench]   BAC schedules for {sampler}: {sorted(b['schedules'])}, update ratio {b['update_ratio']:g}, "
+                f"open-loop error {b['open_loop_error']:.4f} vs spread {b['sample_spread']:.4f} "
+                f"in {time.perf_counter() - t:.0f} s")
     return info
 
 
@@ -235,7 +239,8 @@ def bench_task(
         vouch = tb.calibration.get(f"bac/{m.sampler}", {}) if m.cache == "bac" else {}
         tb.rows.append(BenchRow(task, m.sampler, lat["label"], m.cache, m.path, lat["calls"], lat["branches"],
                                 lat["ms_p50"], lat["ms_p99"], lat["n_obs"], start_level=lat["start_level"],
-                                bac_error=vouch.get("open_loop_error"), bac_spread=vouch.get("sample_spread")))
+                                bac_error=vouch.get("open_loop_error"), bac_spread=vouch.get("sample_spread"),
+                                bac_update_ratio=vouch.get("update_ratio")))
         log(f"[bench]   {lat['label']:<24} cache={m.cache:<4} {m.path:<10} {lat['calls']:6.1f} calls "
             f"{lat['ms_p50']:8.1f} ms p50 ({time.perf_counter() - t:.0f} s)")
     for p in paths:
@@ -304,7 +309,8 @@ def _row_cells(task: str, r: BenchRow) -> list[str]:
         notes.append(f"{r.branch_computes_per_obs:.0f} branch computes/obs")
     if r.bac_error is not None and r.bac_spread is not None:
         verdict = " (not vouched for)" if r.bac_error > r.bac_spread else ""
-        notes.append(f"open-loop error {r.bac_error:.4f} vs spread {r.bac_spread:.4f}{verdict}")
+        ratio = f"update ratio {r.bac_update_ratio:g}; " if r.bac_update_ratio is not None else ""
+        notes.append(f"{ratio}open-loop error {r.bac_error:.4f} vs spread {r.bac_spread:.4f}{verdict}")
     return [task, r.label, r.cache, r.path, _f(r.calls_per_obs, ".2f"), _f(r.ms_p50), _f(r.ms_p99),
             _f(r.ratio_ddpm, ".3f"), _f(r.ratio_ddim, ".3f"), _f(r.calls_ratio_ddpm, ".3f"), succ, "; ".join(notes)]
 

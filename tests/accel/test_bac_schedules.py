@@ -140,3 +140,32 @@ def test_calibration_refuses_a_schedule_worse_than_sampling_noise(tmp_path, monk
     cfg.force = True
     run_bac_calibration(cfg)
     assert "bac" in json.loads((ckpt / "config.json").read_text())["extras"]
+
+
+def test_calibration_search_raises_the_update_ratio_until_the_schedule_is_vouched_for(monkeypatch):
+    """search=True: from one recording, schedules at growing update ratios until the open-loop error is within
+    the sampling spread (here made to happen at 0.75, as for the arm's RTI warm solves), and that one is kept."""
+    from streamdp.policy import calibration
+
+    pol = perturb(tiny_policy(seed=1, sampler="sdp", **KW))
+    eps = [obs_stream(16, seed=0)]
+    real = calibration.open_loop_actions
+
+    plain_runs = []
+
+    def fake(policy, episodes, max_obs):  # reference 0, the other full sample 0.5; cached: 2 x (1 - ratio)
+        n = len(real(policy, episodes, max_obs))
+        if policy.config.cache == "bac":
+            return torch.full((n, 2), 2 * (1 - policy.extras["bac"]["update_ratio"]))
+        plain_runs.append(n)
+        return torch.full((n, 2), 0.0 if len(plain_runs) % 2 else 0.5)
+
+    monkeypatch.setattr(calibration, "open_loop_actions", fake)
+    entry = calibration.calibrate_bac(pol, eps, update_ratio=0.5, max_obs=4, search=True)
+    assert [t["update_ratio"] for t in entry["search"]] == [0.5, 0.625, 0.75]
+    assert [t["open_loop_error"] for t in entry["search"]] == pytest.approx([1.0, 0.75, 0.5])
+    assert entry["update_ratio"] == 0.75 and entry["open_loop_error"] <= entry["sample_spread"] == 0.5
+    (sched,) = entry["schedules"].values()
+    assert sched["num_updates"] == max(1, round(0.75 * sched["num_steps"]))
+    plain = calibration.calibrate_bac(pol, eps, update_ratio=0.5, max_obs=4)  # no search: the one ratio asked
+    assert [t["update_ratio"] for t in plain["search"]] == [0.5] and plain["open_loop_error"] == 1.0
