@@ -5,6 +5,7 @@ tests/sim/test_libero_suite.py.
 """
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -103,11 +104,15 @@ def test_checkpoint_round_trip_keeps_the_task_list(tmp_path, denoiser):
 
 
 @pytest.mark.parametrize("name", ["arm_reach_dynamic", "pusht"])
-def test_checkpoints_without_tasks_load_and_behave_as_before(name):
-    """The bundled checkpoints predate task conditioning: no task in their config, no task module, the
-    condition is exactly the state encoder's output (as before), and an obs["task"] changes nothing."""
-    path = bundled_checkpoint(name)
-    assert "tasks" not in json.loads((path / "config.json").read_text())["policy"]
+def test_checkpoints_without_tasks_load_and_behave_as_before(name, tmp_path):
+    """A checkpoint written before task conditioning (a bundled one with the key removed from its config):
+    no task module, the condition is exactly the state encoder's output (as before), and an obs["task"]
+    changes nothing."""
+    path = tmp_path / name
+    shutil.copytree(bundled_checkpoint(name), path)
+    doc = json.loads((path / "config.json").read_text())
+    doc["policy"].pop("tasks", None)
+    (path / "config.json").write_text(json.dumps(doc))
     pol = Policy.from_pretrained(path)  # strict: every weight present, none unexpected
     assert pol.config.tasks == [] and pol.model.encoder.task_embed is None
     assert not any("task" in k for k in pol.model.state_dict())
