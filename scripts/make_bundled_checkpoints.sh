@@ -5,7 +5,8 @@
 #   streamdp-collect (scripted expert -> LeRobot v3) -> streamdp-train (hydra) -> streamdp-calibrate-rti
 #   and -bac on the same dataset -> copy of the EMA export (config.json + safetensors, no pickle).
 # Seeds are fixed; training follows the recipes in config/recipe/ (README, "Training recipes") at about
-# 10 steps/s on one idle CPU core: arm 20k steps from 200 demos, PushT 40k steps from 500 demos. The
+# 10 steps/s on one idle CPU core: arm 20k steps from 200 demos, PushT 40k steps from 500 demos, LIBERO-Object
+# 20k steps (of a 40k-step schedule) from 50 demos of each of its 10 tasks. The
 # PushT bundle is the step-40,000 checkpoint of the 60k-step recipe (its cosine schedule runs to 60k;
 # the bundled run was stopped at 40k for time, so the script trains to 40k on that schedule's checkpoints
 # and bundles step_00040000).
@@ -23,17 +24,31 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MUJOCO_GL=${MUJOCO_GL:-egl}
 work=${WORK:-build/bundle}
 bin=.venv/bin
 collected=""
-for bundle in ${TASKS:-arm_reach_dynamic arm_reach_dynamic_tick pusht}; do
+for bundle in ${TASKS:-arm_reach_dynamic arm_reach_dynamic_tick pusht libero_object}; do
   # arm_reach_dynamic_tick: the same arm, Ta=1 and K=h=15: one network call per control tick.
-  task=${bundle%_tick} extra=() bac=1
+  # libero_object: one task-conditioned policy for the 10 tasks of the suite (recipe libero_object).
+  task=${bundle%_tick} extra=() bac=1 recipe=${bundle%_tick}
   [[ $bundle == *_tick ]] && extra=(policy.n_action_steps=1 policy.num_inference_steps=15) bac=
   data=$work/data/$task run=$work/runs/$bundle dst=sim/assets/checkpoints/$bundle
   case $task in
     pusht) episodes=${EPISODES:-500} bundle_ckpt=${STEPS:+last} bundle_ckpt=${bundle_ckpt:-step_00040000} ;;
+    libero_object) episodes=${EPISODES:-50} bundle_ckpt=${STEPS:+last} bundle_ckpt=${bundle_ckpt:-step_00020000} ;;
     *) episodes=${EPISODES:-200} bundle_ckpt=last ;;
   esac
   rm -rf "$run"
-  if [[ " $collected " != *" $task "* ]]; then  # the _tick bundle trains on the same demos
+  if [[ " $collected " != *" $task "* && $task == libero_object ]]; then
+    # every task of the suite, one dataset per task (seed 1000 x task: LIBERO's initial states), then merged
+    parts=()
+    for t in 0 1 2 3 4 5 6 7 8 9; do
+      rm -rf "$data.task_$t"
+      "$bin/streamdp-collect" task=libero task.kwargs.task_id=$t obs_mode=state episodes="$episodes" \
+        seed=$((1000 * t)) root="$data.task_$t" progress=false
+      parts+=("$data.task_$t")
+    done
+    rm -rf "$data"
+    "$bin/streamdp-collect" "merge=[$(IFS=,; echo "${parts[*]}")]" root="$data"
+    collected="$collected $task"
+  elif [[ " $collected " != *" $task "* ]]; then  # the _tick bundle trains on the same demos
     rm -rf "$data"
     "$bin/streamdp-collect" task="$task" episodes="$episodes" seed=0 root="$data" progress=false
     collected="$collected $task"
@@ -46,7 +61,8 @@ for bundle in ${TASKS:-arm_reach_dynamic arm_reach_dynamic_tick pusht}; do
     steps=()
     [[ -n ${STEPS:-} ]] && steps=(train.steps="$STEPS")
     [[ $task == pusht && -z ${STEPS:-} ]] && steps=(train.stop_at=40000)
-    "$bin/streamdp-train" recipe="$task" "${extra[@]}" "${steps[@]}" dataset.root="$data" train.seed=0 \
+    [[ $task == libero_object && -z ${STEPS:-} ]] && steps=(train.steps=40000 train.stop_at=20000)
+    "$bin/streamdp-train" recipe="$recipe" "${extra[@]}" "${steps[@]}" dataset.root="$data" train.seed=0 \
       train.num_threads="${THREADS:-1}" train.keep_last=100 train.progress=false train.output_dir="$run"
   fi
   if [[ " ${CALIBRATE:-rti bac} " == *" rti "* ]]; then
