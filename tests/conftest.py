@@ -33,3 +33,20 @@ def pytest_configure(config):
 
     capman = config.pluginmanager.getplugin("capturemanager")
     ensure_ros_env(before_exec=lambda: capman.suspend_global_capture(in_=True) if capman else None, required=False)
+
+
+_SCHED_LOG = _root / "build" / "sched_changes.log"
+
+
+def pytest_runtest_teardown(item):
+    """Keep the test process (and every child it starts) on the normal scheduler. Something in a test run
+    left pytest's main thread in SCHED_FIFO 99; children inherit that, and the soak's busy-loop process then
+    held a core that the node processes, also FIFO 99, could not get back (nodes starved for minutes).
+    Reset it after the test that changed it and name that test in build/sched_changes.log."""
+    if not hasattr(os, "sched_getscheduler") or os.sched_getscheduler(0) == os.SCHED_OTHER:
+        return
+    policy = os.sched_getscheduler(0)
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    _SCHED_LOG.parent.mkdir(parents=True, exist_ok=True)
+    with _SCHED_LOG.open("a") as f:
+        f.write(f"{item.nodeid}: scheduling policy {policy} -> SCHED_OTHER\n")
