@@ -115,8 +115,11 @@ class EpisodeWriter:
 
         # save_episode runs a datasets.map with a progress bar per episode (and loading a dataset turns bars
         # back on): keep the recorder's and the converter's output to their own lines
+        from streamdp.sim.lerobot_writer import keep_scheduling
+
         datasets.disable_progress_bars()
-        self._ds.save_episode()
+        with keep_scheduling():  # video encoding would leave the recorder in SCHED_FIFO 99
+            self._ds.save_episode()
         self.saved += 1
         return f"episode {self.num_episodes - 1} of {self.root}"
 

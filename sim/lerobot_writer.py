@@ -26,6 +26,9 @@ Pinning numpy below 2.4 would also work, but the project keeps one numpy for eve
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -46,6 +49,23 @@ def scalar_columns(features: dict[str, dict[str, Any]]) -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def keep_scheduling() -> Iterator[None]:
+    """Restore the calling thread's scheduling policy after the block. Encoding an episode's video (lerobot's
+    SVT-AV1 encoder, measured here) leaves a process running as root in SCHED_FIFO at priority 99: a
+    recorder on a robot computer would then outrank the control stack, and every process it starts inherits
+    it (the test suite's soak nodes starved for minutes behind a FIFO busy loop)."""
+    if not hasattr(os, "sched_getscheduler"):
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if os.sched_getscheduler(0) != policy or os.sched_getparam(0).sched_priority != param.sched_priority:
+            os.sched_setscheduler(0, policy, param)
+
+
 class LeRobotWriter(LeRobotDataset):
     """``LeRobotDataset`` whose ``save_episode`` accepts shape-(1,) numeric features under numpy >= 2.4
     (see the module docstring); create it with ``LeRobotWriter.create(...)``."""
@@ -58,4 +78,5 @@ class LeRobotWriter(LeRobotDataset):
                 if isinstance(values, list):
                     buffer[key] = [v.reshape(()) if isinstance(v, np.ndarray) and v.shape == (1,) else v
                                    for v in values]
-        super().save_episode(episode_data, parallel_encoding)
+        with keep_scheduling():
+            super().save_episode(episode_data, parallel_encoding)

@@ -161,10 +161,14 @@ def test_the_recorders_parameter_file_serves_the_converter(tmp_path, capsys):
 
 
 def test_cameras_become_video_that_the_training_loader_reads(tmp_path, capsys):
+    import os
+
     bag = write_bag(tmp_path / "bag", arm_messages(24, cameras=True))
+    before = os.sched_getscheduler(0)
     code, out, err = run_cli(capsys, [bag], tmp_path / "ds", "camera_names=[top]",
                              "camera_topics=[/camera/top/image_raw]")
     assert code == 0, err
+    assert os.sched_getscheduler(0) == before == os.SCHED_OTHER  # not left in the video encoder's SCHED_FIFO
     from streamdp.policy.train.config import DatasetConfig
     from streamdp.policy.train.data import Window
     from streamdp.policy.train.sources import load_dataset

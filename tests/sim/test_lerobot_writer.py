@@ -69,7 +69,10 @@ def test_writer_round_trips_shape_1_features(tmp_path):
 
 def test_public_pusht_layout_with_video_reads_back(tmp_path):
     """The full public lerobot/pusht schema (a video camera named observation.image) written and read back."""
+    before = os.sched_getscheduler(0)
     root = make_public_pusht(tmp_path / "pusht", lengths=(6, 5))
+    # the video encoder leaves a root process in SCHED_FIFO 99; the writer puts it back
+    assert os.sched_getscheduler(0) == before == os.SCHED_OTHER
     back = LeRobotDataset("lerobot/pusht", root=root)
     assert back.num_episodes == 2 and back.num_frames == 11
     assert back.meta.video_keys == ["observation.image"]
