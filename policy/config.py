@@ -58,6 +58,9 @@ class TransformerConfig:
             raise ConfigError("transformer.n_layers must be >= 1")
 
 
+IMAGE_BACKBONES = ("resnet18", "small")
+
+
 @dataclass
 class EncoderConfig:
     state_hidden: int = 128
@@ -65,8 +68,13 @@ class EncoderConfig:
     crop_ratio: float = 0.9  # random crop in training, centre crop at inference
     share_camera_backbone: bool = False
     task_embed_dim: int = 32  # width of the learned task embedding (only with PolicyConfig.tasks)
+    # Image trunk: "resnet18" (Diffusion Policy's, 11 M parameters per camera) or "small" (4 strided conv
+    # layers, 0.1 M: for CPU training, where ResNet-18 at 96x96 trains at 0.4 steps/s on one core)
+    backbone: str = "resnet18"
 
     def __post_init__(self) -> None:
+        if self.backbone not in IMAGE_BACKBONES:
+            raise ConfigError(f"encoder.backbone must be one of {IMAGE_BACKBONES}, got {self.backbone!r}")
         if self.task_embed_dim < 1:
             raise ConfigError(f"encoder.task_embed_dim must be >= 1, got {self.task_embed_dim}")
         if not 0.5 <= self.crop_ratio <= 1.0:

@@ -1,4 +1,5 @@
-"""Observation encoders: low-dimensional MLP and a ResNet-18 (GroupNorm, spatial softmax) per camera.
+"""Observation encoders: low-dimensional MLP and an image trunk (ResNet-18 or a small CNN; GroupNorm,
+spatial softmax) per camera.
 
 Inputs are already normalised: state (B, To, Ds); images (B, To, C, H, W) floats in [0, 1]; a multi-task
 policy's task indices (B, To) or (B,) (long, rows of ``PolicyConfig.tasks``).
@@ -44,16 +45,30 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(max(1, channels // 16), channels)
 
 
-class ImageEncoder(nn.Module):
-    """ResNet-18 trunk (random init: no weight download), GroupNorm, spatial-softmax keypoints."""
+def _small_trunk(in_channels: int) -> tuple[nn.Module, int]:
+    """Four 3x3 convolutions, stride 2 each (96 px -> 6 px), GroupNorm and Mish: a CPU-trainable trunk."""
+    layers: list[nn.Module] = []
+    c = in_channels
+    for width in (32, 32, 64, 64):
+        layers += [nn.Conv2d(c, width, 3, 2, 1), _group_norm(width), nn.Mish()]
+        c = width
+    return nn.Sequential(*layers), c
 
-    def __init__(self, in_channels: int, feature_dim: int) -> None:
+
+class ImageEncoder(nn.Module):
+    """Image trunk (ResNet-18 by default, random init: no weight download; or the small CNN), GroupNorm,
+    spatial-softmax keypoints."""
+
+    def __init__(self, in_channels: int, feature_dim: int, backbone: str = "resnet18") -> None:
         super().__init__()
-        net = torchvision.models.resnet18(weights=None, norm_layer=_group_norm)
-        if in_channels != 3:
-            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        self.trunk = nn.Sequential(*list(net.children())[:-2])  # drop avgpool + fc
-        self.pool = SpatialSoftmax(512, feature_dim // 2)
+        if backbone == "small":
+            self.trunk, channels = _small_trunk(in_channels)
+        else:
+            net = torchvision.models.resnet18(weights=None, norm_layer=_group_norm)
+            if in_channels != 3:
+                net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+            self.trunk, channels = nn.Sequential(*list(net.children())[:-2]), 512  # drop avgpool + fc
+        self.pool = SpatialSoftmax(channels, feature_dim // 2)
         self.out = nn.Linear(feature_dim, feature_dim)
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
@@ -95,10 +110,11 @@ class ObservationEncoder(nn.Module):
         if self.cameras:
             c = cfg.image_shape[0]
             if e.share_camera_backbone:
-                shared = ImageEncoder(c, e.image_feature_dim)
+                shared = ImageEncoder(c, e.image_feature_dim, e.backbone)
                 self.image_encoders = nn.ModuleDict({cam: shared for cam in self.cameras})
             else:
-                self.image_encoders = nn.ModuleDict({cam: ImageEncoder(c, e.image_feature_dim) for cam in self.cameras})
+                self.image_encoders = nn.ModuleDict(
+                    {cam: ImageEncoder(c, e.image_feature_dim, e.backbone) for cam in self.cameras})
         self.out_dim = (e.state_hidden if self.state_mlp is not None else 0) + len(self.cameras) * e.image_feature_dim
         # No module at all without tasks: single-task checkpoints keep their exact weights and outputs.
         self.task_embed = nn.Embedding(len(cfg.tasks), e.task_embed_dim) if cfg.tasks else None

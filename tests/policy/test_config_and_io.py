@@ -76,6 +76,31 @@ def test_image_policy_runs():
         pol.observe({"observation.state": np.zeros(2), "observation.images.front": img[:20]})
 
 
+@pytest.mark.parametrize("backbone", ["resnet18", "small"])
+def test_image_backbones_run_the_encoder_once_per_observation(backbone, tmp_path):
+    """encoder.backbone: the ResNet-18 trunk or the small CNN; either runs once per camera per observation
+    (To frames in one batch), round-trips through a checkpoint, and a wrong name is a config error."""
+    from streamdp.policy import Policy
+
+    pol = tiny_policy(state_dim=2, camera_names=["front"], image_shape=(3, 32, 32), num_inference_steps=8,
+                      denoiser="transformer", encoder={"backbone": backbone})
+    enc = pol.model.encoder.image_encoders["front"]
+    n_params = sum(p.numel() for p in enc.parameters())
+    assert (n_params > 5_000_000) == (backbone == "resnet18")  # ResNet-18: 11 M; small: about 0.1 M
+    calls = []
+    enc.trunk.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    img = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    for _ in range(3):
+        pol.select_action({"observation.state": np.zeros(2), "observation.images.front": img})
+    assert calls and all(n == pol.config.n_obs_steps for n in calls)  # one batch of the To frames per call
+    inferences = pol.nfe_total
+    assert len(calls) <= 3 and inferences > 0
+    loaded = Policy.from_pretrained(pol.save_pretrained(tmp_path / "ckpt"))
+    assert loaded.config.encoder.backbone == backbone
+    with pytest.raises(ConfigError, match="encoder.backbone"):
+        tiny_policy(state_dim=2, camera_names=["front"], image_shape=(3, 32, 32), encoder={"backbone": "vit"})
+
+
 def test_primer_from_state():
     """reset(state) noises the repeated joint state into the buffer: its mean is sqrt(alpha_bar) * state."""
     import torch
