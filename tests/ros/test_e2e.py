@@ -35,8 +35,16 @@ def test_sim_and_policy_processes_stream_and_approach_the_target(ros_env, bundle
     assert int(d["nonfinite_outputs"]) == 0 and int(d["worker_errors"]) == 0 and d["fault"] == ""
     # a trained policy streams within the real limits: clamps are rare and never escalate to a hold
     assert int(d["safety_clamped"]) <= TICKS // 20, d
-    # The arm moves toward the goal: it gets much closer to the target than where it started.
-    assert r.distance_start > 0.3
-    assert r.distance_min < 0.5 * r.distance_start, s
+    # The arm moves toward the goal: it gets much closer to the target than where it started. Where it
+    # started is the task's own reset with the bridge's seed: the first distance this process receives
+    # can come after the policy has already moved the arm (discovery of the command topic takes a while,
+    # and the bundled policy reaches within about a second).
+    from streamdp.sim import make_task
+
+    env = make_task("arm_reach_dynamic", obs_mode="state")
+    start = float(env.reset(seed=10003)[1]["distance"])
+    env.close()
+    assert start > 0.3
+    assert r.distance_min < 0.5 * start, s
     for key in ("obs_to_cmd_ms_p50", "obs_to_cmd_ms_p99", "dds_ms_p50", "dds_ms_p99"):
         assert s[key] == s[key] and s[key] >= 0  # measured (not NaN)
