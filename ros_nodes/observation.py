@@ -13,7 +13,6 @@ converter) go through the same code and give the same arrays.
 from __future__ import annotations
 
 import collections
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -139,10 +138,7 @@ class SyncCounters:
 
 
 class ObservationSync:
-    """Latest sample per sensor stream, checked for ordering and age, assembled per control tick.
-
-    Thread-safe: the node's subscriptions feed it from their own callback group while the control tick and
-    the lifecycle transitions read it."""
+    """Latest sample per sensor stream, checked for ordering and age, assembled per control tick."""
 
     def __init__(
         self,
@@ -159,17 +155,15 @@ class ObservationSync:
         self.counters = SyncCounters()
         self.last_drop = ""  # why the latest dropped message was dropped (for logs and bag errors)
         self.history: collections.deque[tuple[float, float]] = collections.deque(maxlen=max(1, history))
-        self._lock = threading.RLock()
         self.reset()
 
     def reset(self) -> None:
         """Forget every sample and the history (clock jump, re-activation)."""
-        with self._lock:
-            self._joint: StreamSample | None = None
-            self._extra: dict[str, StreamSample] = {}
-            self._images: dict[str, StreamSample] = {}
-            self._last_stamp: dict[str, float] = {}
-            self.history.clear()
+        self._joint: StreamSample | None = None
+        self._extra: dict[str, StreamSample] = {}
+        self._images: dict[str, StreamSample] = {}
+        self._last_stamp: dict[str, float] = {}
+        self.history.clear()
 
     # -- ingestion -----------------------------------------------------------------------------
     def _order_ok(self, stream: str, stamp: float) -> bool:
@@ -207,44 +201,40 @@ class ObservationSync:
         effort: Sequence[float] = (),
     ) -> bool:
         """A JointState message; False (and counted) when dropped."""
-        with self._lock:
-            if not self._order_ok("joint_states", stamp):
-                return False
-            arrays = {"position": position, "velocity": velocity, "effort": effort}
-            try:
-                data = {f: select_joints(names, arrays[f], self.layout.joint_names)
-                        for f in {"position", *self.layout.joint_fields}}
-            except SyncError as e:
-                return self._reject(str(e))
-            if not all(_finite32(v) for v in data.values()):
-                return self._nonfinite()
-            self._joint = StreamSample(stamp, data)
-            self._accept("joint_states", stamp)
-            return True
+        if not self._order_ok("joint_states", stamp):
+            return False
+        arrays = {"position": position, "velocity": velocity, "effort": effort}
+        try:
+            data = {f: select_joints(names, arrays[f], self.layout.joint_names)
+                    for f in {"position", *self.layout.joint_fields}}
+        except SyncError as e:
+            return self._reject(str(e))
+        if not all(_finite32(v) for v in data.values()):
+            return self._nonfinite()
+        self._joint = StreamSample(stamp, data)
+        self._accept("joint_states", stamp)
+        return True
 
     def add_extra(self, name: str, stamp: float, values: Sequence[float]) -> bool:
         """An extra state entry (already reduced to its fields)."""
         v = np.asarray(values, dtype=np.float64).reshape(-1)
-        with self._lock:
-            if v.size != self.layout.extra(name).dim:
-                dim = self.layout.extra(name).dim
-                return self._reject(f"{v.size} values for extra state {name!r}, which has {dim}")
-            if not self._order_ok("extra:" + name, stamp):
-                return False
-            if not _finite32(v):
-                return self._nonfinite()
-            self._extra[name] = StreamSample(stamp, v)
-            self._accept("extra:" + name, stamp)
-            return True
+        if v.size != self.layout.extra(name).dim:
+            return self._reject(f"{v.size} values for extra state {name!r}, which has {self.layout.extra(name).dim}")
+        if not self._order_ok("extra:" + name, stamp):
+            return False
+        if not _finite32(v):
+            return self._nonfinite()
+        self._extra[name] = StreamSample(stamp, v)
+        self._accept("extra:" + name, stamp)
+        return True
 
     def add_image(self, camera: str, stamp: float, image: np.ndarray) -> bool:
         """A decoded HWC uint8 image of `camera`."""
-        with self._lock:
-            if not self._order_ok("image:" + camera, stamp):
-                return False
-            self._images[camera] = StreamSample(stamp, image)
-            self._accept("image:" + camera, stamp)
-            return True
+        if not self._order_ok("image:" + camera, stamp):
+            return False
+        self._images[camera] = StreamSample(stamp, image)
+        self._accept("image:" + camera, stamp)
+        return True
 
     # -- ROS messages (rclpy or bag-reader objects: only field names are used) -------------------
     def add_joint_state_msg(self, msg: Any, stamp: float | None = None) -> bool:
@@ -326,19 +316,17 @@ class ObservationSync:
     def missing(self, now: float, since: float | None = None) -> str:
         """What the tick at `now` would lack for an observation ("" when every stream is there and fresh);
         counts nothing. `since`: see :meth:`_assemble`."""
-        with self._lock:
-            return self._assemble(now, since)[0]
+        return self._assemble(now, since)[0]
 
     def sample(self, now: float) -> SyncResult:
         """The observation of the tick at `now`, or None with the reason (missing or stale stream)."""
-        with self._lock:
-            reason, obs = self._assemble(now)
-            if reason:
-                return self._stale(reason)
-            j = self._joint
-            assert j is not None
-            self.history.append((now, j.stamp))
-            return SyncResult(obs, stamp=j.stamp, age=now - j.stamp)
+        reason, obs = self._assemble(now)
+        if reason:
+            return self._stale(reason)
+        j = self._joint
+        assert j is not None
+        self.history.append((now, j.stamp))
+        return SyncResult(obs, stamp=j.stamp, age=now - j.stamp)
 
     def history_spacing(self) -> list[float]:
         """Gaps between the sample times of the kept history (one control period when healthy)."""

@@ -152,7 +152,6 @@ class PolicyNode(LifecycleNode):
         self._plan_sent: Any = None
         self._levels_sent: Any = None
         self._phase_pending = False  # active, control ticks not yet in phase with the joint states
-        self._timer_lock = threading.RLock()  # the control timer is also (re)started from the joint-state callback
         self._lock = threading.Lock()
         self._seed_not_before: float | None = None  # set on deactivate: re-seed only from newer measurements
         self._totals: dict[str, int] = dict.fromkeys(TOTAL_KEYS, 0)
@@ -396,9 +395,8 @@ class PolicyNode(LifecycleNode):
         self._seed(q)
         # Ticks start TICK_PHASE periods after the next joint state arrives (_on_joint_state), or one period
         # from now if none does.
-        with self._timer_lock:
-            self._phase_pending = True
-            self._restart_timer(self.period, self._start_ticks)
+        self._phase_pending = True
+        self._restart_timer(self.period, self._start_ticks)
         if self._plan_pub is not None:
             self._plan_timer = self.create_timer(self.period, self._publish_plan)
         self.lifecycle_state = "active"
@@ -435,10 +433,9 @@ class PolicyNode(LifecycleNode):
             self._seed(q)
 
     def _restart_timer(self, period: float, callback: Callable[[], None]) -> None:
-        with self._timer_lock:
-            if self._timer is not None:
-                self.destroy_timer(self._timer)
-            self._timer = self.create_timer(period, callback)
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+        self._timer = self.create_timer(period, callback)
 
     def _start_ticks(self) -> None:
         """The first control tick, then one per period from here (in phase with the joint states)."""
@@ -448,11 +445,10 @@ class PolicyNode(LifecycleNode):
         self._tick()
 
     def _stop_streaming(self) -> None:
-        with self._timer_lock:
-            self._phase_pending = False
-            if self._timer is not None:
-                self.destroy_timer(self._timer)
-                self._timer = None
+        self._phase_pending = False
+        if self._timer is not None:
+            self.destroy_timer(self._timer)
+            self._timer = None
         if self._plan_timer is not None:
             self.destroy_timer(self._plan_timer)
             self._plan_timer = None
@@ -529,10 +525,9 @@ class PolicyNode(LifecycleNode):
         if self.sync is not None:
             self.sync.add_joint_state(stamp_seconds(msg.header.stamp), msg.name, msg.position, msg.velocity,
                                       msg.effort)
-        with self._timer_lock:  # (a multi-threaded executor may run a transition meanwhile)
-            if self._phase_pending and self.sync is not None and self.sync.joint_positions is not None:
-                self._phase_pending = False  # first joint state since activation: tick just after each one
-                self._restart_timer(TICK_PHASE * self.period, self._start_ticks)
+        if self._phase_pending and self.sync is not None and self.sync.joint_positions is not None:
+            self._phase_pending = False  # first joint state since activation: tick just after each one
+            self._restart_timer(TICK_PHASE * self.period, self._start_ticks)
 
     def _on_extra(self, extra: ExtraState, msg: PointStamped) -> None:
         if self.sync is not None:
