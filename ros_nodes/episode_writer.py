@@ -1,6 +1,6 @@
 """The LeRobot v3 dataset a recording goes into (no rclpy): the :class:`~streamdp.ros_nodes.recording.FrameSink`
-of the recorder node and the bag converter, written with lerobot itself (``LeRobotDataset.create``,
-``add_frame``, ``save_episode``, ``finalize``; cameras as video by default).
+of the recorder node and the bag converter, written with lerobot itself (``LeRobotDataset.create`` through
+``LeRobotWriter``, ``add_frame``, ``save_episode``, ``finalize``; cameras as video by default).
 
 The dataset is created when an episode starts with the camera size known (else at its first good frame)
 and finalised by :meth:`EpisodeWriter.close`: lerobot keeps its parquet writers open between episodes and
@@ -85,7 +85,7 @@ class EpisodeWriter:
     def open(self, image_hw: tuple[int, int] | None) -> None:
         """Create (or, with resume, open) the dataset now, e.g. when an episode starts, so the first frame's
         control tick does not wait for it; cameras need their image size. No-op once open."""
-        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+        from streamdp.sim.lerobot_writer import LeRobotWriter
 
         o = self.options
         if self._ds is not None:
@@ -95,11 +95,11 @@ class EpisodeWriter:
         threads = 2 if o.camera_names else 0  # PNGs are written off the control tick
         if self._existing is not None:
             self._check_existing(self._existing, image_hw)
-            self._ds = LeRobotDataset(self.repo_id, root=self.root)
+            self._ds = LeRobotWriter(self.repo_id, root=self.root)
             if threads:
                 self._ds.start_image_writer(num_threads=threads)
             return
-        self._ds = LeRobotDataset.create(
+        self._ds = LeRobotWriter.create(
             repo_id=self.repo_id, fps=o.fps, root=self.root, features=lerobot_features(o, image_hw),
             robot_type=o.robot_type or None, use_videos=o.use_videos, image_writer_threads=threads)
         self._created = True
@@ -115,11 +115,8 @@ class EpisodeWriter:
 
         # save_episode runs a datasets.map with a progress bar per episode (and loading a dataset turns bars
         # back on): keep the recorder's and the converter's output to their own lines
-        from streamdp.sim.lerobot_writer import keep_scheduling
-
         datasets.disable_progress_bars()
-        with keep_scheduling():  # video encoding would leave the recorder in SCHED_FIFO 99
-            self._ds.save_episode()
+        self._ds.save_episode()  # LeRobotWriter: the scheduling policy survives the video encoding
         self.saved += 1
         return f"episode {self.num_episodes - 1} of {self.root}"
 
