@@ -64,7 +64,9 @@ class DatasetConfig:
     root: str | None = opt(None, "dataset folder (LeRobot root or .zarr directory): required")
     repo_id: str | None = opt(None, "LeRobot repo id; only a label for a local root (nothing is downloaded)")
     short_episodes: str = opt("pad", "episodes shorter than the horizon: pad (LeRobot convention) | error")
-    cache_lowdim: bool = opt(True, "datasets without cameras: windows from memory (same values, faster)")
+    cache_lowdim: bool = opt(True, "state and action windows from memory (same values, faster)")
+    cache_frames_mb: float = opt(4096.0, "video cameras: decode every frame once into memory when all frames "
+                                 "fit in this many MB (uint8; same frames, no per-sample decoding); 0: off")
     num_workers: int = opt(0, "DataLoader worker processes per rank")
     video_backend: str | None = opt(None, "LeRobot video decoder; null: torchcodec")
     zarr: ZarrConfig = opt(help="only for format=zarr: data/<key> arrays -> policy inputs", factory=ZarrConfig)
@@ -87,6 +89,8 @@ class DatasetConfig:
             )
         if self.num_workers < 0:
             raise ConfigError(f"dataset.num_workers must be >= 0, got {self.num_workers}")
+        if self.cache_frames_mb < 0:
+            raise ConfigError(f"dataset.cache_frames_mb must be >= 0 (0: off), got {self.cache_frames_mb}")
 
 
 @dataclass

@@ -55,9 +55,14 @@ def _names(feature: Mapping[str, Any], dim: int) -> list[str]:
 class LeRobotWindows(WindowedDataset):
     """A local LeRobot v3 dataset read through ``LeRobotDataset(repo_id, root, delta_timestamps=...)``.
 
-    ``cache_lowdim``: for datasets without cameras, state and action windows are cut from in-memory
-    arrays (read once from the parquet table) with exactly LeRobot's clamping and padding, instead of
-    one ``LeRobotDataset.__getitem__`` per sample (~1.5 ms each); tests check both paths agree.
+    ``cache_lowdim``: state and action windows are cut from in-memory arrays (read once from the
+    parquet table) with exactly LeRobot's clamping and padding, instead of one
+    ``LeRobotDataset.__getitem__`` per sample (~1.5 ms each). ``cache_frames_mb``: when all camera
+    frames fit in that many MB (uint8), they are decoded once at load time (``image`` features from
+    their PNG bytes, each ``video`` file once, at the frame LeRobot's decoder would pick:
+    ``round((from_timestamp + timestamp) * fps)``) and camera windows are cut from memory too;
+    otherwise (or 0) every sample decodes its frames through LeRobot, which on a CPU costs as much as
+    a small model's training step. Tests check the paths agree.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class LeRobotWindows(WindowedDataset):
         cache_lowdim: bool = True,
         video_backend: str | None = None,
         check_videos: bool = True,
+        cache_frames_mb: float = 0.0,
     ) -> None:
         super().__init__(window_, fmap)
         self.root = Path(root).expanduser()
@@ -110,7 +116,10 @@ class LeRobotWindows(WindowedDataset):
 
         self._load_lowdim(where, feats, state_dim, action_dim)
         tasks = self._load_tasks(where, meta)
-        self.fast = cache_lowdim and not fmap.cameras
+        self._frames: dict[str, np.ndarray] = {}  # camera key -> (N, C, H, W) uint8, when cached
+        if cache_lowdim and fmap.cameras and cache_frames_mb > 0:
+            self._cache_frames(where, meta, image_shape, cache_frames_mb)
+        self.fast = cache_lowdim and (not fmap.cameras or bool(self._frames))
         self.stats = self._stats(where, meta)
         self.info = DatasetInfo(
             source=str(self.root),
@@ -269,6 +278,86 @@ class LeRobotWindows(WindowedDataset):
             except Exception as e:  # noqa: BLE001 - torchcodec raises RuntimeError/ValueError variants
                 raise DataError(f"{what} is unreadable: {type(e).__name__}: {e}") from e
 
+    def _cache_frames(self, where: str, meta: Any, image_shape: Any, budget_mb: float) -> None:
+        """Decode every camera frame once into ``self._frames`` (uint8 CHW) if they fit the budget."""
+        cams = list(self.fmap.cameras.values())
+        if image_shape is None:
+            return
+        need_mb = len(self) * len(cams) * int(np.prod(image_shape)) / 2**20
+        if need_mb > budget_mb:
+            log.info("%s: frames stay on disk: %.0f MB > dataset.cache_frames_mb=%g", where, need_mb, budget_mb)
+            return
+        frames = {}
+        with single_thread():
+            for key in cams:
+                video = key in self.video_keys
+                frames[key] = self._decode_videos(where, meta, key) if video else self._decode_images(where, key)
+        self._frames = frames
+        log.info("%s: %d frames x %d camera(s) decoded into memory (%.0f MB)", where, len(self), len(cams), need_mb)
+
+    def _decode_images(self, where: str, key: str) -> np.ndarray:
+        """An ``image`` feature: the PNG/JPEG bytes in the parquet table, decoded as LeRobot's PIL path does."""
+        import io
+
+        from PIL import Image
+
+        col = self.dataset.hf_dataset.data.column(key)
+        out: np.ndarray | None = None
+        for row, cell in enumerate(col.to_pylist()):
+            try:
+                raw = cell["bytes"] if cell.get("bytes") is not None else (self.root / cell["path"]).read_bytes()
+                img = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+            except Exception as e:  # noqa: BLE001 - PIL raises many kinds; any means "cannot read it"
+                ep, frame = self.locate(row)
+                raise DataError(f"{where}: image {key!r} of episode {ep}, frame {frame} is unreadable: {e}") from e
+            if out is None:
+                out = np.empty((len(self), img.shape[2], img.shape[0], img.shape[1]), dtype=np.uint8)
+            out[row] = img.transpose(2, 0, 1)
+        assert out is not None
+        return out
+
+    def _decode_videos(self, where: str, meta: Any, key: str) -> np.ndarray:
+        """A ``video`` feature: each file decoded once, at the indices LeRobot's torchcodec path computes."""
+        from torchcodec.decoders import VideoDecoder
+
+        stamps = np.asarray(self.dataset.hf_dataset.data.column("timestamp").to_numpy(), dtype=np.float64)
+        by_file: dict[Path, list[int]] = {}  # video file -> rows of this dataset's episodes in it
+        for row, e in enumerate(self._episode_ids):
+            by_file.setdefault(self.root / meta.get_video_file_path(int(e), key), []).append(row)
+        out: np.ndarray | None = None
+        for path, rows in by_file.items():
+            what = f"{where}: video {path.relative_to(self.root)}"
+            spans = [(int(self._ep_from[r]), int(self._ep_to[r])) for r in rows]
+            try:
+                dec = VideoDecoder(str(path), seek_mode="exact")
+                fps = float(dec.metadata.average_fps)
+                idx = [
+                    np.round((float(meta.episodes[int(self._episode_ids[r])][f"videos/{key}/from_timestamp"])
+                              + stamps[s:t]) * fps).astype(np.int64)
+                    for r, (s, t) in zip(rows, spans)
+                ]  # fmt: skip
+                batch = dec.get_frames_at(indices=np.concatenate(idx).tolist()).data.numpy()
+            except Exception as e:  # noqa: BLE001 - torchcodec raises RuntimeError/IndexError/ValueError variants
+                raise DataError(f"{what} could not be decoded into memory: {type(e).__name__}: {e}") from e
+            if out is None:
+                out = np.empty((len(self), *batch.shape[1:]), dtype=np.uint8)
+            if batch.shape[1:] != out.shape[1:]:
+                raise DataError(f"{what}: frames of shape {batch.shape[1:]}, other files {out.shape[1:]}")
+            k = 0
+            for s, t in spans:
+                out[s:t] = batch[k : k + t - s]
+                k += t - s
+        assert out is not None
+        return out
+
+    def _frame_windows(self, i: int) -> dict[str, torch.Tensor]:
+        """Each camera's To frames of sample i from the in-memory frames, float CHW in [0, 1] like LeRobot's."""
+        oi, _ = window(i, *self._bounds(i), self.window.obs_offsets)
+        return {
+            IMAGE_PREFIX + cam: torch.from_numpy(self._frames[key][oi]).float().div_(255.0)
+            for cam, key in self.fmap.cameras.items()
+        }
+
     def _stats(self, where: str, meta: Any) -> dict[str, dict[str, np.ndarray]]:
         out = {}
         meta_stats = meta.stats or {}
@@ -291,7 +380,10 @@ class LeRobotWindows(WindowedDataset):
     # -- samples --------------------------------------------------------------------------------------
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if self.fast:
-            return self._stamp(self._lowdim_window(i), i)
+            out = self._lowdim_window(i)
+            if self._frames:
+                out.update(self._frame_windows(i))
+            return self._stamp(out, i)
         try:
             if self.video_keys:
                 with single_thread():
@@ -578,6 +670,7 @@ def load_dataset(task: Mapping[str, Any], dcfg: DatasetConfig, window: Window) -
             repo_id=dcfg.repo_id,
             short_episodes=dcfg.short_episodes,
             cache_lowdim=dcfg.cache_lowdim,
+            cache_frames_mb=dcfg.cache_frames_mb,
             video_backend=dcfg.video_backend,
         )
     else:

@@ -7,7 +7,7 @@ import torch
 from streamdp.policy.train.data import EpisodeWindows, FeatureMap, ResumableSampler, Window, joint_names_from
 from streamdp.policy.train.sources import LeRobotWindows, ZarrWindows
 
-from .helpers import write_zarr
+from .helpers import make_lerobot, write_zarr
 
 W = Window(n_obs_steps=2, horizon=12)
 STATE_FMAP = FeatureMap.from_keys("observation.state", "action", [])
@@ -69,6 +69,40 @@ def test_image_samples(arm_image_ds):
     img = item["observation.images.top"]
     assert img.shape == (2, 3, 32, 32) and img.dtype == torch.float32
     assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0 and float(img.std()) > 0
+
+
+def _same_samples(cached: LeRobotWindows, disk: LeRobotWindows) -> None:
+    n0 = cached.info.episode_lengths[0]
+    for i in [0, 1, 5, n0 - 1, n0, n0 + 1, len(cached) - 1, *range(7, len(cached), 23)]:
+        a, b = cached[i], disk[i]
+        assert a.keys() == b.keys(), i
+        for k in a:
+            assert torch.equal(a[k], b[k]), (i, k)
+
+
+def test_frames_decoded_into_memory_equal_lerobot_decoding(arm_image_ds):
+    """dataset.cache_frames_mb, PNG ``image`` features: every sample's camera window (first frames clamped,
+    both episodes) is the frame LeRobotDataset returns, and the state/action windows too."""
+    fmap = FeatureMap.from_keys("observation.state", "action", ["observation.images.top"])
+    cached = LeRobotWindows(arm_image_ds, fmap, W, cache_frames_mb=64)
+    disk = LeRobotWindows(arm_image_ds, fmap, W)
+    assert cached.fast and not disk.fast and cached._frames["observation.images.top"].dtype == np.uint8
+    _same_samples(cached, disk)
+    n0 = cached.info.episode_lengths[0]
+    assert not torch.equal(cached[n0]["observation.images.top"], cached[n0 - 1]["observation.images.top"])
+    # over the budget, or off: frames stay on disk and are decoded per sample
+    assert not LeRobotWindows(arm_image_ds, fmap, W, cache_frames_mb=0.01).fast
+    assert not LeRobotWindows(arm_image_ds, fmap, W, cache_frames_mb=0).fast
+
+
+def test_video_frames_decoded_into_memory_equal_lerobot_decoding(tmp_path):
+    """The same for an mp4 ``video`` feature: three episodes packed in one file, each at its own offset."""
+    root = make_lerobot(tmp_path / "vid", [17, 9, 23], image=(24, 32), video=True)
+    fmap = FeatureMap.from_keys("observation.state", "action", ["observation.images.cam"])
+    cached = LeRobotWindows(root, fmap, W, cache_frames_mb=64)
+    disk = LeRobotWindows(root, fmap, W)
+    assert cached.fast and cached.video_keys and cached._frames["observation.images.cam"].shape == (49, 3, 24, 32)
+    _same_samples(cached, disk)
 
 
 def test_zarr_windows_equal_lerobot_windows(arm_state_ds, tmp_path):
