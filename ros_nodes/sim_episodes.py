@@ -246,15 +246,18 @@ def run_sampler_episodes(
     num_inference_steps: int = 0,
     episodes: int = 10,
     seed: int = 10000,
-    task: str = "arm_reach_dynamic",
+    task: str | None = None,
     policy_params: dict[str, Any] | None = None,
     log_dir: str | Path | None = None,
     startup_timeout: float = 300.0,
     on_episode: Callable[[RosEpisode], None] | None = None,
     driver: type[EpisodeDriver] = EpisodeDriver,
+    params: Sequence[str | Path] | None = None,
 ) -> RosSamplerRun:
     """Run `episodes` scored episodes of one sampler (see the module docstring); seeds seed, seed+1, ...
-    `driver`: the runner's node class (a subclass may watch more topics, e.g. a test checking every command)."""
+    `driver`: the runner's node class (a subclass may watch more topics, e.g. a test checking every command).
+    `params`: the bring-up's parameter files (default config/ros/sim.yaml), e.g. config/ros/sim_image.yaml for
+    a camera policy; `task` (default: the files' ``sim_bridge.task``, else arm_reach_dynamic) overrides theirs."""
     problems = ros_env_problems()
     if problems:
         raise RuntimeError("ROS environment not safe for a run: " + "; ".join(problems))
@@ -263,6 +266,8 @@ def run_sampler_episodes(
     from streamdp.sim.metrics import sampler_label
     from streamdp.sim.tasks import task_spec
 
+    files = [Path(p) for p in params] if params else [bringup.default_params("sim")]
+    task = task or _bridge_task(files)
     spec = task_spec(task)
     episode_s = spec.max_episode_steps / spec.fps
     overrides = {
@@ -272,7 +277,7 @@ def run_sampler_episodes(
                         "num_inference_steps": int(num_inference_steps), "diagnostics_rate_hz": 10.0,
                         **(policy_params or {})},
     }
-    descs = bringup.describe("sim", overrides=overrides)
+    descs = bringup.describe("sim", params=files, overrides=overrides)
     tag = f"{sampler or 'ckpt'}{num_inference_steps or ''}"
     log_dir = Path(log_dir or os.environ["ROS_LOG_DIR"]) / f"episodes-{tag}-{os.getpid()}-{time.time_ns()}"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -303,6 +308,20 @@ def run_sampler_episodes(
     return run
 
 
+def _bridge_task(files: Sequence[Path]) -> str:
+    """The last ``sim_bridge.task`` the parameter files set (as ROS applies them), else arm_reach_dynamic."""
+    import yaml
+
+    task = "arm_reach_dynamic"
+    for f in files:
+        try:
+            doc = yaml.safe_load(Path(f).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"parameter file {f}: unreadable: {e}") from e
+        task = ((doc.get("sim_bridge") or {}).get("ros__parameters") or {}).get("task", task)
+    return str(task)
+
+
 def markdown(runs: Sequence[RosSamplerRun]) -> str:
     """One row per sampler: success with its interval, latency, calls, deadline misses, holds."""
     lines = [
@@ -325,19 +344,27 @@ def markdown(runs: Sequence[RosSamplerRun]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--params", action="append", default=None, metavar="FILE",
+                    help="bring-up parameter file (default config/ros/sim.yaml; config/ros/sim_image.yaml: the arm "
+                         "with its camera, for an image policy); repeatable, later files win")
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--samplers", nargs="+", default=["sdp", "ddpm"], help="sampler[:K] ...")
     ap.add_argument("--seed", type=int, default=10000)
     ap.add_argument("--num-threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     a = ap.parse_args(argv)
+    for f in a.params or []:
+        if not Path(f).is_file():
+            print(f"streamdp-sim-episodes: --params {f}: no such file (e.g. config/ros/sim_image.yaml)",
+                  file=sys.stderr)
+            return 2
     from streamdp.sim.evaluate import SamplerSpec
 
     runs = []
     for item in a.samplers:
         spec = SamplerSpec.parse(item)
         r = run_sampler_episodes(a.checkpoint, spec.sampler, spec.num_inference_steps or 0, a.episodes, a.seed,
-                                 policy_params={"num_threads": a.num_threads},
+                                 policy_params={"num_threads": a.num_threads}, params=a.params,
                                  on_episode=lambda e: print(f"  episode {e.index} seed {e.seed}: "
                                                             f"{'success' if e.success else 'timeout'} "
                                                             f"in {e.steps} steps", flush=True))

@@ -32,6 +32,30 @@ def test_scored_episodes_through_the_nodes(ros_env, bundled_ckpt):
     assert "| SDP" in markdown([r])
 
 
+def test_image_policy_episode_through_the_camera_bringup(ros_env, untrained_image_ckpt):
+    """config/ros/sim_image.yaml: the bridge publishes the camera and no /target, the policy node reads
+    /camera/top/image_raw; an image checkpoint runs a scored episode (random weights: it times out)."""
+    from streamdp.ros_nodes.bringup import default_params
+    from streamdp.ros_nodes.sim_episodes import run_sampler_episodes
+
+    r = run_sampler_episodes(untrained_image_ckpt, "sdp", 0, episodes=1, seed=10000,
+                             params=[default_params("sim_image")])
+    (e,) = r.episodes
+    d = e.diagnostics
+    assert e.steps >= 1 and d["ticks"] >= 1 and d["chunks"] >= 1 and d["nonfinite_outputs"] == 0
+    assert e.success or e.steps == 120
+
+
+def test_bridge_task_comes_from_the_parameter_files(tmp_path):
+    from streamdp.ros_nodes.bringup import default_params
+    from streamdp.ros_nodes.sim_episodes import _bridge_task
+
+    assert _bridge_task([default_params("sim")]) == "arm_reach_dynamic"
+    assert _bridge_task([default_params("sim"), default_params("sim_pusht")]) == "pusht"
+    (tmp_path / "p.yaml").write_text("policy_node:\n  ros__parameters:\n    num_threads: 1\n")
+    assert _bridge_task([default_params("sim_pusht"), tmp_path / "p.yaml"]) == "pusht"
+
+
 def test_main_job_end_to_end_reduced(ros_env, tmp_path, capsys):
     """`make demo` in small: collect demos, train a policy from them, cost table, ROS episodes, plots."""
     from streamdp.ros_nodes import demo

@@ -40,14 +40,15 @@ def test_policy_node_parameters_assemble_the_task_state(task, mode):
         assert list(robot.command_names) == spec.action_names
 
 
-@pytest.mark.parametrize("config", ["sim", "sim_pusht"])
+@pytest.mark.parametrize("config", ["sim", "sim_pusht", "sim_image"])
 def test_sim_yamls_are_the_bridge_robots(config):
     """config/ros/sim*.yaml's observation parameters are the bridge's description of its task, not a second copy."""
     doc = yaml.safe_load(default_params(config).read_text())
     pol, sim = doc["policy_node"]["ros__parameters"], doc["sim_bridge"]["ros__parameters"]
     want = sim_robot(task_spec(sim["task"], sim["obs_mode"])).policy_params()
-    for key in ("joint_names", "state_layout", "extra_state_names", "extra_state_topics", "extra_state_fields"):
-        assert pol[key] == want[key], key
+    for key in ("joint_names", "state_layout", "extra_state_names", "extra_state_topics", "extra_state_fields",
+                "camera_names", "camera_topics"):
+        assert pol.get(key, []) == want[key], key
 
 
 def test_tasks_without_a_robot_are_refused_by_name():

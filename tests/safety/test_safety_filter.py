@@ -324,11 +324,12 @@ def test_property_workspace_box_holds(commands, seed):
     run(f, commands + [commands[-1]] * 15, arm_bounds())  # the oracle checks each tip against the box
 
 
-def test_sim_params_limits_are_the_urdf_limits():
-    """config/ros/sim.yaml turns the safety filter on with the arm URDF's position and velocity limits."""
+@pytest.mark.parametrize("config", ["sim", "sim_image"])
+def test_sim_params_limits_are_the_urdf_limits(config):
+    """config/ros/sim*.yaml turn the safety filter on with the arm URDF's position and velocity limits."""
     import yaml
 
-    doc = yaml.safe_load((ARM_URDF.parents[2] / "config" / "ros" / "sim.yaml").read_text())
+    doc = yaml.safe_load((ARM_URDF.parents[2] / "config" / "ros" / f"{config}.yaml").read_text())
     lim = doc["policy_node"]["ros__parameters"]["limits"]
     urdf = SafetyLimits.from_urdf(ARM_URDF, ARM_JOINTS, 0.05)
     np.testing.assert_allclose(lim["position_min"], urdf.position_lower)
