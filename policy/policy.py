@@ -25,6 +25,7 @@ denoiser call from a captured CUDA graph and the SDP roll and BAC residual adds 
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ class Policy:
         self.generator = torch.Generator().manual_seed(seed)
         self.last_nfe = 0  # network calls spent on the most recent emitted chunk
         self.dropped_observations = 0
+        self.encodes_total = 0  # observation-encoder runs (at most one per observation: condition())
+        self.encode_s_total = 0.0  # their wall time (CUDA: synchronized)
         self.call = DenoiserCall(self.model, config, self.device, cache_factory=self._block_cache)
         self.extras = {}  # builds the sampler and resets
 
@@ -356,11 +359,16 @@ class Policy:
         if self._cond is None:
             if not self._history:
                 raise RuntimeError("no observation yet: call observe() first")
+            t0 = time.perf_counter()
             batch = {k: torch.stack([h[k] for h in self._history])[None].to(self.device) for k in self._history[0]}
             if STATE_KEY in batch:
                 batch[STATE_KEY] = self._norm().normalize(STATE_KEY, batch[STATE_KEY])
             with torch.inference_mode():
                 self._cond = self.model.encode(batch)
+            if self.device.type == "cuda":  # the denoiser waits for it anyway
+                torch.cuda.synchronize(self.device)
+            self.encodes_total += 1
+            self.encode_s_total += time.perf_counter() - t0
         return self._cond
 
     def _norm(self) -> Normalizer:

@@ -6,7 +6,8 @@
 #   and -bac on the same dataset -> copy of the EMA export (config.json + safetensors, no pickle).
 # Seeds are fixed; training follows the recipes in config/recipe/ (README, "Training recipes") at about
 # 10 steps/s on one idle CPU core: arm 20k steps from 200 demos, PushT 40k steps from 500 demos, LIBERO-Object
-# 20k steps (of a 40k-step schedule) from 50 demos of each of its 10 tasks. The
+# 20k steps (of a 40k-step schedule) from 50 demos of each of its 10 tasks, the arm from its camera
+# (arm_reach_dynamic_image, small CNN trunk) 12k steps from 200 camera demos at 2-3 steps/s. The
 # PushT bundle is the step-40,000 checkpoint of the 60k-step recipe (its cosine schedule runs to 60k;
 # the bundled run was stopped at 40k for time, so the script trains to 40k on that schedule's checkpoints
 # and bundles step_00040000).
@@ -24,9 +25,10 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 MUJOCO_GL=${MUJOCO_GL:-egl}
 work=${WORK:-build/bundle}
 bin=.venv/bin
 collected=""
-for bundle in ${TASKS:-arm_reach_dynamic arm_reach_dynamic_tick pusht libero_object}; do
+for bundle in ${TASKS:-arm_reach_dynamic arm_reach_dynamic_tick pusht libero_object arm_reach_dynamic_image}; do
   # arm_reach_dynamic_tick: the same arm, Ta=1 and K=h=15: one network call per control tick.
   # libero_object: one task-conditioned policy for the 10 tasks of the suite (recipe libero_object).
+  # arm_reach_dynamic_image: the arm from its 96x96 camera and joint state (task and recipe of that name).
   task=${bundle%_tick} extra=() bac=1 recipe=${bundle%_tick}
   [[ $bundle == *_tick ]] && extra=(policy.n_action_steps=1 policy.num_inference_steps=15) bac=
   data=$work/data/$task run=$work/runs/$bundle dst=sim/assets/checkpoints/$bundle

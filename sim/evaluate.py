@@ -231,6 +231,8 @@ class EpisodeResult:
     error: str | None = None  # a NonFiniteError from the policy ends the episode as a failure
     task: str = ""  # the env's instruction (its task spec's description), which the policy got as obs["task"]
     task_options: dict[str, Any] = field(default_factory=dict)  # make_task options of this episode's task
+    encodes: int = 0  # observation-encoder runs (Policy.encodes_total): at most one per observation
+    encode_ms: list[float] = field(default_factory=list)  # wall time of each tick's encoder run
     actions: list[list[float]] = field(default_factory=list, repr=False)  # commanded, per env step (not in JSON)
     chunk_ids: list[int] = field(default_factory=list, repr=False)  # chunk of each command, -1 = held
 
@@ -238,6 +240,7 @@ class EpisodeResult:
         d = dataclasses.asdict(self)
         del d["actions"], d["chunk_ids"]
         d["tick_ms"] = [round(x, 4) for x in self.tick_ms]
+        d["encode_ms"] = [round(x, 4) for x in self.encode_ms]
         d["boundary_jump_max"] = max(self.boundary_jumps) if self.boundary_jumps else None
         d["within_jump_max"] = max(self.within_jumps) if self.within_jumps else None
         d["boundary_jumps"] = [round(x, 6) for x in self.boundary_jumps]
@@ -314,6 +317,17 @@ class RunResult:
         return {"mean": float(np.mean(c)), "min": float(min(c)), "max": float(max(c))}
 
     @property
+    def encoder(self) -> dict[str, Any]:
+        """How often the observation encoder ran (per policy tick, per inference; the network calls each run
+        served) and its wall time: the encoder runs once per observation, however many calls use it."""
+        enc = sum(e.encodes for e in self.episodes)
+        ticks = sum(e.policy_ticks for e in self.episodes)
+        infs = sum(e.inferences for e in self.episodes)
+        return {"encodes": enc, "per_tick": enc / max(ticks, 1), "per_inference": enc / max(infs, 1),
+                "calls_per_encode": sum(e.calls for e in self.episodes) / enc if enc else None,
+                "ms": percentiles([x for e in self.episodes for x in e.encode_ms])}
+
+    @property
     def smoothness(self) -> dict[str, Any]:
         b = [x for e in self.episodes for x in e.boundary_jumps]
         w = [x for e in self.episodes for x in e.within_jumps]
@@ -359,6 +373,7 @@ class RunResult:
             "calls_per_tick": self.calls_per_tick,
             "calls_per_inference": self.calls_per_inference,
             "compute_s_per_inference": percentiles([x for e in self.episodes for x in e.compute_s]),
+            "encoder": self.encoder,
             "smoothness": self.smoothness,
             "per_task": self.per_task(),
         }
@@ -461,6 +476,10 @@ class EvalResult:
                 extra.append(f"final dist {r.mean_final_distance:.3f}")
             if self.latency_aware:
                 extra.append(f"held {np.mean([e.held_steps for e in r.episodes]):.1f}/ep")
+            if r.policy.get("camera_names"):
+                enc = r.encoder
+                extra.append(f"encoder {enc['per_tick']:.2f}/tick, {_f(enc['calls_per_encode'], 1)} calls/run, "
+                             f"{_f(enc['ms']['p50'])} ms p50")
             lines.append(
                 f"| {r.label} | {r.successes}/{r.n} = {r.success_rate:.2f} [{lo:.2f}, {hi:.2f}] "
                 f"| {_f(t['p50'])} / {_f(t['p95'])} / {_f(t['p99'])} | {_f(i['p50'])} | {r.calls_per_tick:.2f} "
@@ -694,7 +713,8 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
     inference_ticks: list[int] = []
     calls_per_inference: list[int] = []
     compute_s: list[float] = []
-    held_steps = total_calls = 0
+    held_steps = total_calls = encodes = 0
+    encode_ms: list[float] = []
     chunk = -1
 
     error = None
@@ -707,6 +727,9 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
             break
         total_calls += cost.calls
         tick_ms.append(cost.ms)
+        if cost.encodes:
+            encodes += cost.encodes
+            encode_ms.append(cost.encode_seconds * 1e3)
         if recording is not None:
             recording.noise_levels(ro.steps, policy.noise_levels())
         if need:
@@ -741,7 +764,8 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
         compute_s=compute_s, max_coverage=ro.max_cov, final_distance=float(dist) if dist is not None else None,
         mean_abs_jerk=mean_abs_jerk(acts, fps), boundary_jumps=boundary.tolist(), within_jumps=within.tolist(),
         seconds=time.perf_counter() - t_start, video=job.video_path, rerun=job.rerun_path, error=error,
-        task=spec.description, task_options=dict(job.task_kwargs), actions=acts.tolist(), chunk_ids=ro.chunk_ids,
+        task=spec.description, task_options=dict(job.task_kwargs), encodes=encodes, encode_ms=encode_ms,
+        actions=acts.tolist(), chunk_ids=ro.chunk_ids,
     )
 
 

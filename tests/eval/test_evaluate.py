@@ -32,6 +32,7 @@ def _summary_keys():
         "calls_per_tick",
         "calls_per_inference",
         "compute_s_per_inference",
+        "encoder",
         "smoothness",
         "per_episode",
     }
@@ -107,6 +108,35 @@ def test_network_calls_match_the_sampler(two_samplers):
     assert sdp.calls_per_tick < ddim.calls_per_tick
     for e in ddim.episodes + sdp.episodes:
         assert e.calls == sum(e.calls_per_inference)
+    # the observation encoder runs once per observation that is denoised on, never once per call
+    assert ddim.encoder["encodes"] == sum(e.inferences for e in ddim.episodes)
+    assert ddim.encoder["calls_per_encode"] == pytest.approx(10.0)
+    ticks = sum(e.policy_ticks for e in sdp.episodes)
+    assert sdp.encoder["encodes"] <= ticks and sdp.encoder["calls_per_encode"] >= 1.0
+    assert ddim.encoder["ms"]["n"] == ddim.encoder["encodes"]
+
+
+def test_image_policy_encoder_runs_once_per_observation(tmp_path):
+    """An image checkpoint (camera 'top', random weights) in the arm's image mode: the CNN runs once per
+    denoised observation however many network calls use it, and the table says so."""
+    import numpy as np_
+    import torch
+
+    from streamdp.policy.policy import Policy
+    from streamdp.sim.expert_policy import policy_config_for
+
+    cfg = policy_config_for(TASK, "image", num_inference_steps=4, sampler="ddim", n_action_steps=4,
+                            encoder={"backbone": "small"})
+    one = {"min": -np_.ones(3), "max": np_.ones(3), "mean": np_.zeros(3), "std": np_.ones(3)}
+    stats = {"action": one, "observation.state": {k: np_.concatenate([v, v]) for k, v in one.items()}}
+    torch.manual_seed(0)
+    Policy(cfg, stats=stats).save_pretrained(tmp_path / "ckpt")
+    res = evaluate(tmp_path / "ckpt", TASK, episodes=1, seed=5, max_steps=12, out=tmp_path / "out")
+    (run,) = res.runs
+    enc = run.encoder
+    assert enc["encodes"] == run.episodes[0].inferences == 3  # 12 ticks, Ta = 4
+    assert enc["calls_per_encode"] == pytest.approx(4.0) and enc["ms"]["p50"] > 0
+    assert "encoder 0.25/tick, 4.0 calls/run" in res.table()
 
 
 def test_seeds_make_episodes_repeatable(tiny_ckpt, two_samplers):
