@@ -72,6 +72,22 @@ def default_params(config: str) -> Path:
     return config_dir() / f"{config}.yaml"
 
 
+def bridge_parameter(files: Sequence[str | Path], overrides: Mapping[str, Mapping[str, Any]] | None, name: str,
+                     default: Any) -> Any:
+    """The sim bridge's parameter `name` as ROS will apply it: the override, else the last parameter file
+    that sets it, else `default`."""
+    value = default
+    for f in files:
+        if not Path(f).is_file():
+            continue  # main() names every missing file
+        try:
+            doc = yaml.safe_load(Path(f).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ValueError(f"parameter file {f}: unreadable: {e}") from e
+        value = ((doc.get("sim_bridge") or {}).get("ros__parameters") or {}).get(name, value)
+    return (overrides or {}).get("sim_bridge", {}).get(name, value)
+
+
 def _node_params(name: str, overrides: Mapping[str, Mapping[str, Any]] | None) -> tuple[Mapping[str, Any], ...]:
     o = (overrides or {}).get(name)
     return (dict(o),) if o else ()
@@ -103,13 +119,16 @@ def describe(
     if (teleop or record) and config != "sim":
         raise ValueError("--teleop and --record are for the sim bring-up; on a real arm run streamdp-record")
     files = tuple(str(p) for p in (params or [default_params(config)]))
-    # The simulation runs out of the box with the bundled arm policy; any checkpoint given in a
+    # The simulation runs out of the box with the policy bundled for the bridge's task and observation
+    # mode (arm_reach_dynamic, arm_reach_dynamic_image with the camera, pusht); any checkpoint given in a
     # parameter file or an override comes later in the list, so it wins.
     default: tuple[Mapping[str, Any], ...] = ()
     if config == "sim":
         from streamdp.sim import bundled_checkpoint
 
-        found = bundled_checkpoint("arm_reach_dynamic")
+        task = bridge_parameter(files, overrides, "task", "arm_reach_dynamic")
+        image = bridge_parameter(files, overrides, "obs_mode", "state") == "image"
+        found = bundled_checkpoint(f"{task}_image" if image else str(task))
         default = ({"checkpoint": str(found)},) if found is not None else ()
     policy = NodeDescription(
         executable="policy_node",

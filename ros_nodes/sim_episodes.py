@@ -267,7 +267,7 @@ def run_sampler_episodes(
     from streamdp.sim.tasks import task_spec
 
     files = [Path(p) for p in params] if params else [bringup.default_params("sim")]
-    task = task or _bridge_task(files)
+    task = task or str(bringup.bridge_parameter(files, None, "task", "arm_reach_dynamic"))
     spec = task_spec(task)
     episode_s = spec.max_episode_steps / spec.fps
     overrides = {
@@ -306,20 +306,6 @@ def run_sampler_episodes(
         if s.lifecycle_state() not in ("inactive", "unconfigured"):
             raise RuntimeError("policy_node did not stay inactive after the last episode")
     return run
-
-
-def _bridge_task(files: Sequence[Path]) -> str:
-    """The last ``sim_bridge.task`` the parameter files set (as ROS applies them), else arm_reach_dynamic."""
-    import yaml
-
-    task = "arm_reach_dynamic"
-    for f in files:
-        try:
-            doc = yaml.safe_load(Path(f).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ValueError(f"parameter file {f}: unreadable: {e}") from e
-        task = ((doc.get("sim_bridge") or {}).get("ros__parameters") or {}).get("task", task)
-    return str(task)
 
 
 def markdown(runs: Sequence[RosSamplerRun]) -> str:

@@ -38,6 +38,16 @@ def test_descriptions_match_console_scripts_and_node_classes():
         bringup.describe("moon")
 
 
+def test_bridge_parameter_as_ros_applies_the_files(tmp_path):
+    sim, pusht = bringup.default_params("sim"), bringup.default_params("sim_pusht")
+    assert bringup.bridge_parameter([sim], None, "task", "x") == "arm_reach_dynamic"
+    assert bringup.bridge_parameter([sim, pusht], None, "task", "x") == "pusht"  # the later file wins
+    (tmp_path / "p.yaml").write_text("policy_node:\n  ros__parameters:\n    num_threads: 1\n")
+    assert bringup.bridge_parameter([pusht, tmp_path / "p.yaml"], None, "task", "x") == "pusht"
+    assert bringup.bridge_parameter([sim], {"sim_bridge": {"obs_mode": "image"}}, "obs_mode", "x") == "image"
+    assert bringup.bridge_parameter([], None, "obs_mode", "state") == "state"
+
+
 def test_command_lines_and_parameter_overrides(tmp_path):
     ov = bringup.parse_overrides(["policy_node.checkpoint:=/ck", "policy_node.joint_names:=[a, b]",
                                   "sim_bridge.seed:=4"])
@@ -57,6 +67,13 @@ def test_command_lines_and_parameter_overrides(tmp_path):
     assert files[1] == str(bringup.default_params("sim"))
     assert yaml.safe_load(Path(files[2]).read_text()) == {
         "policy_node": {"ros__parameters": {"checkpoint": "/ck", "joint_names": ["a", "b"]}}}
+    # with the camera (sim_image.yaml, or the bridge's obs_mode overridden) the default is the camera bundle
+    for params, over in (([bringup.default_params("sim_image")], None),
+                         (None, {"sim_bridge": {"obs_mode": "image"}})):
+        _, pol_img = bringup.describe("sim", params=params, overrides=over)
+        assert pol_img.parameters[0] == {"checkpoint": str(bundled_checkpoint("arm_reach_dynamic_image"))}
+    _, pol_pusht = bringup.describe("sim", params=[bringup.default_params("sim_pusht")])
+    assert pol_pusht.parameters[0] == {"checkpoint": str(bundled_checkpoint("pusht"))}
     env = bringup.child_env(pol, base={"PATH": "/bin"})
     assert env["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "LOCALHOST"
 

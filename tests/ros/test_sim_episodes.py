@@ -46,16 +46,6 @@ def test_image_policy_episode_through_the_camera_bringup(ros_env, untrained_imag
     assert e.success or e.steps == 120
 
 
-def test_bridge_task_comes_from_the_parameter_files(tmp_path):
-    from streamdp.ros_nodes.bringup import default_params
-    from streamdp.ros_nodes.sim_episodes import _bridge_task
-
-    assert _bridge_task([default_params("sim")]) == "arm_reach_dynamic"
-    assert _bridge_task([default_params("sim"), default_params("sim_pusht")]) == "pusht"
-    (tmp_path / "p.yaml").write_text("policy_node:\n  ros__parameters:\n    num_threads: 1\n")
-    assert _bridge_task([default_params("sim_pusht"), tmp_path / "p.yaml"]) == "pusht"
-
-
 def test_main_job_end_to_end_reduced(ros_env, tmp_path, capsys):
     """`make demo` in small: collect demos, train a policy from them, cost table, ROS episodes, plots."""
     from streamdp.ros_nodes import demo
