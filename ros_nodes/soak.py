@@ -165,6 +165,7 @@ def _monitor_class() -> type:
             self.joint_states = 0
             self.activations = 0
             self._new_segment = False
+            self._last_cmd_source_ns = 0  # publisher-side stamp of the latest command (MessageInfo)
             self.restart_pending = False
             self.starts: list[dict[str, Any]] = []  # per activation: its first command against the arm
             self.episodes: dict[str, int] = {"success": 0, "timeout": 0, "running": 0}
@@ -189,10 +190,16 @@ def _monitor_class() -> type:
             self.measured = np.array([m.position[i] for i in idx], dtype=np.float64)
             self.joint_states += 1
 
-        def _on_transition(self, m: Any) -> None:
+        def _on_transition(self, m: Any, info: Any) -> None:  # with the message info: when it was sent
             if m.goal_state.id == self._active:
                 self.activations += 1
-                self._new_segment = True
+                # A restarted process's endpoints match this monitor one by one: its activation event can
+                # arrive after commands it published later. Those were already chained from the measured
+                # state at the publisher's first command; re-seeding the oracle now, at a measured state the
+                # commands have moved ahead of, would flag a jump the node never made (seen once in CI).
+                sent = int(info.get("source_timestamp") or 0)
+                if not (sent and sent < self._last_cmd_source_ns):
+                    self._new_segment = True
 
         def _on_episode(self, m: Any) -> None:
             state = m.message
@@ -201,6 +208,7 @@ def _monitor_class() -> type:
         def _on_cmd(self, m: Any, info: Any) -> None:  # with the message info: who published it
             super()._on_cmd(m)
             gid = bytes((info.get("publisher_gid") or {}).get("data", b"")).hex()
+            self._last_cmd_source_ns = int(info.get("source_timestamp") or 0)
             try:
                 idx = [list(m.joint_names).index(j) for j in self.joints]
                 pts = np.array([[p.positions[i] for i in idx] for p in m.points], dtype=np.float64)
