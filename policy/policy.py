@@ -78,7 +78,7 @@ class Policy:
         self.last_nfe = 0  # network calls spent on the most recent emitted chunk
         self.dropped_observations = 0
         self.encodes_total = 0  # observation-encoder runs (at most one per observation: condition())
-        self.encode_s_total = 0.0  # their wall time (CUDA: synchronized)
+        self.encode_s_total = 0.0  # their host wall time (the encoder's own time on CPU; launch time on CUDA)
         self.call = DenoiserCall(self.model, config, self.device, cache_factory=self._block_cache)
         self.extras = {}  # builds the sampler and resets
 
@@ -365,8 +365,6 @@ class Policy:
                 batch[STATE_KEY] = self._norm().normalize(STATE_KEY, batch[STATE_KEY])
             with torch.inference_mode():
                 self._cond = self.model.encode(batch)
-            if self.device.type == "cuda":  # the denoiser waits for it anyway
-                torch.cuda.synchronize(self.device)
             self.encodes_total += 1
             self.encode_s_total += time.perf_counter() - t0
         return self._cond

@@ -232,7 +232,7 @@ class EpisodeResult:
     task: str = ""  # the env's instruction (its task spec's description), which the policy got as obs["task"]
     task_options: dict[str, Any] = field(default_factory=dict)  # make_task options of this episode's task
     encodes: int = 0  # observation-encoder runs (Policy.encodes_total): at most one per observation
-    encode_ms: list[float] = field(default_factory=list)  # wall time of each tick's encoder run
+    encode_ms: list[float] = field(default_factory=list)  # wall time of each tick's encoder run (CPU only)
     actions: list[list[float]] = field(default_factory=list, repr=False)  # commanded, per env step (not in JSON)
     chunk_ids: list[int] = field(default_factory=list, repr=False)  # chunk of each command, -1 = held
 
@@ -727,8 +727,8 @@ def run_episode(job: _Job, clock: Callable[[], float] = time.perf_counter) -> Ep
             break
         total_calls += cost.calls
         tick_ms.append(cost.ms)
-        if cost.encodes:
-            encodes += cost.encodes
+        encodes += cost.encodes
+        if cost.encodes and cost.encode_seconds is not None:
             encode_ms.append(cost.encode_seconds * 1e3)
         if recording is not None:
             recording.noise_levels(ro.steps, policy.noise_levels())

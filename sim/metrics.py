@@ -31,7 +31,7 @@ class Cost:
     calls: int
     branches: int | None  # residual-branch computes; None without a block cache
     encodes: int = 0  # observation-encoder runs inside the call (Policy.encodes_total)
-    encode_seconds: float = 0.0  # their wall time
+    encode_seconds: float | None = 0.0  # their wall time; None on CUDA (the host sees only the launches)
 
     @property
     def ms(self) -> float:
@@ -47,16 +47,18 @@ def timed(policy: Any, fn: Callable[[], T], clock: Callable[[], float] = time.pe
     calls0 = policy.nfe_total
     branches0 = cache.computed if cache is not None else 0
     enc0, enc_s0 = getattr(policy, "encodes_total", 0), getattr(policy, "encode_s_total", 0.0)
+    cuda = getattr(getattr(policy, "device", None), "type", "cpu") == "cuda"
     t0 = clock()
     out = fn()
-    if getattr(getattr(policy, "device", None), "type", "cpu") == "cuda":
+    if cuda:
         import torch
 
         torch.cuda.synchronize()
     dt = clock() - t0
     branches = cache.computed - branches0 if cache is not None else None
     encodes = getattr(policy, "encodes_total", 0) - enc0
-    return out, Cost(dt, policy.nfe_total - calls0, branches, encodes, getattr(policy, "encode_s_total", 0.0) - enc_s0)
+    enc_s = None if cuda else getattr(policy, "encode_s_total", 0.0) - enc_s0
+    return out, Cost(dt, policy.nfe_total - calls0, branches, encodes, enc_s)
 
 
 def observe_and_denoise(policy: Any, obs: Mapping[str, Any]) -> None:
@@ -79,8 +81,7 @@ def measure(policy: Any, observations: Iterable[Mapping[str, Any]], warmup: int 
 
 def summarize(costs: list[Cost], branches_per_call: int | None = None) -> dict[str, Any]:
     """ms p50/p99, mean calls and mean branch computes per observation (``branches_per_call`` x calls
-    when no cache counted them, e.g. 3 x layers for an uncached transformer; None for a U-Net), encoder
-    runs per observation and their ms p50."""
+    when no cache counted them, e.g. 3 x layers for an uncached transformer; None for a U-Net)."""
     ms = [c.ms for c in costs]
     calls = [c.calls for c in costs]
     counted = [c.branches for c in costs if c.branches is not None]
@@ -88,15 +89,12 @@ def summarize(costs: list[Cost], branches_per_call: int | None = None) -> dict[s
         branches: float | None = float(np.mean(counted))
     else:
         branches = float(np.mean(calls)) * branches_per_call if branches_per_call else None
-    enc_ms = [c.encode_seconds * 1e3 for c in costs if c.encodes]
     return {
         "ms_p50": float(np.median(ms)),
         "ms_p99": float(np.percentile(ms, 99)),
         "n_obs": len(ms),
         "calls": float(np.mean(calls)),
         "branches": branches,
-        "encodes": float(np.mean([c.encodes for c in costs])),
-        "encode_ms_p50": float(np.median(enc_ms)) if enc_ms else None,
     }
 
 
