@@ -296,17 +296,16 @@ class LeRobotWindows(WindowedDataset):
         log.info("%s: %d frames x %d camera(s) decoded into memory (%.0f MB)", where, len(self), len(cams), need_mb)
 
     def _decode_images(self, where: str, key: str) -> np.ndarray:
-        """An ``image`` feature: the PNG/JPEG bytes in the parquet table, decoded as LeRobot's PIL path does."""
-        import io
+        """An ``image`` feature: each cell decoded by the ``datasets`` Image feature, as LeRobotDataset reads it."""
+        from datasets import Image
 
-        from PIL import Image
-
+        decoder = Image()
         col = self.dataset.hf_dataset.data.column(key)
         out: np.ndarray | None = None
         for row, cell in enumerate(col.to_pylist()):
             try:
-                raw = cell["bytes"] if cell.get("bytes") is not None else (self.root / cell["path"]).read_bytes()
-                img = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+                img = np.asarray(decoder.decode_example(cell))
+                img = img[..., None] if img.ndim == 2 else img
             except Exception as e:  # noqa: BLE001 - PIL raises many kinds; any means "cannot read it"
                 ep, frame = self.locate(row)
                 raise DataError(f"{where}: image {key!r} of episode {ep}, frame {frame} is unreadable: {e}") from e

@@ -119,7 +119,6 @@ def test_network_calls_match_the_sampler(two_samplers):
 def test_image_policy_encoder_runs_once_per_observation(tmp_path):
     """An image checkpoint (camera 'top', random weights) in the arm's image mode: the CNN runs once per
     denoised observation however many network calls use it, and the table says so."""
-    import numpy as np_
     import torch
 
     from streamdp.policy.policy import Policy
@@ -127,8 +126,8 @@ def test_image_policy_encoder_runs_once_per_observation(tmp_path):
 
     cfg = policy_config_for(TASK, "image", num_inference_steps=4, sampler="ddim", n_action_steps=4,
                             encoder={"backbone": "small"})
-    one = {"min": -np_.ones(3), "max": np_.ones(3), "mean": np_.zeros(3), "std": np_.ones(3)}
-    stats = {"action": one, "observation.state": {k: np_.concatenate([v, v]) for k, v in one.items()}}
+    one = {"min": -np.ones(3), "max": np.ones(3), "mean": np.zeros(3), "std": np.ones(3)}
+    stats = {"action": one, "observation.state": {k: np.concatenate([v, v]) for k, v in one.items()}}
     torch.manual_seed(0)
     Policy(cfg, stats=stats).save_pretrained(tmp_path / "ckpt")
     res = evaluate(tmp_path / "ckpt", TASK, episodes=1, seed=5, max_steps=12, out=tmp_path / "out")
